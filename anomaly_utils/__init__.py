@@ -1,0 +1,3 @@
+"""Experiment lab for visual anomaly detection with convolutional autoencoders."""
+
+__version__ = "0.1.0"

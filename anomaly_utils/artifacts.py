@@ -1,0 +1,137 @@
+"""Atomic, pickle-free reading and writing of run artifacts.
+
+Every artifact goes to a temporary file in the destination folder and is renamed into
+place only when complete, so a killed process never leaves a half-written model, score
+file or JSON behind (rename is atomic on POSIX within one filesystem). Readers refuse
+pickled content and name the file they could not read.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> write_json(d / "m.json", {"auroc": 0.9})
+    >>> read_json(d / "m.json")["auroc"]
+    0.9
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, LabError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary file keeps ``path``'s suffix (Keras and numpy look at it). On any
+    exception the temporary file is removed and ``path`` is left untouched. A full disk
+    becomes a :class:`LabError` naming the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+        dir=path.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise LabError(
+                f"no space left on the device while writing '{path}'; the earlier "
+                "artifacts are intact",
+                fix="free disk space (or point run_dir elsewhere) and rerun with --resume",
+            ) from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays to JSON types; NaN and inf become ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically. NaN/inf are written as ``null``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON artifact, with an error naming the file if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"'{path}' is missing", fix="rerun the notebook that writes it")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"'{path}' is not valid JSON ({exc})",
+                            fix="delete it and rerun the notebook that writes it") from exc
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Save arrays to a compressed ``.npz`` atomically. Object arrays are refused."""
+    for name, array in arrays.items():
+        if np.asarray(array).dtype == object:
+            raise TypeError(f"array '{name}' has dtype object; it would need pickle")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` file, never allowing pickle.
+
+    Raises:
+        ArtifactError: the file is missing, corrupt, or holds pickled objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"'{path}' is missing", fix="rerun the notebook that writes it")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as exc:
+        raise ArtifactError(f"'{path}' holds pickled objects, which this lab never loads",
+                            fix="use score files written by this lab") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ArtifactError(f"'{path}' is corrupt or truncated ({exc})",
+                            fix="delete it and rerun the notebook that writes it") from exc
