@@ -1,0 +1,199 @@
+"""What the notebooks and the ``score`` command share: score a trained model, store and
+reload its scores.
+
+A trained model lives in ``run_dir/<model>/`` (``model.keras``, ``config.json`` from
+training, ``scoring.json`` with how it is scored). :class:`Scorer` turns uint8 images into
+image scores, anomaly maps and reconstructions the same way for every caller, so the
+notebooks, the gallery and the CLI can never disagree.
+
+Example:
+    >>> scorer = Scorer.load("runs/my-run", "ae2")                     # doctest: +SKIP
+    >>> result = scorer.score(images)                                    # doctest: +SKIP
+    >>> result.scores.shape, result.maps.shape                           # doctest: +SKIP
+    ((105,), (105, 128, 128))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import scoring
+from .artifacts import load_npz, read_json, save_npz, write_json
+from .errors import ArtifactError, ParameterError
+
+MODELS = ("ae1", "ae2")
+
+
+@dataclass
+class ScoringConfig:
+    """How a model's reconstructions become anomaly maps and image scores.
+
+    Attributes:
+        model: "ae1" or "ae2".
+        image_size: side length the model sees, pixels (AE-2: the full image it slides over).
+        color_mode: "rgb" or "grayscale".
+        map_kind: per-pixel error: "l2" (squared error), "l1", "ssim" (1 - SSIM) or blends
+            such as "ssim+l1" (see :func:`anomaly_utils.scoring.anomaly_map`).
+        score_method: "mean", "max" or "topk" (mean of the top ``topk_percent`` % pixels).
+        eval_size: side length of the stored maps, pixels (both models use the same, so
+            pixel metrics compare like with like).
+        smooth_sigma: Gaussian smoothing of the map at model resolution, pixels (0 = off).
+        patch_size, stride: AE-2's sliding window, pixels (0 = whole image in one pass).
+        vae_samples: decoder samples averaged per image for a VAE (0 = posterior mean).
+        normalize: subtract the validation normals' per-pixel mean error and divide by its
+            spread (a per-position model of normal error), before scoring.
+    """
+
+    model: str
+    image_size: int
+    color_mode: str = "rgb"
+    map_kind: str = "l2"
+    score_method: str = "mean"
+    topk_percent: float = 1.0
+    eval_size: int = 128
+    smooth_sigma: float = 0.0
+    patch_size: int = 0
+    stride: int = 0
+    vae_samples: int = 0
+    seed: int = 0
+    normalize: bool = False
+    batch_size: int = 32
+    norm_mean: list | None = field(default=None, repr=False)
+    norm_std: list | None = field(default=None, repr=False)
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N images: ``scores`` (N,) float32, ``maps`` (N, E, E) float32 at
+    ``eval_size``, ``recons`` (N, S, S, C) float32 in [0, 1] at the model's resolution."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    recons: np.ndarray
+
+
+class Scorer:
+    """A trained model together with its :class:`ScoringConfig`."""
+
+    def __init__(self, model, config: ScoringConfig):
+        self.model = model
+        self.config = config
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, name: str) -> Scorer:
+        """Load ``run_dir/<name>/model.keras`` (safe mode) and its ``scoring.json``."""
+        from .training import load_model
+
+        if name not in MODELS:
+            raise ParameterError(f"model must be one of {MODELS}, got {name!r}")
+        folder = Path(run_dir) / name
+        settings = read_json(folder / "scoring.json")
+        return cls(load_model(folder / "model.keras"), ScoringConfig(**settings))
+
+    def save_config(self, run_dir: str | os.PathLike) -> None:
+        write_json(Path(run_dir) / self.config.model / "scoring.json", asdict(self.config))
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """Reconstruct uint8 or float images (N, S, S, C); returns float32 in [0, 1]."""
+        c = self.config
+        x = _as_float(images)
+        if c.patch_size and c.patch_size < x.shape[1]:
+            return scoring.sliding_window_reconstruct(self.model, x, c.patch_size, c.stride,
+                                                      batch_size=c.batch_size)
+        if c.vae_samples and hasattr(self.model, "sample_reconstructions"):
+            samples = self.model.sample_reconstructions(x, c.vae_samples, c.seed)
+            return np.asarray(samples, np.float32).mean(axis=0)
+        return scoring.reconstruct(self.model, x, batch_size=c.batch_size)
+
+    def raw_maps(self, images: np.ndarray, recons: np.ndarray) -> np.ndarray:
+        """Per-pixel error maps (N, S, S) at model resolution, before normalisation."""
+        c = self.config
+        x = _as_float(images)
+        if c.vae_samples and hasattr(self.model, "sample_reconstructions") and not c.patch_size:
+            # The VAE's pixel map is the mean error over decoder samples, not the error of
+            # the mean reconstruction (which would hide the samples' spread).
+            samples = np.asarray(self.model.sample_reconstructions(x, c.vae_samples, c.seed))
+            return np.mean([scoring.anomaly_map(x, s, kind=c.map_kind,
+                                                smooth_sigma=c.smooth_sigma)
+                            for s in samples], axis=0).astype(np.float32)
+        return scoring.anomaly_map(x, recons, kind=c.map_kind, smooth_sigma=c.smooth_sigma)
+
+    def fit_normalization(self, val_images: np.ndarray) -> None:
+        """Learn the per-pixel mean and spread of the error on validation normals."""
+        maps = self.raw_maps(val_images, self.reconstruct(val_images))
+        self.config.norm_mean = maps.mean(axis=0).tolist()
+        self.config.norm_std = (maps.std(axis=0) + 1e-3 * maps.std() + 1e-6).tolist()
+
+    def score(self, images: np.ndarray) -> ScoreResult:
+        """Image scores, maps at ``eval_size`` and reconstructions of ``images``."""
+        c = self.config
+        if images.shape[1] != c.image_size or images.shape[-1] != (3 if c.color_mode == "rgb"
+                                                                  else 1):
+            raise ParameterError(
+                f"images are {images.shape[1:]} but the {c.model} model expects "
+                f"({c.image_size}, {c.image_size}, {3 if c.color_mode == 'rgb' else 1})",
+                fix="load the images with the model's image_size and color_mode")
+        recons = self.reconstruct(images)
+        maps = self.raw_maps(images, recons)
+        if c.normalize and c.norm_mean is not None:
+            maps = (maps - np.asarray(c.norm_mean, np.float32)) / np.asarray(c.norm_std,
+                                                                            np.float32)
+        if c.model == "ae1" and c.score_method == "mean" and not c.normalize:
+            scores = maps.reshape(len(maps), -1).mean(axis=1)  # the study's MSE score
+        else:
+            scores = scoring.image_scores(maps, method=c.score_method,
+                                          topk_percent=c.topk_percent)
+        maps = scoring.resize_maps(maps, c.eval_size)
+        return ScoreResult(np.asarray(scores, np.float32), maps.astype(np.float32), recons)
+
+
+def _as_float(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32, copy=False)
+
+
+def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndarray,
+                types: np.ndarray, masks: np.ndarray | None, has_mask: np.ndarray | None,
+                paths: list, fingerprint: str, model: str) -> None:
+    """Write a score file (``.npz``, no pickle): scores, labels, types, maps, masks.
+
+    Maps are stored as float16 at the scoring config's ``eval_size``, masks as bool; the
+    dataset fingerprint and model name are stored so a score file from another run or
+    dataset is refused on load.
+    """
+    n = len(result.scores)
+    masks = np.zeros((n, *result.maps.shape[1:]), bool) if masks is None else masks
+    has_mask = np.zeros(n, bool) if has_mask is None else has_mask
+    save_npz(path, scores=result.scores, labels=np.asarray(labels, np.int64),
+             types=np.asarray(types, dtype=str), maps=result.maps.astype(np.float16),
+             masks=masks.astype(bool), has_mask=has_mask.astype(bool),
+             paths=np.asarray([os.fsdecode(p) for p in paths], dtype=str),
+             fingerprint=np.asarray(fingerprint), model=np.asarray(model))
+
+
+def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
+                model: str | None = None) -> dict[str, np.ndarray]:
+    """Load a score file, refusing one from another dataset or model.
+
+    Returns a dict with ``scores`` (N,), ``labels`` (N,), ``types`` (N,), ``maps``
+    (N, E, E) float32, ``masks`` (N, E, E) bool, ``has_mask`` (N,), ``paths`` (N,).
+    """
+    data = load_npz(path)
+    required = {"scores", "labels", "types", "maps", "masks", "has_mask", "fingerprint", "model"}
+    if missing := required - set(data):
+        raise ArtifactError(f"score file '{path}' lacks {sorted(missing)}",
+                            fix="rerun the training notebook that writes it")
+    if fingerprint is not None and str(data["fingerprint"]) != fingerprint:
+        raise ArtifactError(
+            f"score file '{path}' comes from dataset {data['fingerprint']} but this run's "
+            f"dataset is {fingerprint}", fix="use score files from the same run")
+    if model is not None and str(data["model"]) != model:
+        raise ArtifactError(f"score file '{path}' belongs to model {data['model']}, not {model}",
+                            fix="check the run directory's layout")
+    data["maps"] = data["maps"].astype(np.float32)
+    return data

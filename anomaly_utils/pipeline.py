@@ -1,0 +1,325 @@
+"""Headless runs of the notebook chain with papermill.
+
+A run executes ``notebooks/01_*.ipynb`` to ``05_*.ipynb`` in order into ``runs/<run-id>/``:
+
+1. Parameters are checked against what the notebooks declare in their ``parameters`` cell
+   (an unknown name is an error that lists the notebooks and what they accept; values are
+   converted to the type of the notebook's default). ``NAME`` applies to every notebook that
+   declares it; ``ae1.NAME`` / ``ae2.NAME`` (or ``02.NAME``) to one notebook only.
+2. ``params.json`` (every effective parameter) and ``env.json`` (versions, git commit, data
+   fingerprint, hardware) are written before anything runs.
+3. Each notebook runs with papermill; ``status.json`` records which ones completed, so
+   ``--resume`` continues from the first that did not (training itself resumes from its
+   last finished epoch). A failing cell stops the run with the notebook and cell named, and
+   the partially executed notebook stays in the run directory.
+
+Example:
+    >>> run_pipeline({"data_dir": "data/synthetic_carpet", "epochs": 2})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifacts import read_json, write_json
+from .errors import LabError, ParameterError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = (
+    "01_data_exploration",
+    "02_train_ae1",
+    "03_train_ae2",
+    "04_threshold_selection",
+    "05_results_gallery",
+)
+SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": NOTEBOOKS[1],
+          "03": NOTEBOOKS[2], "ae2": NOTEBOOKS[2], "04": NOTEBOOKS[3], "05": NOTEBOOKS[4]}
+PATH_PARAMETERS = ("data_dir", "run_dir", "labelled_val_dir")
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A parameter as declared in a notebook's ``parameters`` cell."""
+
+    name: str
+    default: Any
+    help: str
+
+
+def declared_parameters(notebook: str | Path) -> dict[str, Declared]:
+    """Parameters declared by a notebook's cell tagged ``parameters``, with their defaults."""
+    import papermill
+
+    path = Path(notebook)
+    if not path.suffix:
+        path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    declared = {}
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        try:
+            default = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            default = info["default"]
+        declared[name] = Declared(name, default, info.get("help", ""))
+    return declared
+
+
+def coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a command-line string ``value`` to the type of the notebook's ``default``."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if value.lower() in ("none", "null"):
+        return None
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    if isinstance(default, bool):
+        if isinstance(parsed, bool):
+            return parsed
+        if value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif isinstance(default, int):
+        if isinstance(parsed, int) and not isinstance(parsed, bool):
+            return parsed
+    elif isinstance(default, float):
+        if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+            return float(parsed)
+    elif default is None or isinstance(default, list | tuple | dict):
+        return parsed
+    raise ParameterError(
+        f"parameter '{name}' expects a {type(default).__name__} (default {default!r}), "
+        f"got {value!r}", fix=f"pass e.g. -p {name} {default!r}")
+
+
+def resolve_parameters(overrides: dict[str, Any],
+                       notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+    """Each notebook's effective parameters: its declared defaults, then ``overrides``.
+
+    Raises:
+        ParameterError: a name no notebook declares, an unknown scope, or a wrong type.
+    """
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    effective = {nb: {name: d.default for name, d in params.items()}
+                 for nb, params in declared.items()}
+    for key, value in overrides.items():
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in SCOPES:
+            raise ParameterError(f"unknown scope '{scope}' in parameter '{key}'",
+                                 fix=f"use one of {sorted(SCOPES)} (e.g. ae2.epochs)")
+        targets = [SCOPES[scope]] if scope else list(notebooks)
+        hits = [nb for nb in targets if nb in declared and name in declared[nb]]
+        if not hits:
+            accepted = "; ".join(f"{nb}: {', '.join(declared[nb])}" for nb in targets
+                                 if nb in declared)
+            where = f"notebook {targets[0]}" if scope else "any notebook"
+            raise ParameterError(f"parameter '{key}' is not declared by {where} ({accepted})",
+                                 fix="check the spelling against the parameters cells")
+        for nb in hits:
+            value_here = value
+            if name in PATH_PARAMETERS and isinstance(value, str) and value:
+                value_here = str(Path(value).expanduser().resolve())
+            effective[nb][name] = coerce(key, value_here, declared[nb][name].default)
+    return effective
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A fresh, sortable run id: ``YYYYmmdd-HHMMSS`` (UTC) plus an optional prefix."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}{stamp}"
+
+
+def environment_info(data_fingerprint: str | None) -> dict:
+    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU."""
+    from importlib import metadata
+
+    packages = {}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "scikit-learn", "scikit-image",
+                 "opencv-python-headless", "papermill", "nbval", "matplotlib", "seaborn"):
+        try:
+            packages[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    gpus = []
+    try:
+        import tensorflow as tf
+
+        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    except ImportError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "packages": packages,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+def _status_path(run_dir: Path) -> Path:
+    return run_dir / "status.json"
+
+
+def _read_status(run_dir: Path) -> dict:
+    path = _status_path(run_dir)
+    return read_json(path) if path.exists() else {}
+
+
+def _mark(run_dir: Path, notebook: str, state: str, seconds: float | None = None) -> None:
+    status = _read_status(run_dir)
+    status[notebook] = {"state": state, "seconds": seconds}
+    write_json(_status_path(run_dir), status)
+
+
+def _failure_message(notebook: str, exc: Exception) -> str:
+    cell = getattr(exc, "exec_count", None)
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    where = f"cell [{cell}]" if cell is not None else "a cell"
+    return f"notebook {notebook} failed in {where}: {ename}: {evalue}"
+
+
+def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: bool = True,
+                     kernel_name: str | None = None) -> float:
+    """Run one notebook with papermill into ``run_dir/<notebook>.ipynb``; return seconds.
+
+    Raises:
+        LabError: a cell failed; the message names the notebook and the cell, and the
+            partially executed notebook stays at ``run_dir/<notebook>.ipynb``.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    start = time.perf_counter()
+    output = run_dir / f"{notebook}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
+            cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
+            request_save_on_cell_execute=True,
+        )
+    except PapermillExecutionError as exc:
+        raise LabError(_failure_message(notebook, exc),
+                       fix=f"read the traceback in '{output}', fix the cause, then rerun with "
+                           f"--resume {run_dir.name}") from exc
+    return time.perf_counter() - start
+
+
+def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
+                 runs_dir: str | os.PathLike = "runs", resume: bool = False,
+                 notebooks: tuple[str, ...] = NOTEBOOKS, progress: bool = True,
+                 log=print) -> Path:
+    """Execute the notebook chain into ``runs_dir/<run_id>`` and return the run directory.
+
+    Args:
+        overrides: parameter values (``NAME`` or ``scope.NAME``) over the notebooks' defaults.
+        run_id: the run's folder name (default: a UTC timestamp).
+        runs_dir: where run folders live.
+        resume: continue the existing run ``run_id`` from its first unfinished notebook
+            with its saved parameters (``overrides`` must then be empty).
+        notebooks: which notebooks to run, in order.
+    """
+    runs_dir = Path(runs_dir)
+    if resume:
+        if not run_id:
+            raise ParameterError("--resume needs the id of the run to continue",
+                                 fix="pass --resume RUN_ID (a folder under runs/)")
+        run_dir = runs_dir / run_id
+        if not (run_dir / "params.json").is_file():
+            raise LabError(f"run '{run_dir}' has no params.json, so it cannot be resumed",
+                           fix="check the run id (ls runs/) or start a new run")
+        if overrides:
+            raise ParameterError("a resumed run keeps the parameters in its params.json",
+                                 fix="drop the -p/--epochs/--data-dir options, or start a new run")
+        effective = read_json(run_dir / "params.json")["notebooks"]
+    else:
+        run_id = run_id or new_run_id()
+        run_dir = runs_dir / run_id
+        if run_dir.exists():
+            raise LabError(f"run directory '{run_dir}' already exists; a run never overwrites "
+                           "another", fix=f"choose another --run-id or continue it with "
+                                          f"--resume {run_id}")
+        overrides = {**overrides, "run_dir": str(run_dir.resolve())}
+        effective = resolve_parameters(overrides, notebooks)
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "params.json", {"run_id": run_id, "overrides": overrides,
+                                             "notebooks": effective})
+        data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
+        fingerprint = None
+        if data_dir:
+            from .data import fingerprint as data_fingerprint
+            from .data import scan_dataset
+
+            fingerprint = data_fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+        write_json(run_dir / "env.json", environment_info(fingerprint))
+
+    status = _read_status(run_dir)
+    total = time.perf_counter()
+    for number, notebook in enumerate(notebooks, start=1):
+        if status.get(notebook, {}).get("state") == "completed":
+            log(f"[{number}/{len(notebooks)}] {notebook}: completed earlier, reused")
+            continue
+        log(f"[{number}/{len(notebooks)}] {notebook} ...")
+        _mark(run_dir, notebook, "running")
+        try:
+            seconds = execute_notebook(notebook, run_dir, effective[notebook], progress)
+        except LabError:
+            _mark(run_dir, notebook, "failed")
+            raise
+        _mark(run_dir, notebook, "completed", round(seconds, 1))
+        log(f"[{number}/{len(notebooks)}] {notebook} done in {seconds:.0f} s")
+    log(f"run {run_id} finished in {time.perf_counter() - total:.0f} s: {run_dir}")
+    return run_dir
+
+
+def summary(run_dir: str | os.PathLike) -> str:
+    """A one-screen summary of a finished run: both models' main metrics and thresholds."""
+    run_dir = Path(run_dir)
+    lines = [f"Run {run_dir.name}  ({run_dir})"]
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        lines.append("  no metrics.json yet (notebook 04 has not completed)")
+        return "\n".join(lines)
+    metrics = read_json(metrics_path)
+
+    def fmt(value):
+        return "  n/a" if value is None else f"{value:5.3f}"
+
+    lines.append(f"  {'model':<6}{'img AUROC':>10}{'px AUROC':>10}{'AUPRO':>8}{'F1max':>8}"
+                 f"{'F1@thr':>8}{'threshold':>12}")
+    for model in ("ae1", "ae2"):
+        m = metrics.get(model)
+        if not m:
+            continue
+        at = m.get("at_threshold") or {}
+        lines.append(f"  {model:<6}{fmt(m.get('image_auroc')):>10}{fmt(m.get('pixel_auroc')):>10}"
+                     f"{fmt(m.get('aupro')):>8}{fmt(m.get('f1_max')):>8}{fmt(at.get('f1')):>8}"
+                     f"{m.get('image_threshold', float('nan')):>12.5g}")
+    gallery = run_dir / "figures"
+    if gallery.is_dir():
+        lines.append(f"  gallery: {gallery}/ ({len(list(gallery.glob('*.png')))} figures), "
+                     f"notebook: {run_dir / (NOTEBOOKS[-1] + '.ipynb')}")
+    return "\n".join(lines)

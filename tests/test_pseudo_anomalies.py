@@ -1,0 +1,203 @@
+"""Tests for pasted pseudo-anomalies (anomaly_utils.pseudo_anomalies)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.pseudo_anomalies import (
+    PSEUDO_ANOMALY_KINDS,
+    add_pseudo_anomaly,
+    cut_paste,
+    make_labelled_validation,
+    scratch,
+    stain,
+)
+
+
+def _texture(seed: int, size: int = 64) -> np.ndarray:
+    """float32 (size, size) in [0, 1]: smooth random texture with fine noise."""
+    rng = np.random.default_rng(seed)
+    coarse = cv2.resize(rng.random((8, 8)).astype(np.float32), (size, size),
+                        interpolation=cv2.INTER_CUBIC)
+    return np.clip(0.2 + 0.5 * coarse + 0.1 * rng.random((size, size)), 0, 1).astype(np.float32)
+
+
+def _variants() -> dict[str, np.ndarray]:
+    gray = _texture(0)
+    rgb = np.stack([_texture(1), _texture(2), _texture(3)], axis=2)
+    return {
+        "gray_uint8_hw": np.rint(gray * 255).astype(np.uint8),
+        "gray_float_hw1": gray[..., None],
+        "rgb_uint8": np.rint(rgb * 255).astype(np.uint8),
+        "rgb_float01": rgb,
+        "gray_float_standardised": ((gray - gray.mean()) / gray.std()).astype(np.float64),
+    }
+
+
+VARIANTS = _variants()
+FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("kind", PSEUDO_ANOMALY_KINDS)
+def test_changes_only_mask_pixels(kind, variant):
+    image = VARIANTS[variant]
+    original = image.copy()
+    lo, hi = (0, 255) if image.dtype == np.uint8 else (image.min(), image.max())
+    if image.dtype != np.uint8 and image.min() >= 0 and image.max() <= 1:
+        lo, hi = 0, 1
+    changed_fraction = []
+    for seed in range(5):
+        out, mask = FUNCTIONS[kind](image, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == image.dtype
+        assert mask.shape == image.shape[:2] and mask.dtype == bool
+        assert mask.any()
+        assert np.array_equal(out[~mask], image[~mask])
+        assert out.min() >= lo and out.max() <= hi
+        diff = out != image
+        changed = diff.any(axis=2) if diff.ndim == 3 else diff
+        changed_fraction.append(changed[mask].mean())
+    assert np.array_equal(image, original), "the input must not be modified"
+    assert min(changed_fraction) > 0.5
+
+
+@pytest.mark.parametrize("kind", PSEUDO_ANOMALY_KINDS)
+def test_same_seed_same_result_other_seed_differs(kind):
+    image = VARIANTS["rgb_uint8"]
+    a, mask_a = add_pseudo_anomaly(image, np.random.default_rng(7), kind)
+    b, mask_b = add_pseudo_anomaly(image, np.random.default_rng(7), kind)
+    c, mask_c = add_pseudo_anomaly(image, np.random.default_rng(8), kind)
+    assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
+    assert not np.array_equal(mask_a, mask_c)
+
+
+def test_cut_paste_moves_texture_from_the_same_image():
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    for seed in range(5):
+        out, mask = cut_paste(image, np.random.default_rng(seed), max_rotation=0,
+                              irregular_probability=0)
+        rows, cols = np.nonzero(mask)
+        patch = out[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        score = cv2.matchTemplate(image, patch, cv2.TM_CCOEFF_NORMED)
+        y, x = np.unravel_index(score.argmax(), score.shape)
+        assert score.max() > 0.99, "the patch is a brightness-shifted copy of image texture"
+        assert (y, x) != (rows.min(), cols.min()), "pasted somewhere else than its source"
+
+
+def test_sizes_vary_and_scale_with_the_image():
+    small = [stain(_texture(0, 64), np.random.default_rng(s))[1].mean() for s in range(12)]
+    large = [stain(_texture(0, 128), np.random.default_rng(s))[1].mean() for s in range(12)]
+    assert max(small) > 3 * min(small)
+    assert np.allclose(np.median(small), np.median(large), rtol=0.5)
+
+
+def test_scratch_is_thin():
+    for seed in range(5):
+        mask = scratch(_texture(0, 128), np.random.default_rng(seed))[1]
+        assert mask.mean() < 0.05
+        eroded = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+        assert not eroded.any(), "a scratch is at most a few pixels wide"
+
+
+def test_stain_on_rgb_changes_colour_balance():
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    ratios = []
+    for seed in range(5):
+        out, mask = stain(image, np.random.default_rng(seed))
+        change = (out[mask] - 0.5).mean(axis=0)
+        ratios.append(np.ptp(change) / np.abs(change).max())
+    assert max(ratios) > 0.1
+
+
+def test_random_kind_covers_all_kinds():
+    image = VARIANTS["gray_uint8_hw"]
+    thin = 0
+    for seed in range(30):
+        mask = add_pseudo_anomaly(image, np.random.default_rng(seed))[1]
+        eroded = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+        thin += not eroded.any()
+    assert 0 < thin < 30, "both thin (scratch) and wide anomalies are drawn"
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((2, 32, 32, 3), np.uint8),
+    np.zeros((32, 32, 2), np.uint8),
+    np.zeros((32, 32), np.int16),
+    np.zeros((4, 4), np.uint8),
+    np.full((32, 32), np.nan, np.float32),
+])
+def test_rejects_bad_images(bad):
+    with pytest.raises(ParameterError, match="image"):
+        stain(bad, np.random.default_rng(0))
+
+
+def test_rejects_bad_arguments():
+    image = VARIANTS["gray_uint8_hw"]
+    with pytest.raises(ParameterError, match="kind"):
+        add_pseudo_anomaly(image, np.random.default_rng(0), "blur")
+    with pytest.raises(ParameterError, match="radius"):
+        stain(image, np.random.default_rng(0), radius=(0.3, 0.1))
+    with pytest.raises(ParameterError, match="area"):
+        cut_paste(image, np.random.default_rng(0), area=(0.1, 0.9))
+
+
+@pytest.fixture
+def normals() -> np.ndarray:
+    return np.stack([np.rint(_texture(s) * 255).astype(np.uint8) for s in range(10)])
+
+
+def test_labelled_validation_is_consistent(normals):
+    original = normals.copy()
+    images, labels, masks, kinds = make_labelled_validation(normals, 0, fraction_anomalous=0.4)
+    assert np.array_equal(normals, original)
+    assert images.shape == normals.shape and images.dtype == normals.dtype
+    assert labels.shape == (10,) and labels.dtype.kind == "i" and labels.sum() == 4
+    assert masks.shape == (10, 64, 64) and masks.dtype == bool
+    assert len(kinds) == 10
+    for i in range(10):
+        if labels[i] == 0:
+            assert kinds[i] == "good" and not masks[i].any()
+            assert np.array_equal(images[i], normals[i])
+        else:
+            assert kinds[i] in PSEUDO_ANOMALY_KINDS and masks[i].any()
+            assert np.array_equal(images[i][~masks[i]], normals[i][~masks[i]])
+            assert (images[i] != normals[i])[masks[i]].mean() > 0.5
+
+
+def test_labelled_validation_is_deterministic(normals):
+    first = make_labelled_validation(normals, 5)
+    second = make_labelled_validation(normals, np.random.default_rng(5))
+    third = make_labelled_validation(normals, 6)
+    for a, b in zip(first[:3], second[:3], strict=True):
+        assert np.array_equal(a, b)
+    assert first[3] == second[3]
+    assert not np.array_equal(first[2], third[2])
+
+
+def test_labelled_validation_rgb_and_fraction_extremes(normals):
+    rgb = np.repeat(normals[:4, ..., None], 3, axis=3).astype(np.float32) / 255
+    images, labels, masks, kinds = make_labelled_validation(rgb, 1, 1.0, kinds=["stain"])
+    assert labels.tolist() == [1, 1, 1, 1] and kinds == ["stain"] * 4
+    assert all(m.any() for m in masks)
+    images, labels, masks, _ = make_labelled_validation(rgb, 1, 0.0)
+    assert labels.sum() == 0 and not masks.any() and np.array_equal(images, rgb)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"fraction_anomalous": 1.5}, "fraction_anomalous"),
+    ({"fraction_anomalous": -0.1}, "fraction_anomalous"),
+    ({"kinds": ["blur"]}, "kind"),
+    ({"kinds": []}, "kinds"),
+])
+def test_labelled_validation_rejects_bad_arguments(normals, kwargs, name):
+    with pytest.raises(ParameterError, match=name):
+        make_labelled_validation(normals, 0, **kwargs)
+
+
+def test_labelled_validation_rejects_a_single_image(normals):
+    with pytest.raises(ParameterError, match="normals"):
+        make_labelled_validation(normals[0, 0], 0)
