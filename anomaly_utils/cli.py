@@ -1,6 +1,6 @@
 """Command line: ``python -m anomaly_utils COMMAND ...``.
 
-Commands: ``make-synthetic``, ``run``, ``score``, ``sweep``, ``download``,
+Commands: ``make-synthetic``, ``check-data``, ``run``, ``score``, ``sweep``, ``download``,
 ``refresh-notebooks``, ``figures``. A problem the user can fix prints one readable
 message and exits with status 2; ``--debug`` shows the traceback instead.
 """
@@ -26,6 +26,20 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
                            n_test_good=args.n_test_good, n_per_defect=args.n_per_defect,
                            overwrite=args.overwrite)
     print(f"synthetic carpet written to {out}")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import dataset_summary, load_dataset
+
+    ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
+                      val_fraction=0.0, allow_missing_masks=args.allow_missing_masks,
+                      skip_unreadable=args.skip_unreadable)
+    summary = dataset_summary(ds.index)
+    summary["skipped"] = [f"{path}: {reason}" for path, reason in ds.skipped]
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -124,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-defect", type=int, default=15)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("check-data", help="load every file of a dataset and print its summary")
+    p.add_argument("data_dir")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--color-mode", default="rgb")
+    p.add_argument("--allow-missing-masks", action="store_true")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave unreadable images out and list them instead of stopping")
+    p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("run", help="run notebooks 01-05 with papermill into runs/<id>/")
     p.add_argument("--data-dir")

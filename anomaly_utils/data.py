@@ -40,6 +40,7 @@ from .images import (
     IMAGE_SUFFIXES,
     channels_for,
     display_path,
+    image_header,
     image_size_of,
     read_image,
     read_mask,
@@ -405,18 +406,21 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
     Returns a JSON-ready dict: ``counts`` {"train/good": n, "test/<type>": n, ...},
     ``image_sizes`` {"distinct": n, "height"/"width": {"min", "median", "max"}}, ``modes`` {"RGB"/"L"/...: n}, ``mask_coverage``
     {defect: mean fraction of the image covered}, ``fingerprint``, ``ignored`` paths,
-    ``masks_missing`` count.
+    ``masks_missing`` count, ``unreadable`` (one message per file whose header cannot be read).
     """
-    from PIL import Image
-
     counts = Counter(f"{s.split}/{s.defect_type}" for s in index.train + index.test)
     shapes = []
     modes: Counter = Counter()
+    unreadable = []
     for sample in index.train + index.test:
-        with Image.open(sample.path) as image:
-            shapes.append((image.size[1], image.size[0]))
-            modes[image.mode] += 1
-    heights, widths = np.array(shapes).T
+        try:
+            height, width, mode = image_header(sample.path)
+        except DataError as exc:
+            unreadable.append(str(exc))
+            continue
+        shapes.append((height, width))
+        modes[mode] += 1
+    heights, widths = np.array(shapes or [(0, 0)]).T
     coverage: dict[str, float] = {}
     if with_masks:
         for defect in index.defect_types:
@@ -439,6 +443,7 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
         "fingerprint": fingerprint(index),
         "ignored": [display_path(p) for p in index.ignored],
         "masks_missing": len(index.masks_missing),
+        "unreadable": unreadable,
     }
 
 

@@ -60,8 +60,10 @@ def _open_checked(path: Path) -> Image.Image:
             image = Image.open(path)
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image '{name}' claims a huge size and was not decoded ({exc})",
+                        fix="downscale the image, or check that the file is not corrupt") from exc
+    except UnidentifiedImageError as exc:
         raise DataError(f"'{name}' is not a readable PNG/JPEG/BMP/TIFF image ({exc})",
                         fix="replace it with a valid image or delete it") from exc
     except OSError as exc:
@@ -141,8 +143,13 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return read_image(path, "grayscale")[..., 0] > 127
 
 
-def image_size_of(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image file from its header, without decoding the pixels."""
+def image_header(path: str | os.PathLike) -> tuple[int, int, str]:
+    """(height, width, Pillow mode) of an image file from its header, without decoding."""
     with _open_checked(Path(path)) as image:
         width, height = image.size
-    return height, width
+        return height, width, image.mode
+
+
+def image_size_of(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels."""
+    return image_header(path)[:2]

@@ -10,8 +10,8 @@ Conventions used throughout the lab:
    misleading number.
 
 Pixel metrics (pixel AUROC, AUPRO) are exact, ties included: the pixels are grouped by distinct
-score once (``np.unique``) and each group is processed as a whole, which costs a few bytes per
-pixel (about 350 MB for 200 maps of 256x256) instead of a per-pixel ROC curve.
+score once (``np.unique``) and each group is processed as a whole. For 200 maps of 256x256 this
+needs about 400 MB and 4-7 s on one CPU core (scikit-learn's ``roc_auc_score``: 650 MB, 8.5 s).
 
 Example:
     >>> import numpy as np
@@ -248,7 +248,8 @@ def aupro(
     2. For a threshold t, a region's overlap is the fraction of its pixels with
        ``map >= t``; PRO(t) is the mean overlap over all regions of all images, and FPR(t) the
        fraction of defect-free pixels (of all images) with ``map >= t``.
-    3. The curve (FPR, PRO) over every distinct score, from (0, 0) to (1, 1), is integrated with
+    3. The curve (FPR, PRO) over every distinct score, from (0, 0) (threshold above every
+       score) to (1, 1) (the lowest score), is integrated with
        the trapezoid rule up to ``fpr_limit`` (interpolated at the limit) and divided by
        ``fpr_limit``.
 
@@ -289,8 +290,8 @@ def aupro(
     overlap_gain = np.bincount(
         group[in_region], weights=1.0 / area[regions[in_region]], minlength=n_groups
     )
-    fpr = np.concatenate(([0.0], np.cumsum(false_positives) / n_normal, [1.0]))
-    pro = np.concatenate(([0.0], np.minimum(np.cumsum(overlap_gain) / n_regions, 1.0), [1.0]))
+    fpr = np.concatenate(([0.0], np.cumsum(false_positives) / n_normal))
+    pro = np.concatenate(([0.0], np.minimum(np.cumsum(overlap_gain) / n_regions, 1.0)))
     return float(_partial_area(fpr, pro, float(fpr_limit)) / fpr_limit)
 
 
@@ -388,7 +389,7 @@ def bootstrap_auroc_ci(
         pos = positives[rng.integers(0, positives.size, size=(size, positives.size))]
         neg = negatives[rng.integers(0, negatives.size, size=(size, negatives.size))]
         aurocs[start : start + size] = _rank_auroc(pos, neg)
-    low, high = np.quantile(aurocs, [alpha, 1 - alpha])
+    low, high = np.quantile(aurocs, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
 
 
@@ -494,24 +495,24 @@ def summarize(
 
     Returns:
         Exactly the keys ``image_auroc``, ``image_auroc_ci`` (``[low, high]``), ``pixel_auroc``,
-        ``aupro``, ``f1_max`` (``{"f1", "threshold"}``), ``average_precision`` and
-        ``per_defect`` (see :func:`per_defect_metrics`); any of them ``None`` when it cannot be
-        computed from the inputs given.
+        ``aupro``, ``f1_max`` (the best F1 as a float; its threshold is fitted on these labels,
+        so it is left out), ``average_precision`` and ``per_defect`` (see
+        :func:`per_defect_metrics`); any of them ``None`` when it cannot be computed.
 
     Example:
         >>> summarize([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])["f1_max"]
-        {'f1': 0.8, 'threshold': 0.35}
+        0.8
     """
     y, s = _pair(labels, scores)
     m, a = _optional_pixels(masks, maps, y.size)
     ci = bootstrap_auroc_ci(y, s, n_boot=n_boot, alpha=alpha, seed=seed)
-    f1, threshold = f1_max(y, s)
+    best_f1, _ = f1_max(y, s)
     return {
         "image_auroc": image_auroc(y, s),
         "image_auroc_ci": None if ci is None else list(ci),
         "pixel_auroc": None if m is None else pixel_auroc(m, a),
         "aupro": None if m is None else aupro(m, a, fpr_limit=fpr_limit),
-        "f1_max": None if f1 is None else {"f1": f1, "threshold": threshold},
+        "f1_max": best_f1,
         "average_precision": average_precision(y, s),
         "per_defect": None
         if defect_types is None

@@ -353,7 +353,7 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
 
     inputs = keras.Input((patch_size, patch_size, channels), name="patch")
     x = inputs
-    for i, (width, (kernel, stride)) in enumerate(zip(widths, AE2_KERNELS)):
+    for i, (width, (kernel, stride)) in enumerate(zip(widths, AE2_KERNELS, strict=True)):
         x = keras.layers.Conv2D(width, kernel, strides=stride, padding="same",
                                 kernel_initializer=_init(seed, i), name=f"enc_conv{i + 1}")(x)
         x = keras.layers.LeakyReLU(0.2, name=f"enc_act{i + 1}")(x)

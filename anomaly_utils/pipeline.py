@@ -32,6 +32,7 @@ from typing import Any
 
 from .artifacts import read_json, write_json
 from .errors import LabError, ParameterError
+from .params import validate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -264,16 +265,18 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
                                           f"--resume {run_id}")
         overrides = {**overrides, "run_dir": str(run_dir.resolve())}
         effective = resolve_parameters(overrides, notebooks)
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / "params.json", {"run_id": run_id, "overrides": overrides,
-                                             "notebooks": effective})
-        data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
+        for notebook, params in effective.items():
+            validate(notebook, params)
         fingerprint = None
+        data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
         if data_dir:
             from .data import fingerprint as data_fingerprint
             from .data import scan_dataset
 
             fingerprint = data_fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "params.json", {"run_id": run_id, "overrides": overrides,
+                                             "notebooks": effective})
         write_json(run_dir / "env.json", environment_info(fingerprint))
 
     status = _read_status(run_dir)

@@ -233,13 +233,24 @@ def ssim_map(x: Any, y: Any, max_val: float = 1.0, sigma: float = 1.5, win_size:
     y = np.asarray(y, dtype=np.float32)
     _check_pair(x.shape, y.shape, "ssim_map")
     n, height, width, channels = x.shape
+    compiled = _compiled_ssim(float(max_val), float(sigma), radius, height, width, channels)
     chunk = max(1, _NUMPY_CHUNK_VALUES // max(1, 5 * height * width * channels))
     out = np.empty((n, height, width), dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        out[start:stop] = _ssim_tf(tf.constant(x[start:stop]), tf.constant(y[start:stop]),
-                                   float(max_val), float(sigma), radius).numpy()
+        out[start:stop] = compiled(tf.constant(x[start:stop]), tf.constant(y[start:stop])).numpy()
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_ssim(max_val: float, sigma: float, radius: int, height: int, width: int,
+                   channels: int) -> Any:
+    """A tf.function of :func:`_ssim_tf` for one image size, traced once for any batch size."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, height, width, channels), tf.float32)
+    return tf.function(lambda x, y: _ssim_tf(x, y, max_val, sigma, radius),
+                       input_signature=(spec, spec))
 
 
 # --------------------------------------------------------------------------------------------

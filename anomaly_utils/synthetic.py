@@ -161,7 +161,7 @@ def _stain(img: np.ndarray, rng: np.random.Generator, scale: float):
     palette = np.array([[0.55, 0.38, 0.25], [0.75, 0.35, 0.35], [1.15, 1.05, 0.6],
                         [0.45, 0.45, 0.45], [0.6, 0.7, 1.05], [0.85, 0.6, 0.4]])
     colour = palette[rng.integers(len(palette))]
-    strength = rng.choice([rng.uniform(0.25, 0.45), rng.uniform(0.45, 0.9)])
+    strength = rng.choice([rng.uniform(0.12, 0.3), rng.uniform(0.3, 0.9)])
     alpha = strength * (0.45 + 0.55 * np.clip(depth * rng.uniform(1.5, 4), 0, 1))
     alpha *= 1 + 0.25 * _smooth_noise(rng, max(shape), 8)[: shape[0], : shape[1]]
     factor = 1 - np.clip(alpha, 0.05, 1)[..., None] * (1 - colour)
@@ -234,7 +234,10 @@ def _metal(img: np.ndarray, rng: np.random.Generator, scale: float):
     glint = rng.normal(size=2) * size / 3 + centre
     metal = metal + rng.uniform(30, 120) * np.exp(
         -((x - glint[0]) ** 2 + (y - glint[1]) ** 2) / (2 * (0.25 * size + 0.5) ** 2))
-    colour = np.array([0.97, 1.0, 1.06]) * rng.uniform(0.95, 1.05, 3)
+    # From bright neutral steel to dull particles tinted like the surrounding fibres.
+    carpet_tint = img.reshape(-1, 3).mean(0) / img.mean()
+    colour = (np.array([0.97, 1.0, 1.06]) + rng.uniform(0, 0.9) * (carpet_tint - 1))
+    colour = colour * rng.uniform(0.97, 1.03, 3)
     out = metal[..., None] * colour + rng.normal(0, 4, (*shape, 1))
     return out, mask
 

@@ -259,7 +259,7 @@ def val_patch_dataset(images: np.ndarray, patch_size: int, patches_per_image: in
     tops = rng.integers(0, height - patch_size + 1, (n, patches_per_image))
     lefts = rng.integers(0, width - patch_size + 1, (n, patches_per_image))
     crops = np.stack([images[i, t:t + patch_size, s:s + patch_size]
-                      for i in range(n) for t, s in zip(tops[i], lefts[i])])
+                      for i in range(n) for t, s in zip(tops[i], lefts[i], strict=True)])
 
     def unit(batch):
         x = _to_unit_float(batch)
@@ -529,7 +529,7 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
     lab_callbacks = [_EpochSetter(train_ds), guard, recorder,
                      AtomicBackupAndRestore(str(backup_dir))]
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose,
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,
                   callbacks=lab_callbacks + list(callbacks))
     except LabError:
         if guard.tripped:

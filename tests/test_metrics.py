@@ -323,6 +323,24 @@ def test_bootstrap_ci_is_deterministic_and_contains_the_estimate():
     assert low <= narrower[0] <= narrower[1] <= high
 
 
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+def test_bootstrap_ci_matches_a_slow_stratified_bootstrap(alpha):
+    # Same generator calls as the implementation (all resamples fit in one chunk here).
+    labels, scores = random_image_data(8, n=30)
+    positives, negatives = scores[labels], scores[~labels]
+    rng = np.random.default_rng(5)
+    pos_draws = rng.integers(0, positives.size, size=(200, positives.size))
+    neg_draws = rng.integers(0, negatives.size, size=(200, negatives.size))
+    y = np.r_[np.ones(positives.size), np.zeros(negatives.size)]
+    aurocs = [
+        roc_auc_score(y, np.r_[positives[p], negatives[q]])
+        for p, q in zip(pos_draws, neg_draws, strict=True)
+    ]
+    expected = np.quantile(aurocs, [alpha / 2, 1 - alpha / 2])
+    result = bootstrap_auroc_ci(labels, scores, n_boot=200, alpha=alpha, seed=5)
+    np.testing.assert_allclose(result, expected, atol=1e-12)
+
+
 def test_bootstrap_ci_of_perfect_separation_is_one():
     assert bootstrap_auroc_ci([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], n_boot=50) == (1.0, 1.0)
 
@@ -413,8 +431,7 @@ def test_summarize_has_exactly_the_documented_keys_and_consistent_values():
     assert summary["image_auroc_ci"] == list(bootstrap_auroc_ci(labels, scores, 200, seed=1))
     assert summary["pixel_auroc"] == pixel_auroc(masks, maps)
     assert summary["aupro"] == aupro(masks, maps)
-    f1, threshold = f1_max(labels, scores)
-    assert summary["f1_max"] == {"f1": f1, "threshold": threshold}
+    assert summary["f1_max"] == f1_max(labels, scores)[0]
     assert summary["average_precision"] == average_precision(labels, scores)
     assert summary["per_defect"] == per_defect_metrics(labels, scores, types, masks, maps)
     assert json.loads(json.dumps(summary)) == summary

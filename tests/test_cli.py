@@ -1,0 +1,75 @@
+"""The command line: one readable message and exit status 2 for anything the user can fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_data import make_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "anomaly_utils", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin",
+                               "HOME": str(Path.home())})
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_data_dir(tmp_path: Path):
+    assert_clean_error(cli("check-data", str(tmp_path / "missing")), "does not exist", "Fix:")
+
+
+def test_truncated_image_names_the_file(tmp_path: Path):
+    root = make_dataset(tmp_path / "cat")
+    (root / "train" / "good" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert_clean_error(cli("check-data", str(root)), "000.png")
+
+
+def test_debug_shows_the_traceback(tmp_path: Path):
+    result = cli("--debug", "check-data", str(tmp_path / "missing"))
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
+    root = make_dataset(tmp_path / "cat")
+    (root / "train" / "good" / "005.png").write_text("text")
+    result = cli("check-data", str(root), "--skip-unreadable")
+    assert result.returncode == 0, result.stderr
+    assert "005.png" in result.stdout and '"skipped"' in result.stdout
+
+
+@pytest.mark.parametrize(("params", "fragments"), [
+    (["-p", "epochs", "-3"], ["'epochs'", "positive integer"]),
+    (["-p", "epochs", "many"], ["'epochs' expects a int"]),
+    (["-p", "ae1.image_size", "60"], ["'image_size'", "multiple of 8"]),
+    (["-p", "ae2.patch_size", "100"], ["'patch_size'", "multiple of 16"]),
+    (["-p", "learning_rate", "0"], ["'learning_rate'", "> 0"]),
+    (["-p", "no_such_knob", "1"], ["'no_such_knob' is not declared", "02_train_ae1"]),
+    (["-p", "zz.epochs", "1"], ["unknown scope 'zz'"]),
+])
+def test_bad_parameters_fail_before_any_run(tmp_path: Path, params, fragments):
+    root = make_dataset(tmp_path / "cat")
+    result = cli("run", "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs"), *params)
+    assert_clean_error(result, *fragments)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_run_refuses_a_missing_data_dir_before_creating_the_run(tmp_path: Path):
+    result = cli("run", "--data-dir", str(tmp_path / "nope"), "--runs-dir",
+                 str(tmp_path / "runs"))
+    assert_clean_error(result, "does not exist")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -1,0 +1,234 @@
+"""Tests for anomaly_utils.training: datasets, fit_autoencoder's artifacts, NaN guard,
+determinism, safe loading and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from anomaly_utils.errors import ArtifactError, DataError, LabError
+from anomaly_utils.models import build_ae1
+from anomaly_utils.training import (
+    fit_autoencoder,
+    image_dataset,
+    load_model,
+    patch_dataset,
+    read_history_csv,
+    set_dataset_epoch,
+    val_patch_dataset,
+)
+
+WORKER = Path(__file__).with_name("train_worker.py")
+
+
+def _images(n=8, size=16, channels=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), np.uint8)
+
+
+def _epoch_batches(ds, epoch):
+    set_dataset_epoch(ds, epoch)
+    return [x.numpy() for x, _ in ds]
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def test_image_dataset_scales_and_shuffles_per_epoch():
+    images = _images(7)
+    ds = image_dataset(images, batch_size=3, shuffle=True, seed=1)
+    first = _epoch_batches(ds, 0)
+    assert [len(b) for b in first] == [3, 3, 1]
+    stacked = np.concatenate(first)
+    assert stacked.dtype == np.float32 and stacked.min() >= 0.0 and stacked.max() <= 1.0
+    # every image exactly once per epoch
+    expected = np.sort((images / 255.0).astype(np.float32).reshape(7, -1), axis=0)
+    np.testing.assert_allclose(np.sort(stacked.reshape(7, -1), axis=0), expected, atol=1e-7)
+    again = np.concatenate(_epoch_batches(ds, 0))
+    other = np.concatenate(_epoch_batches(ds, 1))
+    np.testing.assert_array_equal(stacked, again)
+    assert not np.array_equal(stacked, other)
+    x, y = next(iter(ds))
+    np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_image_dataset_rejects_bad_arrays():
+    with pytest.raises(DataError, match=r"within \[0, 1\]"):
+        image_dataset(np.full((2, 8, 8, 1), 2.0, np.float32))
+    with pytest.raises(DataError, match="shape"):
+        image_dataset(np.zeros((2, 8, 8), np.uint8))
+    ready = tf.data.Dataset.from_tensors((np.zeros((1, 8, 8, 1), np.float32),) * 2)
+    assert image_dataset(ready) is ready
+
+
+def _dihedral(patch):
+    variants = []
+    for k in range(4):
+        rotated = np.rot90(patch, k, axes=(0, 1))
+        variants += [rotated, rotated[:, ::-1], rotated[::-1], rotated[::-1, ::-1]]
+    return variants
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_patch_dataset_crops_are_from_the_images_and_keyed_on_seed_and_epoch(augment):
+    images = _images(3, size=20, channels=1, seed=2)
+    ds = patch_dataset(images, 8, patches_per_epoch=10, batch_size=4, seed=5, augment=augment)
+    epoch0 = np.concatenate(_epoch_batches(ds, 0))
+    assert epoch0.shape == (10, 8, 8, 1)
+    crops = {(images[i, t:t + 8, s:s + 8] / 255.0).astype(np.float32).tobytes()
+             for i in range(3) for t in range(13) for s in range(13)}
+    for patch in epoch0:
+        candidates = _dihedral(patch) if augment else [patch]
+        assert any(np.ascontiguousarray(c).tobytes() in crops for c in candidates)
+    np.testing.assert_array_equal(epoch0, np.concatenate(_epoch_batches(ds, 0)))
+    assert not np.array_equal(epoch0, np.concatenate(_epoch_batches(ds, 1)))
+    fresh = patch_dataset(images, 8, 10, batch_size=4, seed=5, augment=augment)
+    np.testing.assert_array_equal(epoch0, np.concatenate(_epoch_batches(fresh, 0)))
+
+
+def test_val_patch_dataset_is_fixed():
+    images = _images(3, size=20, channels=1)
+    ds = val_patch_dataset(images, 8, patches_per_image=2, batch_size=4)
+    a = np.concatenate([x.numpy() for x, _ in ds])
+    b = np.concatenate([x.numpy() for x, _ in ds])
+    assert a.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _fit_ae1(model_dir, seed=0, **kwargs):
+    images = _images(8)
+    options = {"epochs": 3, "learning_rate": 1e-3, "batch_size": 4, "verbose": 0, **kwargs}
+    return fit_autoencoder(build_ae1(16, latent_dim=16), images[:6], images[6:], model_dir,
+                           seed=seed, **options)
+
+
+def test_fit_writes_artifacts_and_returns_the_best_checkpoint(tmp_path):
+    result = _fit_ae1(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "history.csv", "history.json", "model.keras"]
+    rows = read_history_csv(tmp_path / "history.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["val_loss"] == [r["val_loss"] for r in rows] == result["history"]["val_loss"]
+    assert result["best_epoch"] == int(np.argmin(history["val_loss"]))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"]["builder"] == "build_ae1"
+    assert config["training"]["learning_rate"] == 1e-3
+    x = (_images(8)[6:] / 255.0).astype(np.float32)
+    reloaded = load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(result["model"].predict(x, verbose=0),
+                                  reloaded.predict(x, verbose=0))
+    mse = float(np.mean((reloaded.predict(x, verbose=0) - x) ** 2))
+    assert mse == pytest.approx(min(history["val_loss"]), rel=1e-4)
+
+
+def test_two_seeded_runs_give_identical_losses(tmp_path):
+    a = _fit_ae1(tmp_path / "a", seed=3, epochs=2)["history"]
+    b = _fit_ae1(tmp_path / "b", seed=3, epochs=2)["history"]
+    assert a["loss"] == b["loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_early_stopping_when_val_loss_stops_improving(tmp_path):
+    # With a learning rate this small the weights cannot change, so val_loss is constant.
+    result = _fit_ae1(tmp_path, epochs=10, learning_rate=1e-30, early_stopping_patience=2)
+    assert result["history"]["epoch"] == [0, 1, 2]
+    assert result["best_epoch"] == 0
+
+
+def test_nan_input_stops_with_lab_error(tmp_path):
+    x = np.full((4, 16, 16, 3), np.nan, np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, x)).batch(2)
+    with pytest.raises(LabError, match=r"loss became NaN at epoch 0 batch 0.*learning_rate"):
+        fit_autoencoder(build_ae1(16, latent_dim=16), data, data, tmp_path, epochs=2,
+                        learning_rate=1e-3, seed=0, verbose=0)
+    assert not (tmp_path / "backup").exists()
+
+
+def test_huge_learning_rate_stops_with_lab_error(tmp_path):
+    images = _images(8)
+    with pytest.raises(LabError, match="NaN"):
+        fit_autoencoder(build_ae1(16, latent_dim=16, variant="vae"), images, images, tmp_path,
+                        epochs=3, learning_rate=1e12, seed=0, batch_size=2, verbose=0)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    _fit_ae1(tmp_path, epochs=1)
+    (tmp_path / "backup").mkdir()  # as if the run above had been killed
+    with pytest.raises(ArtifactError, match="other settings"):
+        _fit_ae1(tmp_path, epochs=1, learning_rate=1e-2)
+
+
+# --------------------------------------------------------------------------- load_model
+
+
+def test_load_model_refuses_missing_corrupt_and_lambda_files(tmp_path):
+    with pytest.raises(ArtifactError, match="missing"):
+        load_model(tmp_path / "nope.keras")
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip file")
+    with pytest.raises(ArtifactError, match="corrupt.keras"):
+        load_model(corrupt)
+    inputs = keras.Input((4,))
+    unsafe = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    path = tmp_path / "lambda.keras"
+    unsafe.save(path)
+    with pytest.raises(ArtifactError, match=r"lambda\.keras.*safe mode"):
+        load_model(path)
+
+
+# --------------------------------------------------------------------------- SIGKILL resume
+
+
+def _start_worker(model_dir, *extra):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, str(WORKER), str(model_dir), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _result(process, timeout=240):
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):]), output
+
+
+def test_sigkill_resumes_at_first_unfinished_epoch_and_matches_uninterrupted_run(tmp_path):
+    epochs = "6"
+    reference = _start_worker(tmp_path / "reference", "--epochs", epochs)
+    victim_dir = tmp_path / "victim"
+    victim = _start_worker(victim_dir, "--epochs", epochs, "--epoch-delay", "0.5")
+    metadata = victim_dir / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and victim.poll() is None:
+        if metadata.is_file() and json.loads(metadata.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert victim.poll() is None, "the worker ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    finished = json.loads(metadata.read_text())["epoch"]
+    assert 2 <= finished < 6
+
+    resumed, output = _result(_start_worker(victim_dir, "--epochs", epochs))
+    assert resumed["initial_epoch"] == finished
+    assert f"Resuming training at epoch {finished}" in output
+    rows = read_history_csv(victim_dir / "history.csv")
+    assert [r["epoch"] for r in rows] == list(range(6))
+    assert not (victim_dir / "backup").exists()
+
+    uninterrupted, _ = _result(reference)
+    # Same seed, same machine, deterministic ops: bit-identical, so compared exactly.
+    assert resumed["history"]["loss"] == uninterrupted["history"]["loss"]
+    assert resumed["history"]["val_loss"] == uninterrupted["history"]["val_loss"]
