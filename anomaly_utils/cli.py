@@ -66,11 +66,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["epochs"] = str(args.epochs)
     overrides.update(_parameter_pairs(args.param))
     if args.resume:
+        if overrides:
+            raise ParameterError("a resumed run keeps the parameters in its params.json",
+                                 fix="drop the -p/--epochs/--data-dir/--preset options")
         run_dir = run_pipeline({}, run_id=args.resume, runs_dir=args.runs_dir, resume=True,
-                               progress=not args.quiet)
+                               until=args.until, progress=not args.quiet)
     else:
         run_dir = run_pipeline(overrides, run_id=args.run_id, runs_dir=args.runs_dir,
-                               progress=not args.quiet)
+                               until=args.until, progress=not args.quiet)
     print()
     print(summary(run_dir))
     return 0
@@ -156,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="a parameter set from notebooks/params/NAME.yaml")
     p.add_argument("--run-id")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    p.add_argument("--until", metavar="NOTEBOOK", help="stop after this notebook (e.g. 03)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     p.set_defaults(func=cmd_run)

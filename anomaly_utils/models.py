@@ -142,8 +142,9 @@ def build_ae1(image_size: int = 64, channels: int = 3, latent_dim: int = 1024,
         hand it to :func:`anomaly_utils.training.fit_autoencoder`.
 
     Example:
-        >>> build_ae1(image_size=16, latent_dim=8, variant="vae").output_shape
-        (None, 16, 16, 3)
+        >>> vae = build_ae1(image_size=16, latent_dim=8, variant="vae")
+        >>> tuple(vae(np.zeros((2, 16, 16, 3), "float32")).shape)
+        (2, 16, 16, 3)
     """
     image_size = _check_positive_int("image_size", image_size)
     channels = _check_positive_int("channels", channels)

@@ -229,10 +229,59 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
     return time.perf_counter() - start
 
 
+def create_run(overrides: dict[str, Any], run_dir: Path,
+               notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+    """Check parameters and data, then create ``run_dir`` with params.json and env.json.
+
+    Everything that can be checked is checked before the folder exists, so a typo never
+    leaves an empty run behind. Returns each notebook's effective parameters.
+    """
+    if run_dir.exists():
+        raise LabError(f"run directory '{run_dir}' already exists; a run never overwrites "
+                       "another", fix=f"choose another --run-id or continue it with "
+                                      f"--resume {run_dir.name}")
+    overrides = {**overrides, "run_dir": str(run_dir.resolve())}
+    effective = resolve_parameters(overrides, notebooks)
+    for notebook, params in effective.items():
+        validate(notebook, params)
+    fingerprint = None
+    data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
+    if data_dir:
+        from .data import fingerprint as data_fingerprint
+        from .data import scan_dataset
+
+        fingerprint = data_fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "params.json", {"run_id": run_dir.name, "overrides": overrides,
+                                         "notebooks": effective})
+    write_json(run_dir / "env.json", environment_info(fingerprint))
+    return effective
+
+
+def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
+                  progress: bool = True, log=print) -> None:
+    """Execute the notebooks of an existing run that have not completed yet, in order."""
+    effective = read_json(run_dir / "params.json")["notebooks"]
+    status = _read_status(run_dir)
+    for number, notebook in enumerate(notebooks, start=1):
+        tag = f"[{number}/{len(notebooks)}] {notebook}"
+        if status.get(notebook, {}).get("state") == "completed":
+            log(f"{tag}: completed earlier, reused")
+            continue
+        log(f"{tag} ...")
+        _mark(run_dir, notebook, "running")
+        try:
+            seconds = execute_notebook(notebook, run_dir, effective[notebook], progress)
+        except LabError:
+            _mark(run_dir, notebook, "failed")
+            raise
+        _mark(run_dir, notebook, "completed", round(seconds, 1))
+        log(f"{tag} done in {seconds:.0f} s")
+
+
 def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
                  runs_dir: str | os.PathLike = "runs", resume: bool = False,
-                 notebooks: tuple[str, ...] = NOTEBOOKS, progress: bool = True,
-                 log=print) -> Path:
+                 until: str | None = None, progress: bool = True, log=print) -> Path:
     """Execute the notebook chain into ``runs_dir/<run_id>`` and return the run directory.
 
     Args:
@@ -241,9 +290,17 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
         runs_dir: where run folders live.
         resume: continue the existing run ``run_id`` from its first unfinished notebook
             with its saved parameters (``overrides`` must then be empty).
-        notebooks: which notebooks to run, in order.
+        until: stop after this notebook (a name or a scope such as "03" or "ae2").
     """
     runs_dir = Path(runs_dir)
+    notebooks = NOTEBOOKS
+    if until is not None:
+        last = SCOPES.get(until, until)
+        if last not in NOTEBOOKS:
+            raise ParameterError(f"--until {until!r} is not a notebook",
+                                 fix=f"use one of {sorted(SCOPES)}")
+        notebooks = NOTEBOOKS[:NOTEBOOKS.index(last) + 1]
+    start = time.perf_counter()
     if resume:
         if not run_id:
             raise ParameterError("--resume needs the id of the run to continue",
@@ -255,46 +312,11 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
         if overrides:
             raise ParameterError("a resumed run keeps the parameters in its params.json",
                                  fix="drop the -p/--epochs/--data-dir options, or start a new run")
-        effective = read_json(run_dir / "params.json")["notebooks"]
     else:
-        run_id = run_id or new_run_id()
-        run_dir = runs_dir / run_id
-        if run_dir.exists():
-            raise LabError(f"run directory '{run_dir}' already exists; a run never overwrites "
-                           "another", fix=f"choose another --run-id or continue it with "
-                                          f"--resume {run_id}")
-        overrides = {**overrides, "run_dir": str(run_dir.resolve())}
-        effective = resolve_parameters(overrides, notebooks)
-        for notebook, params in effective.items():
-            validate(notebook, params)
-        fingerprint = None
-        data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
-        if data_dir:
-            from .data import fingerprint as data_fingerprint
-            from .data import scan_dataset
-
-            fingerprint = data_fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / "params.json", {"run_id": run_id, "overrides": overrides,
-                                             "notebooks": effective})
-        write_json(run_dir / "env.json", environment_info(fingerprint))
-
-    status = _read_status(run_dir)
-    total = time.perf_counter()
-    for number, notebook in enumerate(notebooks, start=1):
-        if status.get(notebook, {}).get("state") == "completed":
-            log(f"[{number}/{len(notebooks)}] {notebook}: completed earlier, reused")
-            continue
-        log(f"[{number}/{len(notebooks)}] {notebook} ...")
-        _mark(run_dir, notebook, "running")
-        try:
-            seconds = execute_notebook(notebook, run_dir, effective[notebook], progress)
-        except LabError:
-            _mark(run_dir, notebook, "failed")
-            raise
-        _mark(run_dir, notebook, "completed", round(seconds, 1))
-        log(f"[{number}/{len(notebooks)}] {notebook} done in {seconds:.0f} s")
-    log(f"run {run_id} finished in {time.perf_counter() - total:.0f} s: {run_dir}")
+        run_dir = runs_dir / (run_id or new_run_id())
+        create_run(overrides, run_dir)
+    run_notebooks(run_dir, notebooks, progress, log)
+    log(f"run {run_dir.name} finished in {time.perf_counter() - start:.0f} s: {run_dir}")
     return run_dir
 
 

@@ -303,16 +303,21 @@ class _NanGuard(keras.callbacks.Callback):
             fix=f"lower learning_rate (now {self.learning_rate:g}, try 10x lower) and check "
                 "the input images for NaN/inf values")
 
+    @staticmethod
+    def _word(value: float) -> str:
+        return "NaN" if math.isnan(value) else "infinite"
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self._fail(f"loss became NaN at epoch {self.epoch} batch {batch} "
-                       "(both counted from 0)")
+            self._fail(f"loss became {self._word(float(loss))} at epoch {self.epoch} batch "
+                       f"{batch} (both counted from 0)")
 
     def on_epoch_end(self, epoch, logs=None):
         for name, value in (logs or {}).items():
             if not math.isfinite(float(value)):
-                self._fail(f"{name} became NaN at the end of epoch {epoch} (counted from 0)")
+                self._fail(f"{name} became {self._word(float(value))} at the end of epoch "
+                           f"{epoch} (counted from 0)")
 
 
 class _EpochRecorder(keras.callbacks.Callback):

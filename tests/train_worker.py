@@ -67,7 +67,7 @@ def main() -> None:
         train, val = images[:8], images[8:]
     extra = [_Delay(args.epoch_delay)] if args.epoch_delay > 0 else []
     result = fit_autoencoder(model, train, val, args.model_dir, epochs=args.epochs,
-                             learning_rate=1e-3, seed=7, batch_size=4, verbose=0,
+                             learning_rate=1e-3, seed=7, batch_size=4, verbose=2,
                              callbacks=extra)
     print("RESULT " + json.dumps({"initial_epoch": result["initial_epoch"],
                                   "history": result["history"]}), flush=True)

@@ -1,0 +1,173 @@
+"""Tests for anomaly_utils.models: architectures, parameter counts, one training step,
+safe-mode save/load round trips and the AE-2 loss."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.models import (
+    AE2Loss,
+    VariationalAutoencoder,
+    build_ae1,
+    build_ae2,
+    make_ae2_loss,
+    ssim_loss,
+)
+from anomaly_utils.scoring import ssim_map
+
+
+def conv(k, c_in, c_out):
+    """Parameters of a Conv2D or Conv2DTranspose with bias."""
+    return k * k * c_in * c_out + c_out
+
+
+def dense(n_in, n_out):
+    return n_in * n_out + n_out
+
+
+def _smooth_images(n, size, channels, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = [0.5 + 0.4 * np.sin(2 * np.pi * rng.uniform(1, 4) * (xx + yy) + rng.uniform(0, 6))
+           for _ in range(n)]
+    return np.repeat(np.stack(out)[..., None], channels, axis=-1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def _ae1_expected_params(size, channels, latent, vae):
+    encoder = conv(4, channels, 64) + conv(4, 64, 128) + conv(4, 128, 512)
+    flat = (size // 8) ** 2 * 512
+    heads = dense(flat, latent) * (2 if vae else 1)
+    decoder = (dense(latent, (size // 8) ** 2 * 512) + conv(4, 512, 256) + conv(4, 256, 64)
+               + conv(4, 64, channels))
+    return encoder + heads + decoder
+
+
+@pytest.mark.parametrize("variant", ["ae", "vae"])
+def test_ae1_default_shape_and_parameter_count(variant):
+    model = build_ae1(variant=variant)
+    out = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert tuple(out.shape) == (1, 64, 64, 3)
+    assert model.count_params() == _ae1_expected_params(64, 3, 1024, variant == "vae")
+    if variant == "vae":
+        assert isinstance(model, VariationalAutoencoder)
+        mean, log_var = model.encoder(np.zeros((1, 64, 64, 3), np.float32))
+        assert mean.shape == log_var.shape == (1, 1024)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ae2_default_shape_and_parameter_count(channels):
+    model = build_ae2(channels=channels)
+    assert model.output_shape == (None, 128, 128, channels)
+    widths = [32, 32, 32, 64, 64, 128, 64, 32]
+    kernels = [4, 4, 3, 4, 3, 4, 3, 3]
+    ins = [channels] + widths[:-1]
+    encoder = sum(conv(k, i, o) for k, i, o in zip(kernels, ins, widths, strict=True))
+    bottleneck = conv(8, 32, 100)
+    decoder = conv(8, 100, 32) + sum(conv(k, o, i) for k, i, o in zip(kernels, ins, widths,
+                                                                       strict=True))
+    assert model.count_params() == encoder + bottleneck + decoder
+    latent = model.get_layer("latent").output
+    assert tuple(latent.shape) == (None, 1, 1, 100)
+
+
+def test_builders_validate_sizes():
+    with pytest.raises(ParameterError, match="image_size"):
+        build_ae1(image_size=60)
+    with pytest.raises(ParameterError, match="patch_size"):
+        build_ae2(patch_size=72)
+    with pytest.raises(ParameterError, match="variant"):
+        build_ae1(variant="gan")
+    with pytest.raises(ParameterError, match="decoder_filters"):
+        build_ae1(decoder_filters=(64,))
+
+
+def test_builds_with_same_seed_have_identical_weights():
+    a, b = build_ae2(32, latent_dim=8, seed=4), build_ae2(32, latent_dim=8, seed=4)
+    c = build_ae2(32, latent_dim=8, seed=5)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+
+
+# --------------------------------------------------------------------------- training step
+
+
+def _tiny(kind):
+    if kind == "ae2":
+        return build_ae2(32, channels=1, latent_dim=8), _smooth_images(4, 32, 1), make_ae2_loss()
+    model = build_ae1(16, latent_dim=16, variant=kind)
+    return model, _smooth_images(4, 16, 3), (None if kind == "vae" else "mse")
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae", "ae2"])
+def test_one_training_step_lowers_the_loss(kind):
+    keras.utils.set_random_seed(0)
+    model, x, loss = _tiny(kind)
+    model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+    before = model.evaluate(x, x, verbose=0, return_dict=True)["loss"]
+    model.train_on_batch(x, x)
+    after = model.evaluate(x, x, verbose=0, return_dict=True)["loss"]
+    assert np.isfinite(before) and after < before
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae", "ae2"])
+def test_safe_mode_round_trip_gives_identical_outputs(kind, tmp_path):
+    model, x, loss = _tiny(kind)
+    model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+    model.train_on_batch(x, x)
+    path = tmp_path / f"{kind}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded._flatten_layers())
+    if kind == "ae2":
+        assert isinstance(loaded.loss, AE2Loss)
+    if kind == "vae":
+        assert isinstance(loaded, VariationalAutoencoder)
+        np.testing.assert_array_equal(model.sample_reconstructions(x, 2, seed=1),
+                                      loaded.sample_reconstructions(x, 2, seed=1))
+
+
+def test_vae_call_decodes_the_mean_and_samples_vary_with_seed():
+    model, x, _ = _tiny("vae")
+    mean, _ = model.encoder(x)
+    np.testing.assert_allclose(model(x, training=False), model.decoder(mean), atol=1e-6)
+    samples = model.sample_reconstructions(x, 3, seed=0)
+    assert samples.shape == (3,) + x.shape and samples.dtype == np.float32
+    np.testing.assert_array_equal(samples, model.sample_reconstructions(x, 3, seed=0))
+    assert not np.array_equal(samples, model.sample_reconstructions(x, 3, seed=1))
+    assert not np.array_equal(samples[0], samples[1])
+
+
+# --------------------------------------------------------------------------- AE-2 loss
+
+
+def test_ae2_loss_blends_ssim_and_l1():
+    rng = np.random.default_rng(0)
+    y_true = rng.random((2, 24, 24, 1), dtype=np.float32)
+    y_pred = np.clip(y_true + rng.normal(0, 0.1, y_true.shape), 0, 1).astype(np.float32)
+    ssim_part = 1.0 - ssim_map(y_true, y_pred).mean(axis=(1, 2))
+    l1_part = np.abs(y_true - y_pred).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(ssim_loss(tf.constant(y_true), tf.constant(y_pred)), ssim_part,
+                               atol=1e-5)
+    blended = make_ae2_loss(ssim_weight=0.7, l1_weight=0.3)
+    expected = np.mean(0.7 * ssim_part + 0.3 * l1_part)
+    assert float(blended(y_true, y_pred)) == pytest.approx(expected, abs=1e-5)
+    assert float(make_ae2_loss()(y_true, y_true)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_make_ae2_loss_validates_weights():
+    with pytest.raises(ParameterError, match="both 0"):
+        make_ae2_loss(0.0, 0.0)
+    with pytest.raises(ParameterError, match="l1_weight"):
+        make_ae2_loss(1.0, -1.0)

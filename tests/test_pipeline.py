@@ -1,0 +1,210 @@
+"""Headless runs end to end on a tiny synthetic carpet: run, failure, resume, kill, score, sweep.
+
+These are the slowest tests of the suite (each full chain on tiny data takes about a minute
+on 2 cores), so one module-scoped run is shared where possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_utils.artifacts import read_json
+from anomaly_utils.errors import LabError
+from anomaly_utils.pipeline import NOTEBOOKS, declared_parameters, run_pipeline, summary
+from anomaly_utils.synthetic import generate_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"epochs": "3", "ae1.image_size": "32", "ae1.latent_dim": "64", "ae2.image_size": "64",
+        "patch_size": "32", "ae2.stride": "16", "patches_per_epoch": "64",
+        "eval_size": "32", "smooth_sigma": "1.0", "n_bootstrap": "50", "batch_size": "16",
+        "min_defect_area": "2"}
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "anomaly_utils", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def tiny_args(data_dir: Path) -> list[str]:
+    args = ["--data-dir", str(data_dir), "--quiet"]
+    for name, value in TINY.items():
+        args += ["-p", name, value]
+    return args
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("data") / "carpet", seed=1, size=64,
+                            n_train=24, n_test_good=6, n_per_defect=2)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data: Path, tmp_path_factory) -> Path:
+    """A complete tiny run made through the CLI: the reference for the other tests."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = cli("run", *tiny_args(tiny_data), "--runs-dir", str(runs), "--run-id", "ref")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ae2" in result.stdout and "img AUROC" in result.stdout  # the summary
+    return runs / "ref"
+
+
+def test_every_notebook_declares_its_parameters_cleanly():
+    for notebook in NOTEBOOKS:
+        path = ROOT / "notebooks" / f"{notebook}.ipynb"
+        cells = json.loads(path.read_text())["cells"]
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{notebook} needs exactly one cell tagged 'parameters'"
+        assigned = [line.split("=")[0].strip() for line in "".join(tagged[0]["source"])
+                    .splitlines() if "=" in line and not line.lstrip().startswith("#")]
+        assert list(declared_parameters(notebook)) == assigned, notebook
+
+
+def test_a_run_writes_every_artifact(finished_run: Path):
+    for name in ("params.json", "env.json", "metrics.json", "thresholds.json",
+                 "data_summary.json", "status.json", *[f"{nb}.ipynb" for nb in NOTEBOOKS]):
+        assert (finished_run / name).is_file(), name
+    for model in ("ae1", "ae2"):
+        for name in ("model.keras", "config.json", "history.csv", "scoring.json",
+                     "scores_val.npz", "scores_test.npz"):
+            assert (finished_run / model / name).is_file(), f"{model}/{name}"
+        assert not (finished_run / model / "backup").exists()
+    params = read_json(finished_run / "params.json")["notebooks"]
+    assert params["02_train_ae1"]["image_size"] == 32 and params["03_train_ae2"]["epochs"] == 3
+    assert params["02_train_ae1"]["learning_rate"] == 0.001  # defaults recorded too
+    env = read_json(finished_run / "env.json")
+    assert env["data_fingerprint"] and "keras" in env["packages"]
+    metrics = read_json(finished_run / "metrics.json")
+    for model in ("ae1", "ae2"):
+        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "image_threshold",
+                    "pixel_threshold", "per_defect"):
+            assert key in metrics[model], (model, key)
+        assert 0.0 <= metrics[model]["image_auroc"] <= 1.0
+    assert metrics["dataset"]["fingerprint"] == env["data_fingerprint"]
+    assert list(read_json(finished_run / "status.json")) == list(NOTEBOOKS)
+    assert "ae1" in summary(finished_run)
+
+
+def test_a_run_never_overwrites_another(finished_run: Path, tiny_data: Path):
+    before = (finished_run / "metrics.json").read_bytes()
+    result = cli("run", *tiny_args(tiny_data), "--runs-dir", str(finished_run.parent),
+                 "--run-id", "ref")
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(
+        tiny_data: Path, tmp_path: Path, finished_run: Path):
+    """Notebook 05 fails (a test image vanished); after the fix, --resume reruns only 05."""
+    overrides = {"data_dir": str(tiny_data), **TINY}
+    run_pipeline(overrides, run_id="r", runs_dir=tmp_path, until="04", progress=False,
+                 log=lambda *_: None)
+    victim = next((tiny_data / "test" / "color").iterdir())
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        with pytest.raises(LabError) as info:
+            run_pipeline({}, run_id="r", runs_dir=tmp_path, resume=True, progress=False,
+                         log=lambda *_: None)
+    finally:
+        victim.write_bytes(saved)
+    message = str(info.value)
+    assert "05_results_gallery failed in cell [" in message and "--resume r" in message
+    assert (tmp_path / "r" / "05_results_gallery.ipynb").is_file()  # partial notebook kept
+    assert read_json(tmp_path / "r" / "status.json")["05_results_gallery"]["state"] == "failed"
+    mtimes = {nb: (tmp_path / "r" / f"{nb}.ipynb").stat().st_mtime_ns for nb in NOTEBOOKS[:4]}
+    log: list[str] = []
+    run_pipeline({}, run_id="r", runs_dir=tmp_path, resume=True, progress=False, log=log.append)
+    assert sum("completed earlier, reused" in line for line in log) == 4
+    assert mtimes == {nb: (tmp_path / "r" / f"{nb}.ipynb").stat().st_mtime_ns
+                      for nb in NOTEBOOKS[:4]}
+    # Same seed, same parameters: the metrics equal the reference run's.
+    ours, ref = (read_json(d / "metrics.json") for d in (tmp_path / "r", finished_run))
+    for model in ("ae1", "ae2"):
+        assert ours[model]["image_auroc"] == ref[model]["image_auroc"]
+        assert ours[model]["pixel_auroc"] == ref[model]["pixel_auroc"]
+
+
+def test_sigkill_during_training_then_resume(tiny_data: Path, tmp_path: Path,
+                                             finished_run: Path):
+    """Kill the run while AE-2 trains; resume loses at most the unfinished epoch."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_utils", "run", *tiny_args(tiny_data), "--runs-dir",
+         str(tmp_path), "--run-id", "k", "-p", "ae2.epochs", "6"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    history = tmp_path / "k" / "ae2" / "history.csv"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:  # 2 epochs done
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = len(history.read_text().splitlines()) - 1
+    assert finished_before >= 2
+    result = cli("run", "--resume", "k", "--runs-dir", str(tmp_path), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = history.read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(6))  # every epoch exactly once
+    assert "02_train_ae1: completed earlier, reused" in result.stdout
+    # Reference: the same parameters without the kill.
+    ref = run_pipeline({"data_dir": str(tiny_data), **TINY, "ae2.epochs": "6"}, run_id="ref6",
+                       runs_dir=tmp_path, until="03", progress=False, log=lambda *_: None)
+    ref_rows = (ref / "ae2" / "history.csv").read_text().splitlines()[1:]
+    losses = np.array([[float(v) for v in r.split(",")[1:]] for r in rows])
+    ref_losses = np.array([[float(v) for v in r.split(",")[1:]] for r in ref_rows])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+def test_score_command_prints_verdicts_and_writes_overlays(finished_run: Path, tiny_data: Path,
+                                                           tmp_path: Path):
+    folder = tiny_data / "test" / "hole"
+    result = cli("score", "--run", str(finished_run), "--model", "ae2", str(folder),
+                 str(tiny_data / "test" / "good" / "000.png"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if ".png" in line]
+    assert len(lines) == len(list(folder.iterdir())) + 1
+    assert all(("ANOMALOUS" in line) or ("normal" in line) for line in lines)
+    assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == len(lines)
+
+
+def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: Path,
+                                                 tmp_path: Path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(finished_run, broken)
+    (broken / "thresholds.json").unlink()
+    result = cli("score", "--run", str(broken), str(tiny_data / "test" / "good"))
+    assert result.returncode == 2 and "incomplete" in result.stderr
+    assert "thresholds.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sweep_over_epochs_reuses_work_and_compares(tiny_data: Path, tmp_path: Path):
+    result = cli("sweep", "-p", "ae2.epochs", "1", "2", "--data-dir", str(tiny_data),
+                 "--runs-dir", str(tmp_path), "--sweep-id", "s",
+                 *[a for name, value in TINY.items() if name != "epochs"
+                   for a in ("--set", name, value)], "--set", "ae1.epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "s"
+    assert "02_train_ae1: 1 execution(s) for 2 configuration(s)" in result.stdout
+    assert "03_train_ae2: 2 execution(s) for 2 configuration(s)" in result.stdout
+    status = read_json(sweep / "ae2-epochs=2" / "status.json")
+    assert status["02_train_ae1"].get("reused_from") == "ae2-epochs=1"
+    import pandas as pd
+
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert sorted(table["ae2.epochs"].tolist()) == [1, 2]
+    assert table["ae1_image_auroc"].nunique() == 1  # AE-1 trained once, shared
+    assert (sweep / "comparison.ipynb").is_file() and (sweep / "comparison.png").is_file()
