@@ -32,12 +32,14 @@ from .errors import ArtifactError, LabError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None,
+                durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The temporary file keeps ``path``'s suffix (Keras and numpy look at it). On any
     exception the temporary file is removed and ``path`` is left untouched. A full disk
-    becomes a :class:`LabError` naming the file.
+    becomes a :class:`LabError` naming the file. With ``durable`` the data is fsynced
+    before the rename, so it also survives a power loss, not only a killed process.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +51,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

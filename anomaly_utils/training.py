@@ -360,8 +360,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         value = float(logs.get(self.monitor, math.nan))
         if value < self.best:
             self.best, self.best_epoch = value, epoch
-            with atomic_path(self.model_path) as tmp:
-                self.model.save(tmp)
+            save_inference_model(self.model, self.model_path)
         self.rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
         self._write_csv()
         if self.patience is not None and epoch - self.best_epoch >= self.patience:
@@ -382,6 +381,22 @@ class _EpochRecorder(keras.callbacks.Callback):
         write_text(self.csv_path, buffer.getvalue())
 
 
+def save_inference_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Save ``model`` as ``.keras`` atomically, without the optimizer's state.
+
+    The best checkpoint is for scoring, not for resuming (the backup holds the optimizer
+    state), so leaving Adam's moments out makes it a third of the size (AE-1: ~280 MB
+    instead of ~850 MB).
+    """
+    optimizer = model.optimizer
+    model.optimizer = None
+    try:
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+    finally:
+        model.optimizer = optimizer
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose backup survives a SIGKILL at any instant.
 
@@ -395,7 +410,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{self._current_epoch:05d}.weights.h5"
-        with atomic_path(backup / name, suffix=".weights.h5") as tmp:
+        # No fsync: the backup guards against a killed process (the page cache survives it),
+        # and syncing ~1 GB of AE-1 weights and Adam state every epoch doubles its time.
+        with atomic_path(backup / name, suffix=".weights.h5", durable=False) as tmp:
             self.model.save_weights(tmp)
         write_json(self._training_metadata_path,
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen,

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): scripts that print tables and write JSON to runs/bench/."""

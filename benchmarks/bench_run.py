@@ -1,0 +1,72 @@
+"""`make run` on the defaults: wall time per notebook and in total, and peak resident memory.
+
+Runs the full chain into runs/bench-run-<timestamp>/ and samples the resident memory of the
+whole process tree (the CLI plus every kernel) every 0.5 s with psutil.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from benchmarks.common import ROOT, table, write_result
+from anomaly_utils.artifacts import read_json
+from anomaly_utils.pipeline import new_run_id
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def main() -> dict:
+    run_id = new_run_id("bench-run-")
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "anomaly_utils", "run", "--data-dir",
+                              "data/synthetic_carpet", "--run-id", run_id, "--quiet"], cwd=ROOT)
+    watched = psutil.Process(child.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, tree_rss(watched))
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = child.wait()
+    done.set()
+    total = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"make run failed with status {code}")
+    status = read_json(ROOT / "runs" / run_id / "status.json")
+    metrics = read_json(ROOT / "runs" / run_id / "metrics.json")
+    rows = [{"notebook": nb, "seconds": s["seconds"]} for nb, s in status.items()]
+    rows.append({"notebook": "total (incl. start-up)", "seconds": total})
+    print(table(rows, f"make run on the defaults (run {run_id})"))
+    print(f"peak resident memory of the process tree: {peak / 2**30:.2f} GiB")
+    result = {"run_id": run_id, "seconds_per_notebook": {r["notebook"]: r["seconds"]
+                                                         for r in rows},
+              "total_seconds": total, "peak_rss_gib": peak / 2**30,
+              "metrics": {m: {k: metrics[m][k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+                          for m in ("ae1", "ae2")}}
+    write_result("run", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
