@@ -10,13 +10,13 @@ It prints images/s for both, the speed-up and the largest difference, and writes
 ``runs/bench/inference.json``. Usage::
 
     .venv/bin/python benchmarks/bench_inference.py [--n 8] [--n-naive 2] [--repeats 3]
+    .venv/bin/python -m benchmarks inference
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -29,11 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomaly_utils.artifacts import write_json  # noqa: E402
 from anomaly_utils.scoring import (  # noqa: E402
     naive_sliding_window_reconstruct,
     sliding_window_reconstruct,
 )
+from benchmarks.common import table, write_result  # noqa: E402
 
 
 def make_model(patch_size: int, channels: int):
@@ -58,8 +58,8 @@ def make_model(patch_size: int, channels: int):
     return model, "small conv stand-in"
 
 
-def best_time(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
-    """(seconds of the fastest of ``repeats`` calls after a warm-up, the last output)."""
+def timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
+    """(seconds of the fastest of ``repeats`` calls after a warm-up, the output to compare)."""
     out = fn()
     times = []
     for _ in range(repeats):
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is kept")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "inference.json")
+    parser.add_argument("--name", default="inference", help="result file runs/bench/<name>.json")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     images = rng.random((args.n, args.size, args.size, args.channels), dtype=np.float32)
     model, model_name = make_model(args.patch_size, args.channels)
 
-    t_batched, batched = best_time(lambda: sliding_window_reconstruct(
+    t_batched, batched = timed(lambda: sliding_window_reconstruct(
         model, images, args.patch_size, args.stride, batch_size=args.batch_size), args.repeats)
     naive_images = images[:args.n_naive]
-    t_naive, naive = best_time(lambda: naive_sliding_window_reconstruct(
+    t_naive, naive = timed(lambda: naive_sliding_window_reconstruct(
         model, naive_images, args.patch_size, args.stride), args.repeats)
 
     row = {
@@ -105,21 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": float(np.abs(batched[:args.n_naive] - naive).max()),
     }
     row["speedup"] = row["images_per_s_batched"] / row["images_per_s_naive"]
-    print(f"model: {model_name}; {args.size}x{args.size}x{args.channels} images, patch "
-          f"{args.patch_size}, stride {args.stride}, batch {args.batch_size}")
-    print(f"{'version':>8} {'images':>6} {'seconds':>8} {'images/s':>9}")
-    print(f"{'batched':>8} {args.n:>6} {t_batched:>8.2f} {row['images_per_s_batched']:>9.2f}")
-    print(f"{'naive':>8} {args.n_naive:>6} {t_naive:>8.2f} {row['images_per_s_naive']:>9.2f}")
+    print(table([
+        {"version": "batched", "images": args.n, "seconds": t_batched,
+         "images/s": row["images_per_s_batched"]},
+        {"version": "naive", "images": args.n_naive, "seconds": t_naive,
+         "images/s": row["images_per_s_naive"]},
+    ], f"sliding window, {model_name}: {args.size}x{args.size}x{args.channels} images, patch "
+       f"{args.patch_size}, stride {args.stride}, batch {args.batch_size}"))
     print(f"speed-up {row['speedup']:.1f}x, max |batched - naive| = {row['max_abs_diff']:.2e}")
-    write_json(args.out, {
-        "benchmark": "inference",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "gpus": len(tf.config.list_physical_devices("GPU")),
-                    "tensorflow": tf.__version__},
-        "repeats": args.repeats,
-        "rows": [row],
+    path = write_result(args.name, {
+        "benchmark": "inference", "gpus": len(tf.config.list_physical_devices("GPU")),
+        "tensorflow": tf.__version__, "repeats": args.repeats, "rows": [row],
     })
-    print(f"wrote {args.out}")
+    print(f"wrote {path}")
     return 0
 
 

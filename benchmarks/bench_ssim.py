@@ -11,16 +11,14 @@ noisy copy of it) are scored three ways after one warm-up call; each time is the
 It prints a table and writes ``runs/bench/ssim.json``. Usage::
 
     .venv/bin/python benchmarks/bench_ssim.py [--n 200] [--sizes 128 256] [--repeats 3]
+    .venv/bin/python -m benchmarks ssim
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,8 +29,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomaly_utils.artifacts import write_json  # noqa: E402
 from anomaly_utils.scoring import ssim_map  # noqa: E402
+from benchmarks.common import best_time, table, write_result  # noqa: E402
 
 
 def make_pairs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,17 +42,6 @@ def make_pairs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     y = ndimage.gaussian_filter(x, sigma=(0, 1, 1, 0))
     y = np.clip(y + 0.05 * rng.standard_normal(y.shape, dtype=np.float32), 0, 1)
     return x.astype(np.float32), y.astype(np.float32)
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def skimage_maps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -75,10 +62,10 @@ def bench_size(n: int, size: int, repeats: int) -> dict:
     xt, yt = tf.constant(x), tf.constant(y)
     loss_path = tf.function(ssim_map)
 
-    t_fast = best_time(lambda: ssim_map(x, y), repeats)
-    t_tensor = best_time(lambda: loss_path(xt, yt).numpy(), repeats)
-    t_tf = best_time(lambda: tf.image.ssim(xt, yt, max_val=1.0).numpy(), repeats)
-    t_sk = best_time(lambda: skimage_maps(x, y), repeats)
+    t_fast = best_time(lambda: ssim_map(x, y), repeat=repeats)
+    t_tensor = best_time(lambda: loss_path(xt, yt).numpy(), repeat=repeats)
+    t_tf = best_time(lambda: tf.image.ssim(xt, yt, max_val=1.0).numpy(), repeat=repeats)
+    t_sk = best_time(lambda: skimage_maps(x, y), repeat=repeats)
 
     fast = ssim_map(x, y)
     reference = skimage_maps(x, y)
@@ -102,29 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="image pairs per size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is kept")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "ssim.json")
+    parser.add_argument("--name", default="ssim", help="result file runs/bench/<name>.json")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
     rows = [bench_size(args.n, size, args.repeats) for size in args.sizes]
-    header = (f"{'size':>5} {'pairs':>5} {'ssim_map s':>10} {'tf.fn s':>8} {'tf.image s':>10} "
-              f"{'skimage s':>9} {'x vs tf':>7} {'x vs sk':>7} {'max|diff| sk':>12}")
-    print(header)
-    for r in rows:
-        print(f"{r['size']:>5} {r['n_pairs']:>5} {r['seconds_ssim_map_numpy']:>10.3f} "
-              f"{r['seconds_ssim_map_tf_function']:>8.3f} {r['seconds_tf_image_ssim']:>10.3f} "
-              f"{r['seconds_skimage_loop']:>9.3f} {r['speedup_vs_tf_image_ssim']:>7.2f} "
-              f"{r['speedup_vs_skimage']:>7.1f} {r['max_abs_diff_vs_skimage']:>12.2e}")
-    write_json(args.out, {
-        "benchmark": "ssim",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "gpus": len(tf.config.list_physical_devices("GPU")),
-                    "tensorflow": tf.__version__},
-        "repeats": args.repeats,
-        "rows": rows,
+    print(table([{
+        "size": r["size"], "pairs": r["n_pairs"],
+        "ssim_map s": r["seconds_ssim_map_numpy"],
+        "tf.function s": r["seconds_ssim_map_tf_function"],
+        "tf.image.ssim s": r["seconds_tf_image_ssim"],
+        "skimage s": r["seconds_skimage_loop"],
+        "x vs tf": r["speedup_vs_tf_image_ssim"], "x vs skimage": r["speedup_vs_skimage"],
+        "max|diff| skimage": r["max_abs_diff_vs_skimage"],
+    } for r in rows], f"ssim_map vs tf.image.ssim vs skimage (RGB, best of {args.repeats})"))
+    path = write_result(args.name, {
+        "benchmark": "ssim", "gpus": len(tf.config.list_physical_devices("GPU")),
+        "tensorflow": tf.__version__, "repeats": args.repeats, "rows": rows,
     })
-    print(f"wrote {args.out}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Tests for anomaly_utils.scoring: SSIM against skimage and tf.image.ssim, maps, scores, windows."""
+"""Tests for anomaly_utils.scoring: SSIM vs skimage and tf.image.ssim, maps, scores, windows."""
 
 from __future__ import annotations
 
@@ -94,6 +94,17 @@ def test_ssim_map_matches_skimage_on_structured_images(shape):
     expected = skimage_ssim_map(x, y)
     np.testing.assert_allclose(out, expected, rtol=0, atol=TOL)
     assert expected.min() < 0.9, "the fixture must contain dissimilar regions"
+
+
+def test_ssim_map_matches_skimage_on_binary_images():
+    # Flat black and white areas far from the plane mean are the float32 worst case.
+    rng = np.random.default_rng(3)
+    half = np.zeros((2, 40, 48, 3), dtype=np.float32)
+    half[:, :, 24:] = 1.0
+    square = np.zeros((2, 40, 48, 1), dtype=np.float32)
+    square[:, 10:25, 12:30] = 1.0
+    for x, y in [(half, noisy_copy(half, rng, noise=0.001)), (square, 0.999 * square)]:
+        np.testing.assert_allclose(ssim_map(x, y), skimage_ssim_map(x, y), rtol=0, atol=TOL)
 
 
 def test_ssim_map_float64_and_float32_inputs_agree():
@@ -396,8 +407,8 @@ def test_naive_and_batched_sliding_window_agree():
     assert not np.allclose(batched, images, atol=1e-3)
 
 
-@pytest.mark.parametrize("kwargs", [{"patch_size": 40}, {"stride": 0}, {"stride": 17}, {"batch_size": 0},
-                                    {"patch_size": 8.0}])
+@pytest.mark.parametrize("kwargs", [{"patch_size": 40}, {"stride": 0}, {"stride": 17},
+                                    {"batch_size": 0}, {"patch_size": 8.0}])
 def test_sliding_window_rejects_bad_arguments(kwargs):
     images = np.zeros((1, 32, 32, 1), dtype=np.float32)
     args = {"patch_size": 16, "stride": 8, **kwargs}
