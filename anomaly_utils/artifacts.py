@@ -31,6 +31,18 @@ import numpy as np
 from .errors import ArtifactError, LabError
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; artifacts get the mode a plain open()
+# would give them, so a shared runs/ folder stays readable. Read once, at import, because
+# reading the umask means setting it, which is not thread-safe.
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None,
                 durable: bool = True) -> Iterator[Path]:
@@ -40,6 +52,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None,
     exception the temporary file is removed and ``path`` is left untouched. A full disk
     becomes a :class:`LabError` naming the file. With ``durable`` the data is fsynced
     before the rename, so it also survives a power loss, not only a killed process.
+
+    A process killed (SIGKILL, power loss) while the block runs leaves ``path`` as it was
+    and one hidden temporary ``.<name>.<random><suffix>`` beside it. Readers open exact
+    artifact names, so they never see it; it is safe to delete.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +63,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None,
         prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
         dir=path.parent,
     )
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -133,8 +150,12 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except ValueError as exc:
-        raise ArtifactError(f"'{path}' holds pickled objects, which this lab never loads",
-                            fix="use score files written by this lab") from exc
+        if "pickle" in str(exc):
+            raise ArtifactError(f"'{path}' holds pickled objects, which this lab never loads "
+                                "(unpickling can run arbitrary code)",
+                                fix="use score files written by this lab") from exc
+        raise ArtifactError(f"'{path}' is corrupt ({exc})",
+                            fix="delete it and rerun the notebook that writes it") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ArtifactError(f"'{path}' is corrupt or truncated ({exc})",
                             fix="delete it and rerun the notebook that writes it") from exc

@@ -310,7 +310,8 @@ class VariationalAutoencoder(keras.Model):
 
 
 def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
-              widths: Sequence[int] | None = None, *, seed: int = 0) -> keras.Model:
+              widths: Sequence[int] | None = None, bottleneck: str = "global", *,
+              seed: int = 0) -> keras.Model:
     """Build AE-2, the fully convolutional SSIM autoencoder of Bergmann et al. (2019).
 
     Encoder (LeakyReLU 0.2 after every conv, ``same`` padding): Conv 4x4/2 w0, 4x4/2 w1,
@@ -325,8 +326,12 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
         patch_size: side of the square patches in pixels; divisible by 16 (128 as in the
             paper; 32 or 64 for fast experiments).
         channels: 1 for grayscale, 3 for RGB.
-        latent_dim: channels of the 1x1 latent map.
+        latent_dim: channels of the latent map.
         widths: the eight encoder widths; ``None`` means the paper's.
+        bottleneck: "global" (the paper: a patch_size/16 kernel to a 1x1 latent map) or
+            "spatial" (a 1x1 kernel keeping the (patch_size/16)^2 latent map, so each latent
+            cell describes a 16x16 neighbourhood; sharper, and meant to be trained with
+            corrupted inputs, see :func:`anomaly_utils.training.patch_dataset`).
         seed: seeds every kernel initializer (builds are reproducible).
 
     Returns:
@@ -348,9 +353,12 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
             f"patch_size={patch_size} is not divisible by 16; AE-2's four stride-2 "
             "convolutions and its bottleneck need it to be",
             fix=f"use a multiple of 16, e.g. {max(16, patch_size // 16 * 16)}")
+    if bottleneck not in ("global", "spatial"):
+        raise ParameterError(f"bottleneck must be 'global' or 'spatial', got {bottleneck!r}",
+                             fix="pass -p bottleneck global (the paper) or spatial")
     kwargs = {"patch_size": patch_size, "channels": channels, "latent_dim": latent_dim,
-              "widths": list(widths), "seed": seed}
-    bottleneck_kernel = patch_size // 16
+              "widths": list(widths), "bottleneck": bottleneck, "seed": seed}
+    bottleneck_kernel = patch_size // 16 if bottleneck == "global" else 1
 
     inputs = keras.Input((patch_size, patch_size, channels), name="patch")
     x = inputs

@@ -348,3 +348,30 @@ def summary(run_dir: str | os.PathLike) -> str:
         lines.append(f"  gallery: {gallery}/ ({len(list(gallery.glob('*.png')))} figures), "
                      f"notebook: {run_dir / (NOTEBOOKS[-1] + '.ipynb')}")
     return "\n".join(lines)
+
+
+def refresh_notebooks(notebooks: tuple[str, ...] = NOTEBOOKS, timeout: int = 1800,
+                      log=print) -> None:
+    """Re-execute the committed notebooks in place with their defaults (``make notebooks``).
+
+    Use it after an intended change of behaviour, so that the outputs nbval compares
+    against are current. Cells run with ``notebooks/`` as the working directory, exactly as
+    nbval runs them; each notebook is replaced atomically once it has run completely.
+    """
+    import nbclient
+    import nbformat
+
+    from .artifacts import write_text
+
+    for notebook in notebooks:
+        path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+        log(f"executing {path.name} ...")
+        start = time.perf_counter()
+        nb = nbformat.read(path, as_version=4)
+        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                         resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+        client.execute()
+        for cell in nb.cells:
+            cell.metadata.pop("execution", None)
+        write_text(path, nbformat.writes(nb) + "\n")
+        log(f"  {path.name} done in {time.perf_counter() - start:.0f} s")

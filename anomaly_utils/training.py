@@ -182,7 +182,8 @@ def _check_patch(images: np.ndarray, patch_size: int) -> int:
 
 
 def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
-                  batch_size: int = 32, seed: int = 0, augment: bool = True) -> tf.data.Dataset:
+                  batch_size: int = 32, seed: int = 0, augment: bool = True,
+                  corrupt: float = 0.0) -> tf.data.Dataset:
     """Random square crops ``(x, x)``, float32 (B, p, p, C) in [0, 1], new ones every epoch.
 
     Patch ``i`` of epoch ``e`` takes a uniformly random image and offset and, with
@@ -199,6 +200,9 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
         seed: sampling seed.
         augment: apply flips and 90-degree rotations (images must be square-patch invariant
             textures for this to make sense, as MVTec textures are).
+        corrupt: fraction of patches whose *input* gets a random rectangle (1/16 to 1/4 of
+            the side) of flat colour plus noise, while the target stays clean: inpainting
+            training, which keeps an expressive autoencoder from learning to copy defects.
 
     Example:
         >>> x = np.zeros((3, 40, 40, 1), np.uint8)
@@ -213,15 +217,32 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
     stored = tf.constant(images)
 
     def epoch_draws(epoch):
-        u = tf.random.stateless_uniform([patches_per_epoch, 6], _stateless_seed(seed, epoch))
+        u = tf.random.stateless_uniform([patches_per_epoch, 13], _stateless_seed(seed, epoch))
         index = tf.cast(u[:, 0] * n, tf.int32)
         top = tf.cast(u[:, 1] * (height - patch_size + 1), tf.int32)
         left = tf.cast(u[:, 2] * (width - patch_size + 1), tf.int32)
         flips = u[:, 3:5] < 0.5
         turns = tf.cast(u[:, 5] * 4, tf.int32)
-        return tf.data.Dataset.from_tensor_slices((index, top, left, flips, turns))
+        return tf.data.Dataset.from_tensor_slices((index, top, left, flips, turns, u[:, 6:]))
 
-    def crop(index, top, left, flips, turns):
+    def corrupted(patch, draws):
+        """Paint a random rectangle of flat colour plus noise into ``patch`` (input only)."""
+        low, high = max(1, patch_size // 16), max(2, patch_size // 4)
+        h = low + tf.cast(draws[1] * (high - low), tf.int32)
+        w = low + tf.cast(draws[2] * (high - low), tf.int32)
+        y0 = tf.cast(draws[3] * tf.cast(patch_size - h, tf.float32), tf.int32)
+        x0 = tf.cast(draws[4] * tf.cast(patch_size - w, tf.float32), tf.int32)
+        rows = tf.range(patch_size)[:, None]
+        cols = tf.range(patch_size)[None, :]
+        inside = (rows >= y0) & (rows < y0 + h) & (cols >= x0) & (cols < x0 + w)
+        noise = tf.random.stateless_normal(
+            [patch_size, patch_size, channels],
+            tf.cast(tf.stack([draws[6] * 2**31, draws[5] * 2**31]), tf.int64))
+        fill = tf.clip_by_value(draws[5] + 0.1 * draws[6] * noise, 0.0, 1.0)
+        painted = tf.where(inside[..., None], fill, patch)
+        return tf.where(draws[0] < corrupt, painted, patch)
+
+    def crop(index, top, left, flips, turns, draws):
         patch = tf.slice(stored[index], [top, left, 0], [patch_size, patch_size, channels])
         patch = _to_unit_float(patch)
         if augment:
@@ -229,6 +250,8 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
             patch = tf.where(flips[1], tf.reverse(patch, [0]), patch)
             patch = tf.image.rot90(patch, turns)
         patch = tf.ensure_shape(patch, [patch_size, patch_size, channels])
+        if corrupt > 0:
+            return corrupted(patch, draws), patch
         return patch, patch
 
     return _epoch_keyed(

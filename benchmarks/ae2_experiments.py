@@ -1,0 +1,109 @@
+"""AE-2 design experiments, selected on validation data only.
+
+Each configuration trains AE-2 on a dataset's training split and is scored on
+(1) a labelled *validation* set: the held-out defect-free training images, three copies
+each, half of them with pasted pseudo-anomalies (cut-paste, stains, scratches), and
+(2) the test set, recorded for the final report only. Choices are made on (1).
+
+Usage:
+    python -m benchmarks.ae2_experiments --data-dir data/synthetic_carpet --name NAME \\
+        [-p key value ...]
+Appends one JSON line per configuration to runs/experiments/<dataset>.jsonl and prints it.
+The table in docs/experiments.md was made from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT
+
+DEFAULTS = {
+    "image_size": 256, "color_mode": "rgb", "patch_size": 128, "latent_dim": 100,
+    "bottleneck": "global", "epochs": 25, "patches_per_epoch": 640, "batch_size": 32,
+    "learning_rate": 5e-4, "ssim_weight": 1.0, "l1_weight": 0.0, "corrupt": 0.0,
+    "stride": 32, "map_kind": "ssim", "smooth_sigma": 4.0, "score_method": "topk",
+    "topk_percent": 1.0, "normalize_maps": False, "eval_size": 128, "seed": 0,
+    "val_fraction": 0.1,
+}
+
+
+def run(data_dir: str, settings: dict) -> dict:
+    from anomaly_utils import data, metrics, models, pseudo_anomalies, training
+    from anomaly_utils.experiment import Scorer, ScoringConfig
+    from anomaly_utils.images import channels_for
+    from anomaly_utils.seeding import set_global_seed
+
+    s = {**DEFAULTS, **settings}
+    set_global_seed(s["seed"])
+    ds = data.load_dataset(data_dir, image_size=s["image_size"], color_mode=s["color_mode"],
+                           val_fraction=s["val_fraction"], seed=s["seed"],
+                           mask_size=s["eval_size"])
+    model = models.build_ae2(patch_size=s["patch_size"], channels=channels_for(s["color_mode"]),
+                             latent_dim=s["latent_dim"], bottleneck=s["bottleneck"],
+                             seed=s["seed"])
+    start = time.perf_counter()
+    work = ROOT / "runs" / "experiments" / "work" / f"{time.time_ns()}"
+    fit = training.fit_autoencoder(
+        model, training.patch_dataset(ds.train_images, s["patch_size"], s["patches_per_epoch"],
+                                      s["batch_size"], seed=s["seed"], corrupt=s["corrupt"]),
+        training.val_patch_dataset(ds.val_images, s["patch_size"], batch_size=s["batch_size"],
+                                   seed=s["seed"]),
+        work, epochs=s["epochs"], learning_rate=s["learning_rate"], seed=s["seed"],
+        loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"]), verbose=0)
+    train_seconds = time.perf_counter() - start
+    scorer = Scorer(fit["model"], ScoringConfig(
+        model="ae2", image_size=s["image_size"], color_mode=s["color_mode"],
+        map_kind=s["map_kind"], score_method=s["score_method"], topk_percent=s["topk_percent"],
+        eval_size=s["eval_size"], smooth_sigma=s["smooth_sigma"], patch_size=s["patch_size"],
+        stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"]))
+    if s["normalize_maps"]:
+        scorer.fit_normalization(ds.val_images)
+    normals = np.concatenate([ds.val_images] * 3)
+    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, s["seed"] + 1)
+    val = scorer.score(images)
+    val_masks = np.stack([data.resize_mask(m, s["eval_size"]) for m in masks])
+    test = scorer.score(ds.test_images)
+    has = ds.test_has_mask
+    return {
+        "settings": settings,
+        "train_seconds": round(train_seconds, 1),
+        "final_val_loss": fit["history"]["val_loss"][-1],
+        "val_image_auroc": metrics.image_auroc(labels, val.scores),
+        "val_pixel_auroc": metrics.pixel_auroc(val_masks, val.maps),
+        "test_image_auroc": metrics.image_auroc(ds.test_labels, test.scores),
+        "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has], test.maps[has]),
+        "test_aupro": metrics.aupro(ds.test_masks[has], test.maps[has]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    args = parser.parse_args()
+    settings = {}
+    for key, value in args.p:
+        if key not in DEFAULTS:
+            raise SystemExit(f"unknown setting {key!r}; known: {sorted(DEFAULTS)}")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    result = {"name": args.name, **run(args.data_dir, settings)}
+    out = ROOT / "runs" / "experiments" / f"{Path(args.data_dir).name}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as handle:
+        handle.write(json.dumps(result) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
