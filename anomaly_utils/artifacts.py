@@ -21,7 +21,6 @@ import json
 import math
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,10 +62,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None,
         prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
         dir=path.parent,
     )
-    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _FILE_MODE)
         yield tmp
         if durable:
             with open(tmp, "rb+") as handle:
@@ -132,9 +131,8 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     for name, array in arrays.items():
         if np.asarray(array).dtype == object:
             raise TypeError(f"array '{name}' has dtype object; it would need pickle")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -148,14 +146,21 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ArtifactError(f"'{path}' is missing", fix="rerun the notebook that writes it")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+            arrays = {key: npz[key] for key in npz.files}
     except ValueError as exc:
-        if "pickle" in str(exc):
+        if "allow_pickle" in str(exc):
             raise ArtifactError(f"'{path}' holds pickled objects, which this lab never loads "
                                 "(unpickling can run arbitrary code)",
                                 fix="use score files written by this lab") from exc
         raise ArtifactError(f"'{path}' is corrupt ({exc})",
                             fix="delete it and rerun the notebook that writes it") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ArtifactError(f"'{path}' is corrupt or truncated ({exc})",
+    except Exception as exc:
+        # A damaged member header reaches numpy's header parser, which can fail with
+        # tokenize.TokenError or SyntaxError as well as the usual zip and EOF errors.
+        raise ArtifactError(f"'{path}' is corrupt or truncated ({type(exc).__name__}: {exc})",
                             fix="delete it and rerun the notebook that writes it") from exc
+    # numpy hands back a member that is not a .npy file as raw bytes.
+    if raw := sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray)):
+        raise ArtifactError(f"'{path}' is corrupt: {raw} are not numpy arrays",
+                            fix="delete it and rerun the notebook that writes it")
+    return arrays

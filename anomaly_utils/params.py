@@ -47,6 +47,12 @@ def _percent(value: Any) -> str | None:
     return None
 
 
+def _unit_interval(value: Any) -> str | None:
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        return "must be in [0, 1]"
+    return None
+
+
 def _multiple_of(n: int) -> Rule:
     def rule(value: Any) -> str | None:
         if _positive_int(value) or value % n:
@@ -76,7 +82,8 @@ RULES: dict[str, dict[str, Rule]] = {
                      "patches_per_epoch": _positive_int, "stride": _positive_int,
                      "ssim_weight": _non_negative, "l1_weight": _non_negative,
                      "smooth_sigma": _non_negative, "topk_percent": _percent,
-                     "score_method": _one_of("max", "mean", "topk")},
+                     "score_method": _one_of("max", "mean", "topk"),
+                     "bottleneck": _one_of("global", "spatial"), "corrupt": _unit_interval},
     "04_threshold_selection": {
         "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
@@ -96,9 +103,9 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
         if name in params and (problem := rule(params[name])):
             raise ParameterError(f"parameter '{name}' of {notebook} {problem}, got "
                                  f"{params[name]!r}", fix=f"pass a valid value with -p {name} ...")
-    if notebook == "03_train_ae2" and {"patch_size", "image_size"} <= params.keys():
-        if params["patch_size"] > params["image_size"]:
-            raise ParameterError(
-                f"parameter 'patch_size' ({params['patch_size']}) of {notebook} is larger "
-                f"than image_size ({params['image_size']})",
-                fix="use a patch_size <= image_size")
+    sizes = {"patch_size", "image_size"} <= params.keys()
+    if notebook == "03_train_ae2" and sizes and params["patch_size"] > params["image_size"]:
+        raise ParameterError(
+            f"parameter 'patch_size' ({params['patch_size']}) of {notebook} is larger "
+            f"than image_size ({params['image_size']})",
+            fix="use a patch_size <= image_size")

@@ -345,7 +345,7 @@ def summary(run_dir: str | os.PathLike) -> str:
                      f"{m.get('image_threshold', float('nan')):>12.5g}")
     gallery = run_dir / "figures"
     if gallery.is_dir():
-        lines.append(f"  gallery: {gallery}/ ({len(list(gallery.glob('*.png')))} figures), "
+        lines.append(f"  gallery: {gallery}/ ({len([p for p in gallery.glob('*.png') if not p.name.startswith('.')])} figures), "
                      f"notebook: {run_dir / (NOTEBOOKS[-1] + '.ipynb')}")
     return "\n".join(lines)
 

@@ -411,7 +411,7 @@ def save_inference_model(model: keras.Model, path: str | os.PathLike) -> None:
     state), so leaving Adam's moments out makes it a third of the size (AE-1: ~280 MB
     instead of ~850 MB).
     """
-    optimizer = model.optimizer
+    optimizer = getattr(model, "optimizer", None)
     model.optimizer = None
     try:
         with atomic_path(path) as tmp:

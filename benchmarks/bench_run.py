@@ -13,9 +13,9 @@ import time
 
 import psutil
 
-from benchmarks.common import ROOT, table, write_result
 from anomaly_utils.artifacts import read_json
 from anomaly_utils.pipeline import new_run_id
+from benchmarks.common import ROOT, table, write_result
 
 
 def tree_rss(process: psutil.Process) -> int:

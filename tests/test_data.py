@@ -126,7 +126,7 @@ def test_file_dataset_reads_from_disk(dataset: Path):
     batches = list(data.file_dataset(paths, 16, "rgb", batch_size=4))
     assert [b.shape[0] for b in batches] == [4, 2]
     assert batches[0].dtype == tf.float32
-    assert 0.0 <= float(tf.reduce_min(batches[0])) and float(tf.reduce_max(batches[0])) <= 1.0
+    assert float(tf.reduce_min(batches[0])) >= 0.0 and float(tf.reduce_max(batches[0])) <= 1.0
 
 
 # --- the bad-input corpus -------------------------------------------------------------------
