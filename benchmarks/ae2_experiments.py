@@ -35,7 +35,11 @@ DEFAULTS = {
 }
 
 
-def run(data_dir: str, settings: dict) -> dict:
+EVAL_GRID = [(kind, sigma, method) for kind in ("ssim", "l1", "l2", "ssim+l1")
+             for sigma in (1.0, 2.0, 4.0) for method in ("max", "topk")]
+
+
+def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
     from anomaly_utils import data, metrics, models, pseudo_anomalies, training
     from anomaly_utils.experiment import Scorer, ScoringConfig
     from anomaly_utils.images import channels_for
@@ -60,37 +64,69 @@ def run(data_dir: str, settings: dict) -> dict:
         work, epochs=s["epochs"], learning_rate=s["learning_rate"], seed=s["seed"],
         loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"]), verbose=0)
     train_seconds = time.perf_counter() - start
-    scorer = Scorer(fit["model"], ScoringConfig(
-        model="ae2", image_size=s["image_size"], color_mode=s["color_mode"],
-        map_kind=s["map_kind"], score_method=s["score_method"], topk_percent=s["topk_percent"],
-        eval_size=s["eval_size"], smooth_sigma=s["smooth_sigma"], patch_size=s["patch_size"],
-        stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"]))
-    if s["normalize_maps"]:
-        scorer.fit_normalization(ds.val_images)
     normals = np.concatenate([ds.val_images] * 3)
     images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, s["seed"] + 1)
-    val = scorer.score(images)
     val_masks = np.stack([data.resize_mask(m, s["eval_size"]) for m in masks])
-    test = scorer.score(ds.test_images)
     has = ds.test_has_mask
-    return {
-        "settings": settings,
-        "train_seconds": round(train_seconds, 1),
-        "final_val_loss": fit["history"]["val_loss"][-1],
-        "val_image_auroc": metrics.image_auroc(labels, val.scores),
-        "val_pixel_auroc": metrics.pixel_auroc(val_masks, val.maps),
-        "test_image_auroc": metrics.image_auroc(ds.test_labels, test.scores),
-        "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has], test.maps[has]),
-        "test_aupro": metrics.aupro(ds.test_masks[has], test.maps[has]),
-    }
+    variants = EVAL_GRID if eval_grid else [(s["map_kind"], s["smooth_sigma"],
+                                             s["score_method"])]
+    rows = []
+    for kind, sigma, method in variants:
+        scorer = Scorer(fit["model"], ScoringConfig(
+            model="ae2", image_size=s["image_size"], color_mode=s["color_mode"],
+            map_kind=kind, score_method=method, topk_percent=s["topk_percent"],
+            eval_size=s["eval_size"], smooth_sigma=sigma, patch_size=s["patch_size"],
+            stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"]))
+        if s["normalize_maps"]:
+            scorer.fit_normalization(ds.val_images)
+        val = scorer.score(images)
+        test = scorer.score(ds.test_images)
+        rows.append({
+            "settings": {**settings, "map_kind": kind, "smooth_sigma": sigma,
+                         "score_method": method},
+            "train_seconds": round(train_seconds, 1),
+            "final_val_loss": fit["history"]["val_loss"][-1],
+            "val_image_auroc": metrics.image_auroc(labels, val.scores),
+            "val_pixel_auroc": metrics.pixel_auroc(val_masks, val.maps),
+            "test_image_auroc": metrics.image_auroc(ds.test_labels, test.scores),
+            "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has], test.maps[has]),
+            "test_aupro": metrics.aupro(ds.test_masks[has], test.maps[has]),
+        })
+    return rows
+
+
+def markdown_table(path: Path) -> str:
+    """The rows of a results file as a markdown table (validation first, test last)."""
+    lines = ["| experiment | settings (over the script's defaults) | train s | val image AUROC "
+             "| val pixel AUROC | test image AUROC | test pixel AUROC | test AUPRO |",
+             "|---|---|---|---|---|---|---|---|"]
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+
+        def f(key, r=r):
+            return "n/a" if r[key] is None else f"{r[key]:.3f}"
+
+        lines.append(f"| {r['name']} | {settings} | {r['train_seconds']:.0f} | "
+                     f"{f('val_image_auroc')} | {f('val_pixel_auroc')} | "
+                     f"{f('test_image_auroc')} | {f('test_pixel_auroc')} | {f('test_aupro')} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--table", metavar="JSONL", help="print a results file as markdown")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--name")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    parser.add_argument("--eval-grid", action="store_true",
+                        help="score the trained model with every map kind, smoothing and score")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(Path(args.table)))
+        return
+    if not args.data_dir or not args.name:
+        parser.error("--data-dir and --name are required to run an experiment")
     settings = {}
     for key, value in args.p:
         if key not in DEFAULTS:
@@ -99,12 +135,13 @@ def main() -> None:
             settings[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             settings[key] = value
-    result = {"name": args.name, **run(args.data_dir, settings)}
     out = ROOT / "runs" / "experiments" / f"{Path(args.data_dir).name}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as handle:
-        handle.write(json.dumps(result) + "\n")
-    print(json.dumps(result, indent=1))
+    for row in run(args.data_dir, settings, args.eval_grid):
+        result = {"name": args.name, **row}
+        with out.open("a") as handle:
+            handle.write(json.dumps(result) + "\n")
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
