@@ -7,7 +7,6 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := data/synthetic_carpet
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
 
 .PHONY: run test lab data notebooks figures bench lint venv clean-runs

@@ -8,7 +8,6 @@ message and exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -200,32 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 pointed at /dev/null for the import only.
-
-    TensorFlow prints start-up lines to stderr before its logging is configured (whatever
-    TF_CPP_MIN_LOG_LEVEL says); they would bury the one-line error messages of this CLI.
-    Later warnings and errors are shown as usual.
-    """
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-TF_COMMANDS = ("score", "sweep")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command in TF_COMMANDS and not args.debug:
-        import_tensorflow_quietly()
     try:
         return args.func(args)
     except LabError as exc:

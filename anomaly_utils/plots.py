@@ -19,12 +19,14 @@ MODEL_COLORS = {"ae1": "#4c72b0", "ae2": "#dd8452"}
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG atomically and return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
+def save(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save ``fig`` as PNG atomically.
+
+    Returns nothing on purpose: as the last line of a notebook cell a returned path would be
+    printed (a trailing ``;`` does not suppress it when nbval runs the cell).
+    """
+    with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    return path
 
 
 def _show_image(ax, image, title: str | None = None) -> None:

@@ -74,6 +74,7 @@ def score_paths(run_dir: Path, model: str, paths: list[Path], out_dir: Path | No
     c = scorer.config
     files = collect_images(paths)
     results = []
+    used_names: set[str] = set()
     log(f"{model} of run {run_dir.name}: threshold {threshold:.6g} ({entry.get('strategy')})")
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
@@ -86,8 +87,24 @@ def score_paths(run_dir: Path, model: str, paths: list[Path], out_dir: Path | No
             results.append({"path": str(path), "score": float(score), "verdict": verdict})
             log(f"{score:12.6g}  {verdict:<9}  {display_path(path)}")
             if out_dir is not None:
-                write_overlay(out_dir / f"{path.stem}_heatmap.png", original, heat)
+                name = overlay_name(path, used_names)
+                write_overlay(out_dir / name, original, heat)
+                results[-1]["overlay"] = str(out_dir / name)
     return results
+
+
+def overlay_name(path: Path, used: set[str]) -> str:
+    """A unique overlay file name for ``path``: ``<folder>_<stem>_heatmap.png``.
+
+    Images from different folders often share a name (``good/000.png``, ``hole/000.png``);
+    a counter keeps any remaining clash from overwriting an earlier overlay.
+    """
+    base = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+    name, counter = f"{base}_heatmap.png", 2
+    while name in used:
+        name, counter = f"{base}_{counter}_heatmap.png", counter + 1
+    used.add(name)
+    return name
 
 
 def write_overlay(path: Path, image: np.ndarray, heat: np.ndarray) -> None:
