@@ -197,3 +197,52 @@ def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
                             fix="check the run directory's layout")
     data["maps"] = data["maps"].astype(np.float32)
     return data
+
+
+@dataclass
+class SplitScores:
+    """What :func:`score_splits` wrote: the results on each split (see :class:`ScoreResult`)."""
+
+    val: ScoreResult
+    val_pseudo: ScoreResult
+    test: ScoreResult
+
+
+def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0) -> SplitScores:
+    """Score a dataset's validation normals, a pseudo-labelled validation set and the test set.
+
+    Writes ``run_dir/<model>/scores_val.npz``, ``scores_val_pseudo.npz`` (the validation
+    normals with pasted synthetic anomalies from :mod:`anomaly_utils.pseudo_anomalies`, for
+    an F1-optimal threshold without touching the test set) and ``scores_test.npz``, each
+    stamped with the dataset fingerprint.
+
+    Args:
+        scorer: the trained model and how to score it.
+        ds: an :class:`anomaly_utils.data.AnomalyDataset` loaded at the model's resolution,
+            with masks at ``scorer.config.eval_size``.
+        run_dir: the run directory.
+        seed: seeds the pseudo-anomalies.
+    """
+    from . import pseudo_anomalies
+    from .data import resize_mask
+
+    name = scorer.config.model
+    folder = Path(run_dir) / name
+    fingerprint = ds.fingerprint
+    val = scorer.score(ds.val_images)
+    save_scores(folder / "scores_val.npz", val, labels=np.zeros(len(val.scores), int),
+                types=np.full(len(val.scores), "good"), masks=None, has_mask=None, paths=[],
+                fingerprint=fingerprint, model=name)
+    images, labels, masks, kinds = pseudo_anomalies.make_labelled_validation(ds.val_images, seed)
+    val_pseudo = scorer.score(images)
+    save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=labels,
+                types=np.array(kinds),
+                masks=np.stack([resize_mask(m, scorer.config.eval_size) for m in masks]),
+                has_mask=np.ones(len(labels), bool), paths=[], fingerprint=fingerprint,
+                model=name)
+    test = scorer.score(ds.test_images)
+    save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,
+                masks=ds.test_masks, has_mask=ds.test_has_mask,
+                paths=[p.relative_to(ds.index.root) for p in ds.test_paths],
+                fingerprint=fingerprint, model=name)
+    return SplitScores(val, val_pseudo, test)
