@@ -60,4 +60,6 @@ def test_changed_default_fails_nbval(workspace: Path):
     copy.write_text(json.dumps(notebook))
     result = nbval(copy)
     assert result.returncode != 0, "nbval passed although a default changed the outputs"
-    assert "train/good" in result.stdout  # the failing comparison shows the changed counts
+    # The failing comparison is the dataset summary: the committed 345 images against 23.
+    assert "01_data_exploration.ipynb::Cell 2" in result.stdout
+    assert "345 images" in result.stdout and "23 images" in result.stdout
