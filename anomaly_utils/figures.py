@@ -17,11 +17,12 @@ from .errors import ArtifactError
 
 # README figure name -> figure of the run it is made from.
 README_FIGURES = {
-    "samples.png": "01_defect_samples.png",
+    "samples.jpg": "01_defect_samples.png",
     "roc_pr.png": "04_roc_pr.png",
-    "gallery.png": "05_side_by_side.png",
+    "gallery.jpg": "05_side_by_side.png",
 }
-MAX_WIDTH = 1100
+MAX_WIDTH = 900
+JPEG_QUALITY = 82
 
 
 def latest_run(runs_dir: Path = Path("runs")) -> Path:
@@ -33,7 +34,11 @@ def latest_run(runs_dir: Path = Path("runs")) -> Path:
 
 
 def shrink_png(source: Path, target: Path, max_width: int = MAX_WIDTH) -> Path:
-    """Copy a PNG, downscaled to at most ``max_width`` pixels wide, atomically."""
+    """Copy a PNG downscaled to at most ``max_width`` pixels wide, atomically.
+
+    The target's suffix picks the format: photographs (samples, galleries) go to JPEG,
+    which is several times smaller than PNG for them; line plots stay PNG.
+    """
     image = cv2.imread(os.fspath(source), cv2.IMREAD_COLOR)
     if image is None:
         raise ArtifactError(f"cannot read figure '{source}'", fix="rerun the run's notebooks")
@@ -41,8 +46,10 @@ def shrink_png(source: Path, target: Path, max_width: int = MAX_WIDTH) -> Path:
         scale = max_width / image.shape[1]
         image = cv2.resize(image, (max_width, round(image.shape[0] * scale)),
                            interpolation=cv2.INTER_AREA)
+    options = ([cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if target.suffix == ".jpg"
+               else [cv2.IMWRITE_PNG_COMPRESSION, 9])
     with atomic_path(target) as tmp:
-        cv2.imwrite(os.fspath(tmp), image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        cv2.imwrite(os.fspath(tmp), image, options)
     return target
 
 

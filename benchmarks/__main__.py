@@ -7,10 +7,62 @@ the headline ratios against the targets.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
-ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_inference", "bench_pipeline",
-         "bench_run")
+ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_inference", "bench_scoring",
+         "bench_pipeline", "bench_run")
+
+
+def _load(name: str) -> dict | None:
+    from benchmarks.common import BENCH_DIR
+
+    path = BENCH_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summary() -> str:
+    """The headline numbers against the targets, from runs/bench/*.json."""
+    from benchmarks.common import table
+
+    rows = []
+    ceiling = _load("ceiling")
+    ssim = _load("ssim")
+    if ssim:
+        for r in ssim["rows"]:
+            rows.append({"measure": f"fast SSIM vs tf.image.ssim, {r['size']}px x{r['n_pairs']}",
+                         "value": f"{r['speedup_vs_tf_image_ssim']:.2f}x", "target": ">= 10x"})
+            rows.append({"measure": f"fast SSIM max |diff| vs skimage, {r['size']}px",
+                         "value": f"{r['max_abs_diff_vs_skimage']:.1e}", "target": "<= 1e-4"})
+    inference = _load("inference")
+    if inference:
+        r = inference["rows"][0]
+        rows.append({"measure": "AE-2 sliding window, batched vs per-patch predict",
+                     "value": f"{r['speedup']:.1f}x (max diff {r['max_abs_diff']:.0e})",
+                     "target": ">= 3x, <= 1e-5"})
+    pipeline = _load("pipeline")
+    if pipeline:
+        rows.append({"measure": "training from disk / from memory",
+                     "value": f"{pipeline['disk_over_memory']:.2f}", "target": ">= 0.95"})
+    training = _load("training")
+    if training and ceiling:
+        best: dict[str, dict] = {}
+        for r in training["results"]:
+            if r.get("achieved_gflops_per_s", 0) > best.get(r["model"], {}).get(
+                    "achieved_gflops_per_s", 0):
+                best[r["model"]] = r
+        for model, r in best.items():
+            rows.append({"measure": f"training {model}: best of batch/jit "
+                                    f"(batch {r['batch_size']}, jit {r['jit_compile']})",
+                         "value": f"{r['achieved_gflops_per_s']:.0f} GFLOP/s = "
+                                  f"{r['achieved_gflops_per_s'] / ceiling['tf_matmul_gflops']:.0%}"
+                                  " of matmul ceiling", "target": "reported"})
+    run = _load("run")
+    if run:
+        rows.append({"measure": "make run on the defaults", "value":
+                     f"{run['total_seconds']:.0f} s, peak RSS {run['peak_rss_gib']:.2f} GiB",
+                     "target": "<= 600 s, < 4 GiB"})
+    return table(rows, "Summary against the targets")
 
 
 def main(names: list[str]) -> int:
@@ -19,6 +71,8 @@ def main(names: list[str]) -> int:
         print(f"\n=== {name} ===", flush=True)
         sys.argv = [name]  # each script parses its own options; run it with its defaults
         importlib.import_module(f"benchmarks.{name}").main()
+    print()
+    print(summary())
     return 0
 
 

@@ -1,0 +1,58 @@
+"""End-to-end scoring throughput of both models with their default scoring settings.
+
+From uint8 images at 256x256 to image scores and full anomaly maps at ``eval_size``:
+resize to the model's resolution, reconstruct (AE-2: sliding window), per-pixel map,
+smoothing, image score. Untrained models with the default architectures: the cost does not
+depend on the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.common import best_time, table, write_result
+
+
+def measure(n_images: int = 32) -> list[dict]:
+    from anomaly_utils import models
+    from anomaly_utils.data import resize_image
+    from anomaly_utils.experiment import Scorer, ScoringConfig
+
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 255, (n_images, 256, 256, 3), dtype=np.uint8)
+    setups = {
+        "AE-1 (64x64, squared error, mean)": (
+            models.build_ae1(), ScoringConfig(model="ae1", image_size=64, map_kind="l2",
+                                              score_method="mean", eval_size=128)),
+        "AE-2 (128x128, patches 64 stride 16, L2 map, top-1 %)": (
+            models.build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
+            ScoringConfig(model="ae2", image_size=128, map_kind="l2", score_method="topk",
+                          smooth_sigma=4.0, patch_size=64, stride=16, eval_size=128)),
+        "AE-2 (256x256, patches 64 stride 16, L2 map, top-1 %)": (
+            models.build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
+            ScoringConfig(model="ae2", image_size=256, map_kind="l2", score_method="topk",
+                          smooth_sigma=4.0, patch_size=64, stride=16, eval_size=128)),
+    }
+    rows = []
+    for name, (model, config) in setups.items():
+        scorer = Scorer(model, config)
+
+        def score(scorer=scorer, size=config.image_size):
+            images = np.stack([resize_image(image, size) for image in full])
+            return scorer.score(images)
+
+        seconds = best_time(score, repeat=2)
+        rows.append({"setup": name, "images": n_images, "seconds": seconds,
+                     "images_per_s": n_images / seconds})
+    return rows
+
+
+def main() -> list[dict]:
+    rows = measure()
+    print(table(rows, "Scoring from 256x256 uint8 images to scores and maps (default settings)"))
+    write_result("scoring", {"rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
