@@ -165,6 +165,13 @@ def test_sigkill_during_training_then_resume(tiny_data: Path, tmp_path: Path,
     losses = np.array([[float(v) for v in r.split(",")[1:]] for r in rows])
     ref_losses = np.array([[float(v) for v in r.split(",")[1:]] for r in ref_rows])
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    # ... and so are the model's test scores and maps (the run's final metrics derive from them).
+    from anomaly_utils.experiment import load_scores
+
+    ours, theirs = (load_scores(d / "ae2" / "scores_test.npz") for d in (tmp_path / "k", ref))
+    np.testing.assert_allclose(ours["scores"], theirs["scores"], rtol=1e-5)
+    np.testing.assert_allclose(ours["maps"], theirs["maps"], rtol=1e-3, atol=1e-6)
+    assert read_json(tmp_path / "k" / "metrics.json")["ae2"]["image_auroc"] is not None
 
 
 def test_score_command_prints_verdicts_and_writes_overlays(finished_run: Path, tiny_data: Path,
