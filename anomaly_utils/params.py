@@ -89,7 +89,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
         "pixel_percentile": _percent, "min_defect_area": _non_negative,
         "n_bootstrap": _positive_int},
-    "05_results_gallery": {"per_defect": _positive_int, "max_errors": _non_negative},
+    "05_results_gallery": {"per_defect": _positive_int, "rows_per_figure": _positive_int},
 }
 
 
