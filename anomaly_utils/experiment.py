@@ -109,22 +109,30 @@ class Scorer:
             return np.asarray(samples, np.float32).mean(axis=0)
         return scoring.reconstruct(self.model, x, batch_size=c.batch_size)
 
-    def raw_maps(self, images: np.ndarray, recons: np.ndarray) -> np.ndarray:
-        """Per-pixel error maps (N, S, S) at model resolution, before normalisation."""
+    def reconstruct_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstructions (N, S, S, C) and per-pixel error maps (N, S, S) at model resolution.
+
+        For a VAE with ``vae_samples`` the decoder is sampled once: the reconstruction is the
+        samples' mean and the map the mean of the samples' maps (not the map of the mean,
+        which would hide the samples' spread).
+        """
         c = self.config
         x = _as_float(images)
-        if c.vae_samples and hasattr(self.model, "sample_reconstructions") and not c.patch_size:
-            # The VAE's pixel map is the mean error over decoder samples, not the error of
-            # the mean reconstruction (which would hide the samples' spread).
-            samples = np.asarray(self.model.sample_reconstructions(x, c.vae_samples, c.seed))
-            return np.mean([scoring.anomaly_map(x, s, kind=c.map_kind,
-                                                smooth_sigma=c.smooth_sigma)
-                            for s in samples], axis=0).astype(np.float32)
-        return scoring.anomaly_map(x, recons, kind=c.map_kind, smooth_sigma=c.smooth_sigma)
+        sliding = bool(c.patch_size) and c.patch_size < x.shape[1]
+        if c.vae_samples and hasattr(self.model, "sample_reconstructions") and not sliding:
+            samples = np.asarray(self.model.sample_reconstructions(x, c.vae_samples, c.seed),
+                                 np.float32)
+            maps = np.mean([scoring.anomaly_map(x, s, kind=c.map_kind,
+                                                smooth_sigma=c.smooth_sigma) for s in samples],
+                           axis=0)
+            return samples.mean(axis=0), maps.astype(np.float32)
+        recons = self.reconstruct(images)
+        return recons, scoring.anomaly_map(x, recons, kind=c.map_kind,
+                                           smooth_sigma=c.smooth_sigma)
 
     def fit_normalization(self, val_images: np.ndarray) -> None:
         """Learn the per-pixel mean and spread of the error on validation normals."""
-        maps = self.raw_maps(val_images, self.reconstruct(val_images))
+        _, maps = self.reconstruct_with_maps(val_images)
         self.config.norm_mean = maps.mean(axis=0).tolist()
         self.config.norm_std = (maps.std(axis=0) + 1e-3 * maps.std() + 1e-6).tolist()
 
@@ -137,8 +145,7 @@ class Scorer:
                 f"images are {images.shape[1:]} but the {c.model} model expects "
                 f"({c.image_size}, {c.image_size}, {3 if c.color_mode == 'rgb' else 1})",
                 fix="load the images with the model's image_size and color_mode")
-        recons = self.reconstruct(images)
-        maps = self.raw_maps(images, recons)
+        recons, maps = self.reconstruct_with_maps(images)
         if c.normalize and c.norm_mean is not None:
             maps = (maps - np.asarray(c.norm_mean, np.float32)) / np.asarray(c.norm_std,
                                                                             np.float32)
