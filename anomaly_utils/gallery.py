@@ -8,8 +8,6 @@ from . import thresholds
 from .data import load_images
 from .experiment import Scorer
 
-VERDICTS = ("TP", "FP", "FN", "TN")
-
 
 def verdicts(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """"TP"/"FP"/"FN"/"TN" per image (N,) for ``score >= threshold`` = anomalous."""

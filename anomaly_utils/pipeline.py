@@ -45,7 +45,7 @@ NOTEBOOKS = (
 )
 SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": NOTEBOOKS[1],
           "03": NOTEBOOKS[2], "ae2": NOTEBOOKS[2], "04": NOTEBOOKS[3], "05": NOTEBOOKS[4]}
-PATH_PARAMETERS = ("data_dir", "run_dir", "labelled_val_dir")
+PATH_PARAMETERS = ("data_dir", "run_dir")
 
 
 @dataclass(frozen=True)
