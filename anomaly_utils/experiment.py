@@ -44,8 +44,10 @@ class ScoringConfig:
         smooth_sigma: Gaussian smoothing of the map at model resolution, pixels (0 = off).
         patch_size, stride: AE-2's sliding window, pixels (0 = whole image in one pass).
         vae_samples: decoder samples averaged per image for a VAE (0 = posterior mean).
-        normalize: subtract the validation normals' per-pixel mean error and divide by its
-            spread (a per-position model of normal error), before scoring.
+        normalize: subtract the per-pixel mean error of defect-free training images and
+            divide by its spread (a per-position model of normal error), before scoring.
+            Fitted on training images, not on the validation normals that thresholds and
+            model choices are judged with (see :meth:`Scorer.fit_normalization`).
     """
 
     model: str
@@ -130,9 +132,14 @@ class Scorer:
         return recons, scoring.anomaly_map(x, recons, kind=c.map_kind,
                                            smooth_sigma=c.smooth_sigma)
 
-    def fit_normalization(self, val_images: np.ndarray) -> None:
-        """Learn the per-pixel mean and spread of the error on validation normals."""
-        _, maps = self.reconstruct_with_maps(val_images)
+    def fit_normalization(self, normal_images: np.ndarray) -> None:
+        """Learn the per-pixel mean and spread of the error on defect-free images (N, S, S, C).
+
+        Pass training images (e.g. :func:`training_sample`), not the validation normals:
+        normals scored with statistics fitted on themselves look more normal than unseen
+        ones, which makes validation AUROC optimistic and percentile thresholds too low.
+        """
+        _, maps = self.reconstruct_with_maps(normal_images)
         self.config.norm_mean = maps.mean(axis=0).tolist()
         self.config.norm_std = (maps.std(axis=0) + 1e-3 * maps.std() + 1e-6).tolist()
 
@@ -156,6 +163,14 @@ class Scorer:
                                           topk_percent=c.topk_percent)
         maps = scoring.resize_maps(maps, c.eval_size)
         return ScoreResult(np.asarray(scores, np.float32), maps.astype(np.float32), recons)
+
+
+def training_sample(train_images: np.ndarray, n: int = 200, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` training images (N, S, S, C) drawn without replacement, seeded."""
+    if len(train_images) <= n:
+        return train_images
+    rng = np.random.default_rng(seed)
+    return train_images[np.sort(rng.choice(len(train_images), n, replace=False))]
 
 
 def _as_float(images: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ EVAL_GRID = [(kind, sigma, method) for kind in ("ssim", "l1", "l2", "ssim+l1")
 
 def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
     from anomaly_utils import data, metrics, models, pseudo_anomalies, training
-    from anomaly_utils.experiment import Scorer, ScoringConfig
+    from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
     from anomaly_utils.images import channels_for
     from anomaly_utils.seeding import set_global_seed
 
@@ -78,7 +78,7 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
             eval_size=s["eval_size"], smooth_sigma=sigma, patch_size=s["patch_size"],
             stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"]))
         if s["normalize_maps"]:
-            scorer.fit_normalization(ds.val_images)
+            scorer.fit_normalization(training_sample(ds.train_images, 200, s["seed"]))
         val = scorer.score(images)
         test = scorer.score(ds.test_images)
         rows.append({

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
 from anomaly_utils import models, scoring
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.experiment import Scorer, ScoringConfig
+from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
 
 
 def tiny_vae():
@@ -42,3 +43,31 @@ def test_score_refuses_images_of_the_wrong_size():
     scorer = Scorer(tiny_vae(), ScoringConfig(model="ae1", image_size=16, eval_size=16))
     with pytest.raises(ParameterError, match="expects"):
         scorer.score(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_training_sample_is_seeded_without_replacement():
+    images = np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1)
+    first = training_sample(images, 20, seed=3)
+    assert first.shape == (20, 1, 1, 1)
+    assert len(np.unique(first)) == 20                      # no image twice
+    np.testing.assert_array_equal(first, training_sample(images, 20, seed=3))
+    assert not np.array_equal(first, training_sample(images, 20, seed=4))
+    assert training_sample(images, 80, seed=0) is images    # fewer than asked: all of them
+
+
+def test_normalised_maps_are_z_scores_against_the_fitted_normals():
+    inputs = keras.Input((8, 8, 1))
+    grey = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 0.0 + 0.5)(inputs))
+    rng = np.random.default_rng(0)
+    normals = rng.integers(0, 255, (6, 8, 8, 1), dtype=np.uint8)
+    test = rng.integers(0, 255, (2, 8, 8, 1), dtype=np.uint8)
+    scorer = Scorer(grey, ScoringConfig(model="ae2", image_size=8, color_mode="grayscale",
+                                        map_kind="l2", score_method="max", eval_size=8,
+                                        normalize=True))
+    scorer.fit_normalization(normals)
+    plain = scoring.squared_error_map(normals / 255.0, np.full(normals.shape, 0.5, np.float32))
+    mean, std = plain.mean(axis=0), plain.std(axis=0) + 1e-3 * plain.std() + 1e-6
+    raw = scoring.squared_error_map(test / 255.0, np.full(test.shape, 0.5, np.float32))
+    result = scorer.score(test)
+    np.testing.assert_allclose(result.maps, (raw - mean) / std, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(result.scores, result.maps.reshape(2, -1).max(axis=1), rtol=1e-6)
