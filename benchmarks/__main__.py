@@ -10,8 +10,8 @@ import importlib
 import json
 import sys
 
-ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_inference", "bench_scoring",
-         "bench_pipeline", "bench_run")
+ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_threads", "bench_fit_overhead",
+         "bench_inference", "bench_scoring", "bench_pipeline", "bench_run")
 
 
 def _load(name: str) -> dict | None:
@@ -61,6 +61,11 @@ def summary() -> str:
                          "value": f"{r['achieved_gflops_per_s']:.0f} GFLOP/s = "
                                   f"{r['achieved_gflops_per_s'] / ceiling['tf_matmul_gflops']:.0%}"
                                   " of matmul ceiling", "target": "reported"})
+    overhead = _load("fit_overhead")
+    if overhead:
+        values = " / ".join(f"{r['epoch s (mean)']:.2f} s" for r in overhead["rows"])
+        rows.append({"measure": "AE-1 epoch: plain fit / lab, backup every epoch / lab default",
+                     "value": values, "target": "(before/after)"})
     run = _load("run")
     if run:
         rows.append({"measure": "make run on the defaults", "value":

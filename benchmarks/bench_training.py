@@ -76,6 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--jit", choices=("both", "off"), default="both",
+                        help="also time jit_compile=True, or only the default (off)")
+    parser.add_argument("--out", type=Path, default=OUT, help="result file (JSON)")
     args = parser.parse_args()
     models = {
         "AE-1 64x64 RGB": build_ae1,
@@ -87,7 +90,7 @@ def main() -> None:
     print(f"{'model':<30}{'batch':>6}{'jit':>6}{'img/s':>10}{'GFLOP/s':>10}{'warmup s':>10}")
     for name, build in models.items():
         for batch_size in args.batch_sizes:
-            for jit in (False, True):
+            for jit in (False, True) if args.jit == "both" else (False,):
                 try:
                     row = measure(name, build, batch_size, jit, args.steps)
                 except Exception as exc:  # noqa: BLE001 - report and go on with other settings
@@ -107,13 +110,15 @@ def main() -> None:
     for name, row in best.items():
         print(f"fastest {name}: batch {row['batch_size']}, jit_compile={row['jit_compile']} "
               f"({row['images_per_s']:.1f} img/s)")
-    write_json(OUT, {"device": [d.device_type for d in tf.config.list_physical_devices()],
+    write_json(args.out, {"device": [d.device_type for d in tf.config.list_physical_devices()],
                      "cpu_count": os.cpu_count(), "platform": platform.platform(),
                      "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
                      "results": results,
                      "fastest": {k: {"batch_size": v["batch_size"],
                                      "jit_compile": v["jit_compile"]} for k, v in best.items()}})
-    print(f"wrote {OUT}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from anomaly_utils.errors import ArtifactError, DataError, LabError
+from anomaly_utils.errors import ArtifactError, DataError, LabError, ParameterError
 from anomaly_utils.models import build_ae1
 from anomaly_utils.training import (
+    AtomicBackupAndRestore,
     fit_autoencoder,
     image_dataset,
     load_model,
@@ -236,3 +237,51 @@ def test_sigkill_resumes_at_first_unfinished_epoch_and_matches_uninterrupted_run
     # Same seed, same machine, deterministic ops: bit-identical, so compared exactly.
     assert resumed["history"]["loss"] == uninterrupted["history"]["loss"]
     assert resumed["history"]["val_loss"] == uninterrupted["history"]["val_loss"]
+
+
+# --------------------------------------------------------------------------- backup budget
+
+
+def _backup_with_fake_clock(tmp_path, max_overhead, save_seconds):
+    """A backup callback on a tiny model whose clock we move: each save takes save_seconds."""
+    model = build_ae1(16, latent_dim=4, encoder_filters=(4, 4, 4), decoder_filters=(4, 4), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    now = [0.0]
+    backup = AtomicBackupAndRestore(str(tmp_path / "backup"), max_overhead=max_overhead)
+    backup.set_model(model)
+    backup.clock = lambda: now[0]
+    write = backup._write_backup
+
+    def slow_write():
+        now[0] += save_seconds
+        write()
+
+    backup._write_backup = slow_write
+    backup.on_train_begin()
+    return backup, now
+
+
+def test_backups_are_skipped_while_writing_them_would_exceed_the_time_budget(tmp_path):
+    backup, now = _backup_with_fake_clock(tmp_path, max_overhead=0.1, save_seconds=1.0)
+    for epoch in range(30):
+        now[0] += 0.5  # an epoch of training
+        backup.on_epoch_end(epoch)
+    # After the first epoch, a 1 s backup is due again after 9 s of training (18 epochs).
+    assert backup.saved_epochs == [1, 19]
+    metadata = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 19
+    assert sorted(p.name for p in (tmp_path / "backup").glob("*.h5")) == ["epoch-00019.weights.h5"]
+
+
+def test_backup_overhead_one_backs_up_every_epoch(tmp_path):
+    backup, now = _backup_with_fake_clock(tmp_path, max_overhead=1.0, save_seconds=5.0)
+    for epoch in range(4):
+        now[0] += 0.1
+        backup.on_epoch_end(epoch)
+    assert backup.saved_epochs == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5])
+def test_backup_overhead_out_of_range_is_refused(tmp_path, bad):
+    with pytest.raises(ParameterError, match="max_overhead"):
+        AtomicBackupAndRestore(str(tmp_path), max_overhead=bad)
