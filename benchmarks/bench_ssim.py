@@ -60,12 +60,18 @@ def skimage_maps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def opencv_blurs(moments: list[np.ndarray]) -> None:
-    """Blur every (H, W, C) plane of each moment stack as SSIM needs (11 taps, sigma 1.5)."""
+    """Blur each (N, H, W, C) moment stack as SSIM needs (11 taps, sigma 1.5).
+
+    Each stack is blurred as one tall (N*H, W, C) image: one call instead of N, faster than a
+    loop over images (borders between images blur into each other, so this is a lower bound
+    on the time of a correct blur, not a usable one).
+    """
     import cv2
 
     for stack in moments:
-        for plane in stack:
-            cv2.GaussianBlur(plane, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+        n, height, width, channels = stack.shape
+        cv2.GaussianBlur(stack.reshape(n * height, width, channels), (11, 11), 1.5,
+                         borderType=cv2.BORDER_REFLECT)
 
 
 def bench_size(n: int, size: int, repeats: int) -> dict:

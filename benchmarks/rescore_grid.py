@@ -3,7 +3,8 @@
 Reconstructs once, then scores with every map kind, smoothing, score aggregation and
 per-pixel normalisation in a grid. For each setting it reports the image and pixel AUROC on
 the run's pseudo-labelled validation set (the held-out normals, half with pasted synthetic
-anomalies, as ``score_splits`` builds it) and, for the final report only, on the test set.
+anomalies, as ``score_splits`` builds it; ``--val-copies 3 --val-seed 1`` builds the larger
+set of ``benchmarks.ae2_experiments`` instead) and, for the final report only, on the test set.
 
 The per-pixel normalisation statistics are fitted on a seeded sample of *training* images,
 never on the validation normals they are judged with.
@@ -32,7 +33,8 @@ SIGMAS = (2.0, 4.0, 8.0)
 METHODS = ("max", "topk")
 
 
-def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int) -> list[dict]:
+def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copies: int = 1,
+            val_seed: int | None = None) -> list[dict]:
     from anomaly_utils import data, metrics, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer, training_sample
@@ -45,7 +47,9 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int) -> list[
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
-    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(ds.val_images, seed)
+    normals = np.concatenate([ds.val_images] * val_copies)
+    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(
+        normals, seed if val_seed is None else val_seed)
     val_masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
     norm = training_sample(ds.train_images, norm_images, seed)
     has = ds.test_has_mask
@@ -70,7 +74,8 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int) -> list[
                         out[split] = (scoring.image_scores(m, method=method),
                                       scoring.resize_maps(m, c.eval_size))
                     rows.append({
-                        "run": run_dir.name, "model": model, "map_kind": kind,
+                        "run": run_dir.name, "model": model, "val_copies": val_copies,
+                        "val_seed": seed if val_seed is None else val_seed, "map_kind": kind,
                         "smooth_sigma": sigma, "normalize": normalize, "score_method": method,
                         "val_image_auroc": metrics.image_auroc(labels, out["val"][0]),
                         "val_pixel_auroc": metrics.pixel_auroc(val_masks, out["val"][1]),
@@ -101,8 +106,15 @@ def main() -> None:
     parser.add_argument("--model", default="ae2", choices=("ae1", "ae2"))
     parser.add_argument("--norm-images", type=int, default=200,
                         help="training images sampled to fit the per-pixel normalisation")
+    parser.add_argument("--val-copies", type=int, default=1,
+                        help="copies of the validation normals to paste anomalies into (the "
+                             "run's own pseudo-labelled set: 1; ae2_experiments uses 3)")
+    parser.add_argument("--val-seed", type=int, default=None,
+                        help="seed of the pasted anomalies (default: the run's seed, as the "
+                             "run's own set; ae2_experiments uses seed + 1)")
     args = parser.parse_args()
-    rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images)
+    rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images, args.val_copies,
+                   args.val_seed)
     out = ROOT / "runs" / "experiments" / f"rescore_{Path(args.data_dir).name}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
