@@ -140,8 +140,9 @@ class Scorer:
         ones, which makes validation AUROC optimistic and percentile thresholds too low.
         """
         _, maps = self.reconstruct_with_maps(normal_images)
-        self.config.norm_mean = maps.mean(axis=0).tolist()
-        self.config.norm_std = (maps.std(axis=0) + 1e-3 * maps.std() + 1e-6).tolist()
+        mean, spread = normal_error_stats(maps)
+        self.config.norm_mean = mean.tolist()
+        self.config.norm_std = spread.tolist()
 
     def score(self, images: np.ndarray) -> ScoreResult:
         """Image scores, maps at ``eval_size`` and reconstructions of ``images``."""
@@ -163,6 +164,15 @@ class Scorer:
                                           topk_percent=c.topk_percent)
         maps = scoring.resize_maps(maps, c.eval_size)
         return ScoreResult(np.asarray(scores, np.float32), maps.astype(np.float32), recons)
+
+
+def normal_error_stats(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and spread, each (H, W), of defect-free images' error maps (N, H, W).
+
+    The spread is the per-pixel standard deviation plus 0.1 % of the overall one, so that
+    positions where the error never varies do not divide by ~0.
+    """
+    return maps.mean(axis=0), maps.std(axis=0) + 1e-3 * maps.std() + 1e-6
 
 
 def training_sample(train_images: np.ndarray, n: int = 200, seed: int = 0) -> np.ndarray:

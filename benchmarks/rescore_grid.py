@@ -37,7 +37,7 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
             val_seed: int | None = None) -> list[dict]:
     from anomaly_utils import data, metrics, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
-    from anomaly_utils.experiment import Scorer, training_sample
+    from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
 
     scorer = Scorer.load(run_dir, model)
     c = scorer.config
@@ -64,8 +64,7 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
         for sigma in SIGMAS:
             maps = {name: scoring.anomaly_map(x, r, kind=kind, smooth_sigma=sigma)
                     for name, (x, r) in splits.items()}
-            mean = maps["norm"].mean(axis=0)
-            std = maps["norm"].std(axis=0) + 1e-3 * maps["norm"].std() + 1e-6
+            mean, std = normal_error_stats(maps["norm"])
             for normalize in (False, True):
                 for method in METHODS:
                     out = {}
