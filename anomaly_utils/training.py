@@ -10,9 +10,10 @@
    ``val_loss`` written atomically to ``model_dir/model.keras``; an atomic variant of
    ``keras.callbacks.BackupAndRestore`` in ``model_dir/backup`` (a killed run resumes from its
    last backed-up epoch: every epoch unless writing the backup would cost more than 10 % of
-   the training time, see :class:`AtomicBackupAndRestore`); a NaN guard raising :class:`LabError`; optional early stopping;
-   ``history.csv`` (one row per epoch, exactly once across resumes), ``history.json`` and
-   ``config.json``. It returns the best checkpoint loaded back in safe mode.
+   the training time, see :class:`AtomicBackupAndRestore`); a NaN guard raising
+   :class:`LabError`; optional early stopping; ``history.csv`` (one row per epoch, exactly
+   once across resumes), ``history.json`` and ``config.json``. It returns the best
+   checkpoint loaded back in safe mode.
 3. :func:`load_model` loads a ``.keras`` file in safe mode, naming the file on failure.
 
 Two runs with the same seed and parameters give bit-identical losses on the same machine
