@@ -44,6 +44,12 @@ class ScoringConfig:
         smooth_sigma: Gaussian smoothing of the map at model resolution, pixels (0 = off).
         patch_size, stride: AE-2's sliding window, pixels (0 = whole image in one pass).
         vae_samples: decoder samples averaged per image for a VAE (0 = posterior mean).
+        inpaint_cells: grid cell sides, pixels, for an inpainting model (AE-2 with
+            ``bottleneck="unet"``): each cell size reconstructs every pixel from an input in
+            which it was hidden (:func:`anomaly_utils.scoring.inpaint_reconstruct`, whole
+            images, ``patch_size`` unused) and the maps of the cell sizes are averaged.
+            Empty: plain reconstruction.
+        inpaint_sets: disjoint masks per cell size (forward passes per cell size).
         normalize: subtract the per-pixel mean error of defect-free training images and
             divide by its spread (a per-position model of normal error), before scoring.
             Fitted on training images, not on the validation normals that thresholds and
@@ -61,6 +67,8 @@ class ScoringConfig:
     patch_size: int = 0
     stride: int = 0
     vae_samples: int = 0
+    inpaint_cells: list = field(default_factory=list)
+    inpaint_sets: int = scoring.GRID_SETS
     seed: int = 0
     normalize: bool = False
     batch_size: int = 32
@@ -103,6 +111,8 @@ class Scorer:
         """Reconstruct uint8 or float images (N, S, S, C); returns float32 in [0, 1]."""
         c = self.config
         x = _as_float(images)
+        if c.inpaint_cells:
+            return np.mean(self._inpainted(x), axis=0)
         if c.patch_size and c.patch_size < x.shape[1]:
             return scoring.sliding_window_reconstruct(self.model, x, c.patch_size, c.stride,
                                                       batch_size=c.batch_size)
@@ -120,6 +130,12 @@ class Scorer:
         """
         c = self.config
         x = _as_float(images)
+        if c.inpaint_cells:
+            recons = self._inpainted(x)
+            maps = np.mean([scoring.anomaly_map(x, r, kind=c.map_kind,
+                                                smooth_sigma=c.smooth_sigma) for r in recons],
+                           axis=0)
+            return np.mean(recons, axis=0), maps.astype(np.float32)
         sliding = bool(c.patch_size) and c.patch_size < x.shape[1]
         if c.vae_samples and hasattr(self.model, "sample_reconstructions") and not sliding:
             samples = np.asarray(self.model.sample_reconstructions(x, c.vae_samples, c.seed),
@@ -131,6 +147,12 @@ class Scorer:
         recons = self.reconstruct(images)
         return recons, scoring.anomaly_map(x, recons, kind=c.map_kind,
                                            smooth_sigma=c.smooth_sigma)
+
+    def _inpainted(self, x: np.ndarray) -> list[np.ndarray]:
+        """One inpainted reconstruction (N, S, S, C) per cell size of ``inpaint_cells``."""
+        c = self.config
+        return [scoring.inpaint_reconstruct(self.model, x, int(cell), c.inpaint_sets, c.seed,
+                                            c.batch_size) for cell in c.inpaint_cells]
 
     def fit_normalization(self, normal_images: np.ndarray) -> None:
         """Learn the per-pixel mean and spread of the error on defect-free images (N, S, S, C).

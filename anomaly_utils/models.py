@@ -14,6 +14,8 @@ AE-2 (:func:`build_ae2`) is the structural autoencoder after Bergmann et al. 201
 (SSIM autoencoder, also the MVTec AD paper's baseline): fully convolutional on patches,
 LeakyReLU(0.2), a 1x1 latent map of ``latent_dim`` channels, and a decoder that mirrors the
 encoder with Conv2DTranspose. It is trained on ``1 - SSIM`` (:func:`make_ae2_loss`).
+``bottleneck="unet"`` swaps the bottleneck for skip connections (:func:`build_inpainting_unet`):
+an inpainting network that is scored on masked inputs (``anomaly_utils.scoring.inpaint_reconstruct``).
 
 Every custom class is registered with Keras under the package ``anomaly_utils`` and no
 Lambda layer is used, so saved ``.keras`` files load with ``safe_mode=True``.
@@ -42,6 +44,7 @@ AE2_BUILDER = "build_ae2"
 AE2_WIDTHS = (32, 32, 32, 64, 64, 128, 64, 32)
 # (kernel, stride) of AE-2's eight encoder convolutions before the bottleneck.
 AE2_KERNELS = ((4, 2), (4, 2), (3, 1), (4, 2), (3, 1), (4, 2), (3, 1), (3, 1))
+UNET_WIDTHS = (16, 32, 64, 128)
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -328,10 +331,12 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
         channels: 1 for grayscale, 3 for RGB.
         latent_dim: channels of the latent map.
         widths: the eight encoder widths; ``None`` means the paper's.
-        bottleneck: "global" (the paper: a patch_size/16 kernel to a 1x1 latent map) or
+        bottleneck: "global" (the paper: a patch_size/16 kernel to a 1x1 latent map),
             "spatial" (a 1x1 kernel keeping the (patch_size/16)^2 latent map, so each latent
             cell describes a 16x16 neighbourhood; sharper, and meant to be trained with
-            corrupted inputs, see :func:`anomaly_utils.training.patch_dataset`).
+            corrupted inputs, see :func:`anomaly_utils.training.patch_dataset`) or "unet"
+            (no bottleneck: :func:`build_inpainting_unet` with ``widths`` or its default;
+            ``latent_dim`` is unused).
         seed: seeds every kernel initializer (builds are reproducible).
 
     Returns:
@@ -347,6 +352,12 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
     patch_size = _check_positive_int("patch_size", patch_size)
     channels = _check_positive_int("channels", channels)
     latent_dim = _check_positive_int("latent_dim", latent_dim)
+    if bottleneck == "unet":
+        if patch_size % 8:
+            raise ParameterError(f"patch_size={patch_size} is not divisible by 8, which the "
+                                 "U-Net's three poolings need", fix="use a multiple of 16")
+        return build_inpainting_unet(channels, UNET_WIDTHS if widths is None else widths,
+                                     seed=seed)
     widths = AE2_WIDTHS if widths is None else _check_widths("widths", widths, length=8)
     if patch_size % 16:
         raise ParameterError(
@@ -354,8 +365,9 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
             "convolutions and its bottleneck need it to be",
             fix=f"use a multiple of 16, e.g. {max(16, patch_size // 16 * 16)}")
     if bottleneck not in ("global", "spatial"):
-        raise ParameterError(f"bottleneck must be 'global' or 'spatial', got {bottleneck!r}",
-                             fix="pass -p bottleneck global (the paper) or spatial")
+        raise ParameterError(f"bottleneck must be 'global', 'spatial' or 'unet', got "
+                             f"{bottleneck!r}", fix="pass -p bottleneck global (the paper), "
+                             "spatial or unet")
     kwargs = {"patch_size": patch_size, "channels": channels, "latent_dim": latent_dim,
               "widths": list(widths), "bottleneck": bottleneck, "seed": seed}
     bottleneck_kernel = patch_size // 16 if bottleneck == "global" else 1
@@ -386,6 +398,60 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
                                            name="reconstruction")(x)
     model = keras.Model(inputs, outputs, name="ae2")
     return _remember_builder(model, AE2_BUILDER, kwargs)
+
+
+def build_inpainting_unet(channels: int = 1, widths: Sequence[int] = UNET_WIDTHS, *,
+                          seed: int = 0) -> keras.Model:
+    """An inpainting U-Net in the spirit of RIAD (Zavrtanik et al. 2021), AE-2's third variant.
+
+    Without a bottleneck the network could copy any input, defects included; it is useful
+    only when trained to fill in masked grid cells from their surroundings
+    (``patch_dataset(..., corrupt_mode="grid")``) and scored on inputs whose cells are masked
+    in turn, so no pixel is ever reconstructed from itself (:func:`~anomaly_utils.scoring.
+    inpaint_reconstruct`). Levels 0..L-2 are two 3x3 ReLU convs then 2x2 max pooling; the
+    bottom level two 3x3 convs of ``widths[-1]``; each decoder level upsamples 2x, convs,
+    concatenates the encoder features of its level and convs twice; a 1x1 sigmoid conv
+    gives the output.
+
+    Args:
+        channels: 1 for grayscale, 3 for RGB.
+        widths: filters per level, finest first; spatial sides must be divisible by
+            2 ** (len(widths) - 1).
+        seed: seeds every kernel initializer.
+
+    Returns:
+        An uncompiled keras.Model mapping float32 (N, H, W, channels) in [0, 1], any H and W
+        divisible by 2 ** (len(widths) - 1), to (N, H, W, channels) in [0, 1]: train it on
+        patches, apply it to whole images.
+
+    Example:
+        >>> build_inpainting_unet(3, (4, 8)).output_shape
+        (None, None, None, 3)
+    """
+    channels = _check_positive_int("channels", channels)
+    widths = _check_widths("widths", widths)
+    kwargs = {"channels": channels, "widths": list(widths), "seed": seed}
+    layer = iter(range(10_000))
+
+    def conv(x, width, name, kernel=3, activation="relu"):
+        return keras.layers.Conv2D(width, kernel, padding="same", activation=activation,
+                                   kernel_initializer=_init(seed, next(layer)), name=name)(x)
+
+    inputs = keras.Input((None, None, channels), name="image")
+    x, skips = inputs, []
+    for level, width in enumerate(widths[:-1]):
+        x = conv(conv(x, width, f"enc{level}_a"), width, f"enc{level}_b")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{level}")(x)
+    x = conv(conv(x, widths[-1], "bottom_a"), widths[-1], "bottom_b")
+    for level in range(len(widths) - 2, -1, -1):
+        x = keras.layers.UpSampling2D(name=f"up{level}")(x)
+        x = conv(x, widths[level], f"dec{level}_up")
+        x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = conv(conv(x, widths[level], f"dec{level}_a"), widths[level], f"dec{level}_b")
+    outputs = conv(x, channels, "reconstruction", kernel=1, activation="sigmoid")
+    model = keras.Model(inputs, outputs, name="ae2_unet")
+    return _remember_builder(model, AE2_BUILDER, {**kwargs, "bottleneck": "unet"})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -83,7 +83,8 @@ RULES: dict[str, dict[str, Rule]] = {
                      "ssim_weight": _non_negative, "l1_weight": _non_negative,
                      "smooth_sigma": _non_negative, "topk_percent": _percent,
                      "score_method": _one_of("max", "mean", "topk"),
-                     "bottleneck": _one_of("global", "spatial"), "corrupt": _unit_interval},
+                     "bottleneck": _one_of("global", "spatial", "unet"),
+                     "corrupt": _unit_interval},
     "04_threshold_selection": {
         "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,

@@ -609,6 +609,75 @@ def sliding_window_reconstruct(model: Any, images: np.ndarray, patch_size: int, 
     return _assemble(np.concatenate(outputs), n, height, width, windows, patch_size)
 
 
+GRID_SETS = 3  # disjoint mask sets per grid: each pass hides a third of the cells
+
+
+def grid_cells(patch_size: int) -> tuple[int, ...]:
+    """Cell sides of the inpainting grid masks for a patch size: patch/16, /8 and /4, pixels.
+
+    Example:
+        >>> grid_cells(64)
+        (4, 8, 16)
+    """
+    return tuple(sorted({max(1, patch_size // k) for k in (16, 8, 4)}))
+
+
+def grid_mask_sets(height: int, width: int, cell: int, sets: int = GRID_SETS,
+                   seed: int = 0) -> np.ndarray:
+    """Disjoint masks that together cover an image: (sets, H, W) float32 of 0 and 1.
+
+    The image is cut into ``cell`` x ``cell`` squares and every square is given to one of
+    ``sets`` masks at random (seeded by ``seed`` and ``cell``), so each mask hides about
+    1 / ``sets`` of the image in a scattered pattern and every pixel is hidden exactly once.
+
+    Example:
+        >>> m = grid_mask_sets(8, 8, 2, sets=3)
+        >>> m.shape, bool((m.sum(axis=0) == 1).all())
+        ((3, 8, 8), True)
+    """
+    cell = _check_positive_int(cell, "cell", "pass a cell side in pixels, e.g. 8")
+    sets = _check_positive_int(sets, "sets", "pass e.g. 3")
+    owner = np.random.default_rng([seed, cell]).integers(0, sets, (-(-height // cell),
+                                                                   -(-width // cell)))
+    owner = np.repeat(np.repeat(owner, cell, axis=0), cell, axis=1)[:height, :width]
+    return np.stack([(owner == j) for j in range(sets)]).astype(np.float32)
+
+
+def inpaint_reconstruct(model: Any, images: np.ndarray, cell: int, sets: int = GRID_SETS,
+                        seed: int = 0, batch_size: int = 32) -> np.ndarray:
+    """Reconstruct every pixel from its surroundings only, for an inpainting model.
+
+    For each of the :func:`grid_mask_sets` masks the model sees the images with that mask's
+    cells zeroed, and its output is kept inside those cells only. Every pixel is thus
+    predicted from an input in which it was hidden, so a defect cannot be copied through.
+    Costs ``sets`` whole-image forward passes.
+
+    Args:
+        model: a fully convolutional Keras model trained with
+            ``patch_dataset(..., corrupt_mode="grid")``, e.g. ``build_ae2(bottleneck="unet")``.
+        images: (N, H, W, C) float images in [0, 1].
+        cell: grid cell side, pixels.
+        sets, seed: see :func:`grid_mask_sets`.
+        batch_size: images per forward pass.
+
+    Returns:
+        (N, H, W, C) float32 reconstructions.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> mean = keras.Sequential([keras.Input((None, None, 1)),
+        ...                          keras.layers.AveragePooling2D(3, 1, "same")])
+        >>> inpaint_reconstruct(mean, np.ones((2, 12, 12, 1)), cell=4).shape
+        (2, 12, 12, 1)
+    """
+    images = _check_images(images, "inpaint_reconstruct")
+    masks = grid_mask_sets(images.shape[1], images.shape[2], cell, sets, seed)[..., None]
+    out = np.zeros(images.shape, np.float32)
+    for mask in masks:
+        out += reconstruct(model, images * (1.0 - mask), batch_size) * mask
+    return out
+
+
 def naive_sliding_window_reconstruct(model: Any, images: np.ndarray, patch_size: int,
                                      stride: int, batch_size: int = 64) -> np.ndarray:
     """Reference for :func:`sliding_window_reconstruct`: ``model.predict`` on one patch at a time.

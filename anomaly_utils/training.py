@@ -50,6 +50,7 @@ import tensorflow as tf
 from .artifacts import atomic_path, read_json, write_json, write_text
 from .errors import ArtifactError, DataError, LabError, ParameterError
 from .models import VariationalAutoencoder, builder_config, default_loss
+from .scoring import GRID_SETS, grid_cells, grid_mask_sets
 from .seeding import set_global_seed
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -186,7 +187,7 @@ def _check_patch(images: np.ndarray, patch_size: int) -> int:
 
 def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
                   batch_size: int = 32, seed: int = 0, augment: bool = True,
-                  corrupt: float = 0.0) -> tf.data.Dataset:
+                  corrupt: float = 0.0, corrupt_mode: str = "rectangle") -> tf.data.Dataset:
     """Random square crops ``(x, x)``, float32 (B, p, p, C) in [0, 1], new ones every epoch.
 
     Patch ``i`` of epoch ``e`` takes a uniformly random image and offset and, with
@@ -206,6 +207,10 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
         corrupt: fraction of patches whose *input* gets a random rectangle (1/16 to 1/4 of
             the side) of flat colour plus noise, while the target stays clean: inpainting
             training, which keeps an expressive autoencoder from learning to copy defects.
+        corrupt_mode: "rectangle" (the above) or "grid": the patch is cut into square cells
+            of one of :func:`grid_cells` sides (drawn per patch) and each cell is zeroed with
+            probability 1 / ``GRID_SETS``, the masks that
+            :func:`anomaly_utils.scoring.inpaint_reconstruct` uses at test time.
 
     Example:
         >>> x = np.zeros((3, 40, 40, 1), np.uint8)
@@ -216,8 +221,11 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
     patch_size = _check_patch(images, patch_size)
     patches_per_epoch = _check_int("patches_per_epoch", patches_per_epoch)
     batch_size = _check_int("batch_size", batch_size)
+    if corrupt_mode not in ("rectangle", "grid"):
+        raise ParameterError(f"corrupt_mode must be 'rectangle' or 'grid', got {corrupt_mode!r}")
     n, height, width, channels = images.shape
     stored = tf.constant(images)
+    cells = tf.constant(grid_cells(patch_size))
 
     def epoch_draws(epoch):
         u = tf.random.stateless_uniform([patches_per_epoch, 13], _stateless_seed(seed, epoch))
@@ -245,6 +253,18 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
         painted = tf.where(inside[..., None], fill, patch)
         return tf.where(draws[0] < corrupt, painted, patch)
 
+    def grid_masked(patch, draws):
+        """Zero each cell of a random-sized grid with probability 1 / GRID_SETS (input only)."""
+        cell = cells[tf.minimum(tf.cast(draws[1] * len(grid_cells(patch_size)), tf.int32),
+                                len(grid_cells(patch_size)) - 1)]
+        side = -(-patch_size // cell)
+        keys = tf.cast(tf.stack([draws[6] * 2**31, draws[5] * 2**31]), tf.int64)
+        dropped = tf.random.stateless_uniform([side, side], keys) < 1.0 / GRID_SETS
+        rows = tf.range(patch_size) // cell
+        grid = tf.gather(tf.gather(dropped, rows, axis=0), rows, axis=1)
+        masked = tf.where(grid[..., None], tf.zeros_like(patch), patch)
+        return tf.where(draws[0] < corrupt, masked, patch)
+
     def crop(index, top, left, flips, turns, draws):
         patch = tf.slice(stored[index], [top, left, 0], [patch_size, patch_size, channels])
         patch = _to_unit_float(patch)
@@ -254,7 +274,7 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
             patch = tf.image.rot90(patch, turns)
         patch = tf.ensure_shape(patch, [patch_size, patch_size, channels])
         if corrupt > 0:
-            return corrupted(patch, draws), patch
+            return (grid_masked if corrupt_mode == "grid" else corrupted)(patch, draws), patch
         return patch, patch
 
     return _epoch_keyed(
@@ -264,12 +284,16 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
 
 
 def val_patch_dataset(images: np.ndarray, patch_size: int, patches_per_image: int = 4,
-                      batch_size: int = 32, seed: int = 0) -> tf.data.Dataset:
+                      batch_size: int = 32, seed: int = 0,
+                      corrupt_mode: str | None = None) -> tf.data.Dataset:
     """Fixed crops for validation ``(x, x)``, float32 (B, p, p, C) in [0, 1].
 
     Every image gives ``patches_per_image`` crops at offsets drawn once from ``seed``; the
     same crops come back in the same order on every iteration, so the validation loss of two
-    epochs is comparable. The crops are cut once and held in memory.
+    epochs is comparable. The crops are cut once and held in memory. With
+    ``corrupt_mode="grid"`` every input crop has one fixed grid mask of zeroed cells (the
+    target stays clean), so an inpainting model's validation loss measures inpainting, not
+    copying.
 
     Example:
         >>> x = np.zeros((3, 40, 40, 1), np.uint8)
@@ -286,12 +310,22 @@ def val_patch_dataset(images: np.ndarray, patch_size: int, patches_per_image: in
     lefts = rng.integers(0, width - patch_size + 1, (n, patches_per_image))
     crops = np.stack([images[i, t:t + patch_size, s:s + patch_size]
                       for i in range(n) for t, s in zip(tops[i], lefts[i], strict=True)])
+    if corrupt_mode not in (None, "rectangle", "grid"):
+        raise ParameterError(f"corrupt_mode must be None, 'rectangle' or 'grid', got "
+                             f"{corrupt_mode!r}")
+    if corrupt_mode == "grid":
+        cells = grid_cells(patch_size)
+        keep = np.stack([1.0 - grid_mask_sets(patch_size, patch_size, cells[k % len(cells)],
+                                               seed=seed + k)[k % GRID_SETS]
+                         for k in range(len(crops))])[..., None]
+    else:
+        keep = np.ones((len(crops), 1, 1, 1), np.float32)
 
-    def unit(batch):
+    def unit(batch, kept):
         x = _to_unit_float(batch)
-        return x, x
+        return x * kept, x
 
-    ds = tf.data.Dataset.from_tensor_slices(crops).batch(batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((crops, keep)).batch(batch_size)
     return ds.map(unit, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 

@@ -40,7 +40,7 @@ EVAL_GRID = [(kind, sigma, method) for kind in ("ssim", "l1", "l2", "ssim+l1")
 
 
 def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
-    from anomaly_utils import data, metrics, models, pseudo_anomalies, training
+    from anomaly_utils import data, metrics, models, pseudo_anomalies, scoring, training
     from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
     from anomaly_utils.images import channels_for
     from anomaly_utils.seeding import set_global_seed
@@ -55,12 +55,14 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
                              seed=s["seed"])
     start = time.perf_counter()
     work = ROOT / "runs" / "experiments" / "work" / f"{time.time_ns()}"
+    inpainting = s["bottleneck"] == "unet"  # as notebook 03: grid masks in training and scoring
+    mode = "grid" if inpainting else "rectangle"
     fit = training.fit_autoencoder(
         model, training.patch_dataset(ds.train_images, s["patch_size"], s["patches_per_epoch"],
                                       s["batch_size"], seed=s["seed"], augment=s["augment"],
-                                      corrupt=s["corrupt"]),
+                                      corrupt=s["corrupt"], corrupt_mode=mode),
         training.val_patch_dataset(ds.val_images, s["patch_size"], batch_size=s["batch_size"],
-                                   seed=s["seed"]),
+                                   seed=s["seed"], corrupt_mode=mode if inpainting else None),
         work, epochs=s["epochs"], learning_rate=s["learning_rate"], seed=s["seed"],
         loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"]), verbose=0)
     train_seconds = time.perf_counter() - start
@@ -76,7 +78,8 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
             model="ae2", image_size=s["image_size"], color_mode=s["color_mode"],
             map_kind=kind, score_method=method, topk_percent=s["topk_percent"],
             eval_size=s["eval_size"], smooth_sigma=sigma, patch_size=s["patch_size"],
-            stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"]))
+            stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"],
+            inpaint_cells=list(scoring.grid_cells(s["patch_size"])) if inpainting else []))
         if s["normalize_maps"]:
             scorer.fit_normalization(training_sample(ds.train_images, 200, s["seed"]))
         val = scorer.score(images)

@@ -71,3 +71,23 @@ def test_normalised_maps_are_z_scores_against_the_fitted_normals():
     result = scorer.score(test)
     np.testing.assert_allclose(result.maps, (raw - mean) / std, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(result.scores, result.maps.reshape(2, -1).max(axis=1), rtol=1e-6)
+
+
+def test_inpainting_scorer_averages_the_cell_sizes_and_saves_its_settings(tmp_path):
+    blur = keras.Sequential([keras.Input((None, None, 1)),
+                             keras.layers.AveragePooling2D(3, 1, "same")])
+    images = np.random.default_rng(5).integers(0, 255, (2, 16, 16, 1), dtype=np.uint8)
+    config = ScoringConfig(model="ae2", image_size=16, color_mode="grayscale", map_kind="l1",
+                           score_method="max", eval_size=16, patch_size=8, stride=4,
+                           inpaint_cells=[2, 4], seed=3)
+    result = Scorer(blur, config).score(images)
+    x = images / np.float32(255)
+    recons = [scoring.inpaint_reconstruct(blur, x, cell, seed=3) for cell in (2, 4)]
+    expected = np.mean([scoring.absolute_error_map(x, r) for r in recons], axis=0)
+    np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.recons, np.mean(recons, axis=0), rtol=1e-5, atol=1e-6)
+    (tmp_path / "ae2").mkdir()
+    Scorer(blur, config).save_config(tmp_path)
+    from anomaly_utils.artifacts import read_json
+    saved = ScoringConfig(**read_json(tmp_path / "ae2" / "scoring.json"))
+    assert saved.inpaint_cells == [2, 4] and saved.inpaint_sets == scoring.GRID_SETS

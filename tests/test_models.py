@@ -171,3 +171,34 @@ def test_make_ae2_loss_validates_weights():
         make_ae2_loss(0.0, 0.0)
     with pytest.raises(ParameterError, match="l1_weight"):
         make_ae2_loss(1.0, -1.0)
+
+
+# --------------------------------------------------------------------------- inpainting U-Net
+
+
+def test_unet_variant_of_ae2_is_fully_convolutional():
+    model = build_ae2(patch_size=32, channels=3, bottleneck="unet", seed=0)
+    assert model.output_shape == (None, None, None, 3)
+    for size in (32, 64, 40):                            # any side divisible by 8
+        out = model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
+        assert out.shape == (1, size, size, 3)
+        assert out.min() >= 0.0 and out.max() <= 1.0
+    with pytest.raises(ParameterError, match="divisible by 8"):
+        build_ae2(patch_size=36, bottleneck="unet")
+
+
+def test_unet_round_trips_in_safe_mode_and_trains(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_ae2(patch_size=32, channels=1, bottleneck="unet", widths=(4, 8), seed=0)
+    x = _smooth_images(4, 32, 1)
+    model.compile(keras.optimizers.Adam(1e-3), loss=make_ae2_loss(l1_weight=0.5))
+    before = model.evaluate(x, x, verbose=0)
+    model.train_on_batch(x, x)
+    assert model.evaluate(x, x, verbose=0) < before
+    model.save(tmp_path / "unet.keras")
+    loaded = keras.saving.load_model(tmp_path / "unet.keras", safe_mode=True)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    again = build_ae2(patch_size=32, channels=1, bottleneck="unet", widths=(4, 8), seed=0)
+    for a, b in zip(build_ae2(patch_size=32, channels=1, bottleneck="unet", widths=(4, 8),
+                              seed=0).get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

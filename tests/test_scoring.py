@@ -429,3 +429,63 @@ def test_reconstruct_rejects_bad_input():
         reconstruct(identity_model(8, 1), np.zeros((8, 8, 1)))
     with pytest.raises(ParameterError):
         reconstruct(identity_model(8, 1), np.zeros((1, 8, 8, 1)), batch_size=0)
+
+
+# ------------------------------------------------------------------------ inpainting masks
+
+
+@pytest.mark.parametrize(("height", "width", "cell", "sets"), [(16, 16, 4, 3), (13, 20, 3, 2),
+                                                               (8, 8, 8, 4)])
+def test_grid_mask_sets_partition_the_image_into_whole_cells(height, width, cell, sets):
+    masks = scoring.grid_mask_sets(height, width, cell, sets, seed=1)
+    assert masks.shape == (sets, height, width) and masks.dtype == np.float32
+    np.testing.assert_array_equal(masks.sum(axis=0), 1.0)       # every pixel hidden once
+    for mask in masks:                                          # constant inside each cell
+        for top in range(0, height, cell):
+            for left in range(0, width, cell):
+                block = mask[top:top + cell, left:left + cell]
+                assert block.min() == block.max()
+    np.testing.assert_array_equal(masks, scoring.grid_mask_sets(height, width, cell, sets, 1))
+
+
+def test_grid_mask_sets_hide_about_one_share_each_and_depend_on_seed():
+    masks = scoring.grid_mask_sets(256, 256, 4, 3, seed=0)
+    np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1 / 3, atol=0.03)
+    assert not np.array_equal(masks, scoring.grid_mask_sets(256, 256, 4, 3, seed=1))
+
+
+def test_grid_cells_scale_with_the_patch():
+    assert scoring.grid_cells(64) == (4, 8, 16)
+    assert scoring.grid_cells(128) == (8, 16, 32)
+
+
+def whole_image_identity(channels: int) -> keras.Model:
+    return keras.Sequential([keras.Input((None, None, channels)), keras.layers.Identity()])
+
+
+def test_inpaint_reconstruct_never_lets_a_pixel_see_itself():
+    # A model that copies its input can only return the zeros it was given where a pixel
+    # was hidden, so an inpainted reconstruction of the identity is all zeros.
+    images = np.random.default_rng(3).random((2, 16, 16, 3), dtype=np.float32) + 0.1
+    out = scoring.inpaint_reconstruct(whole_image_identity(3), images, cell=4)
+    assert out.shape == images.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_inpaint_reconstruct_keeps_each_pass_inside_its_mask():
+    # A 3x3 box blur of the masked input: every pixel's value must come from the pass in
+    # which its own cell was hidden.
+    blur = keras.Sequential([keras.Input((None, None, 1)),
+                             keras.layers.AveragePooling2D(3, 1, "same")])
+    images = np.random.default_rng(4).random((1, 12, 12, 1), dtype=np.float32)
+    masks = scoring.grid_mask_sets(12, 12, 4, 3, seed=0)[..., None]
+    expected = sum(np.asarray(blur(images * (1 - m)), np.float32) * m for m in masks)
+    out = scoring.inpaint_reconstruct(blur, images, cell=4, sets=3, seed=0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [{"cell": 0}, {"cell": 2.5}, {"sets": 0}])
+def test_inpaint_reconstruct_rejects_bad_arguments(kwargs):
+    args = {"cell": 4, "sets": 3, **kwargs}
+    with pytest.raises(ParameterError):
+        scoring.inpaint_reconstruct(whole_image_identity(1), np.zeros((1, 8, 8, 1)), **args)

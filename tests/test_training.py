@@ -285,3 +285,44 @@ def test_backup_overhead_one_backs_up_every_epoch(tmp_path):
 def test_backup_overhead_out_of_range_is_refused(tmp_path, bad):
     with pytest.raises(ParameterError, match="max_overhead"):
         AtomicBackupAndRestore(str(tmp_path), max_overhead=bad)
+
+
+def test_grid_corruption_zeroes_whole_cells_of_the_input_only():
+    images = (_images(4, size=48, channels=3, seed=3) // 2 + 100).astype(np.uint8)  # no zeros
+    ds = patch_dataset(images, 32, patches_per_epoch=64, batch_size=64, seed=1,
+                       augment=False, corrupt=1.0, corrupt_mode="grid")
+    set_dataset_epoch(ds, 0)
+    inputs, targets = (t.numpy() for t in next(iter(ds)))
+    assert (targets > 0).all()                                   # targets stay clean
+    hidden = inputs == 0
+    np.testing.assert_array_equal(hidden[..., 0], hidden[..., 2])  # all channels of a pixel
+    np.testing.assert_array_equal(inputs[~hidden], targets[~hidden])
+    assert 0.2 < hidden.mean() < 0.45                            # about one cell in three
+    sizes = set()
+    for patch in hidden[..., 0]:                                 # whole cells of 2, 4 or 8 px
+        whole = [c for c in (8, 4, 2) if all(patch[t:t + c, s:s + c].min()
+                                              == patch[t:t + c, s:s + c].max()
+                                              for t in range(0, 32, c) for s in range(0, 32, c))]
+        assert whole
+        sizes.add(whole[0])
+    assert sizes == {2, 4, 8}                                    # every cell size is drawn
+    untouched = patch_dataset(images, 32, 64, 64, seed=1, augment=False, corrupt=0.0,
+                              corrupt_mode="grid")
+    set_dataset_epoch(untouched, 0)
+    x, y = (t.numpy() for t in next(iter(untouched)))
+    np.testing.assert_array_equal(x, y)
+    with pytest.raises(ParameterError, match="corrupt_mode"):
+        patch_dataset(images, 16, 8, corrupt=0.5, corrupt_mode="stripes")
+
+
+def test_val_patch_dataset_grid_masks_the_inputs_the_same_way_every_time():
+    images = (_images(3, size=32, channels=1) // 2 + 100).astype(np.uint8)
+    ds = val_patch_dataset(images, 16, patches_per_image=4, batch_size=5, corrupt_mode="grid")
+    first = [(x.numpy(), y.numpy()) for x, y in ds]
+    second = [(x.numpy(), y.numpy()) for x, y in ds]
+    for (x1, y1), (x2, _) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        assert (y1 > 0).all() and (x1 == 0).any()
+    plain = val_patch_dataset(images, 16, patches_per_image=4, batch_size=5)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in first]),
+                                  np.concatenate([x.numpy() for x, _ in plain]))
