@@ -671,6 +671,13 @@ def inpaint_reconstruct(model: Any, images: np.ndarray, cell: int, sets: int = G
         (2, 12, 12, 1)
     """
     images = _check_images(images, "inpaint_reconstruct")
+    fixed = tuple(getattr(model, "input_shape", (None, None, None))[1:3])
+    if any(side not in (None, size) for side, size in zip(fixed, images.shape[1:3])):
+        raise ParameterError(
+            f"inpaint_reconstruct runs the model on whole {images.shape[1]}x{images.shape[2]} "
+            f"images, but it only takes {fixed[0]}x{fixed[1]} inputs",
+            fix="use a fully convolutional model such as build_ae2(bottleneck='unet'), or "
+                "score a patch model without inpaint_cells")
     masks = grid_mask_sets(images.shape[1], images.shape[2], cell, sets, seed)[..., None]
     out = np.zeros(images.shape, np.float32)
     for mask in masks:

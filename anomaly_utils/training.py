@@ -226,6 +226,7 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
     n, height, width, channels = images.shape
     stored = tf.constant(images)
     cells = tf.constant(grid_cells(patch_size))
+    n_cells = len(grid_cells(patch_size))
 
     def epoch_draws(epoch):
         u = tf.random.stateless_uniform([patches_per_epoch, 13], _stateless_seed(seed, epoch))
@@ -255,8 +256,7 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
 
     def grid_masked(patch, draws):
         """Zero each cell of a random-sized grid with probability 1 / GRID_SETS (input only)."""
-        cell = cells[tf.minimum(tf.cast(draws[1] * len(grid_cells(patch_size)), tf.int32),
-                                len(grid_cells(patch_size)) - 1)]
+        cell = cells[tf.minimum(tf.cast(draws[1] * n_cells, tf.int32), n_cells - 1)]
         side = -(-patch_size // cell)
         keys = tf.cast(tf.stack([draws[6] * 2**31, draws[5] * 2**31]), tf.int64)
         dropped = tf.random.stateless_uniform([side, side], keys) < 1.0 / GRID_SETS
@@ -310,9 +310,9 @@ def val_patch_dataset(images: np.ndarray, patch_size: int, patches_per_image: in
     lefts = rng.integers(0, width - patch_size + 1, (n, patches_per_image))
     crops = np.stack([images[i, t:t + patch_size, s:s + patch_size]
                       for i in range(n) for t, s in zip(tops[i], lefts[i], strict=True)])
-    if corrupt_mode not in (None, "rectangle", "grid"):
-        raise ParameterError(f"corrupt_mode must be None, 'rectangle' or 'grid', got "
-                             f"{corrupt_mode!r}")
+    if corrupt_mode not in (None, "grid"):
+        raise ParameterError(f"corrupt_mode must be None or 'grid', got {corrupt_mode!r}",
+                             fix="validate rectangle-corrupted training on clean crops (None)")
     if corrupt_mode == "grid":
         cells = grid_cells(patch_size)
         keep = np.stack([1.0 - grid_mask_sets(patch_size, patch_size, cells[k % len(cells)],

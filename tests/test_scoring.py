@@ -489,3 +489,8 @@ def test_inpaint_reconstruct_rejects_bad_arguments(kwargs):
     args = {"cell": 4, "sets": 3, **kwargs}
     with pytest.raises(ParameterError):
         scoring.inpaint_reconstruct(whole_image_identity(1), np.zeros((1, 8, 8, 1)), **args)
+
+
+def test_inpaint_reconstruct_refuses_a_fixed_size_patch_model():
+    with pytest.raises(ParameterError, match="fully convolutional"):
+        scoring.inpaint_reconstruct(identity_model(8, 1), np.zeros((1, 16, 16, 1)), cell=4)

@@ -323,6 +323,8 @@ def test_val_patch_dataset_grid_masks_the_inputs_the_same_way_every_time():
     for (x1, y1), (x2, _) in zip(first, second, strict=True):
         np.testing.assert_array_equal(x1, x2)
         assert (y1 > 0).all() and (x1 == 0).any()
+    with pytest.raises(ParameterError, match="corrupt_mode"):
+        val_patch_dataset(images, 16, corrupt_mode="rectangle")
     plain = val_patch_dataset(images, 16, patches_per_image=4, batch_size=5)
     np.testing.assert_array_equal(np.concatenate([y for _, y in first]),
                                   np.concatenate([x.numpy() for x, _ in plain]))
