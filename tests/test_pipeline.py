@@ -215,3 +215,14 @@ def test_sweep_over_epochs_reuses_work_and_compares(tiny_data: Path, tmp_path: P
     assert sorted(table["ae2.epochs"].tolist()) == [1, 2]
     assert table["ae1_image_auroc"].nunique() == 1  # AE-1 trained once, shared
     assert (sweep / "comparison.ipynb").is_file() and (sweep / "comparison.png").is_file()
+
+
+def test_the_inpainting_unet_runs_through_the_pipeline(tiny_data: Path, tmp_path: Path):
+    overrides = {"data_dir": str(tiny_data), **TINY, "ae2.bottleneck": "unet",
+                 "ae2.corrupt": "1.0"}
+    run_pipeline(overrides, run_id="unet", runs_dir=tmp_path, until="03", progress=False,
+                 log=lambda *_: None)
+    scoring_config = read_json(tmp_path / "unet" / "ae2" / "scoring.json")
+    assert scoring_config["inpaint_cells"] == [2, 4, 8]          # patch 32: /16, /8, /4
+    scores = np.load(tmp_path / "unet" / "ae2" / "scores_test.npz")
+    assert np.isfinite(scores["scores"]).all() and scores["maps"].shape[1:] == (32, 32)
