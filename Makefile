@@ -32,7 +32,7 @@ run: $(STAMP) data
 test: $(STAMP) data
 	rm -rf runs/notebooks
 	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg \
-		--nbval-cell-timeout=900
+		--nbval-cell-timeout=900 --durations=20
 
 notebooks: $(STAMP) data
 	rm -rf runs/notebooks

@@ -73,3 +73,17 @@ def test_run_refuses_a_missing_data_dir_before_creating_the_run(tmp_path: Path):
                  str(tmp_path / "runs"))
     assert_clean_error(result, "does not exist")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in
+                                          (Path(__file__).resolve().parent.parent / "notebooks"
+                                           / "params").glob("*.yaml")))
+def test_every_preset_resolves_to_valid_parameters(preset: str):
+    from anomaly_utils import params
+    from anomaly_utils.cli import _preset_overrides
+    from anomaly_utils.pipeline import resolve_parameters
+
+    overrides = _preset_overrides(preset)
+    assert overrides, f"preset {preset} is empty"
+    for notebook, values in resolve_parameters(overrides).items():
+        params.validate(notebook, values)          # raises ParameterError on a bad value
