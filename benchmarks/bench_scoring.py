@@ -35,7 +35,12 @@ def measure(n_images: int = 32) -> list[dict]:
             ScoringConfig(model="ae2", image_size=128, map_kind="ssim+l1", score_method="topk",
                           smooth_sigma=8.0, patch_size=64, stride=16, eval_size=128,
                           **normalised(128)), 3),
-        "AE-2 real preset (256x256 gray, patches 64 stride 16, L2, sigma 4, normalised)": (
+        "AE-2 real preset (64x64 gray whole tiles, 1-SSIM+L1, sigma 2, normalised)": (
+            models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
+            ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
+                          map_kind="ssim+l1", score_method="topk", smooth_sigma=2.0,
+                          patch_size=64, stride=16, eval_size=128, **normalised(64)), 1),
+        "AE-2 256x256 gray, patches 64 stride 16, L2, sigma 4, normalised (earlier preset)": (
             models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=256, color_mode="grayscale", map_kind="l2",
                           score_method="topk", smooth_sigma=4.0, patch_size=64, stride=16,
