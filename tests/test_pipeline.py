@@ -198,31 +198,29 @@ def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: 
     assert "thresholds.json" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sweep_over_epochs_reuses_work_and_compares(tiny_data: Path, tmp_path: Path):
-    result = cli("sweep", "-p", "ae2.epochs", "1", "2", "--data-dir", str(tiny_data),
-                 "--runs-dir", str(tmp_path), "--sweep-id", "s",
+def test_sweep_reuses_work_compares_and_runs_the_inpainting_unet(tiny_data: Path,
+                                                                  tmp_path: Path):
+    """A sweep over AE-2's bottleneck: AE-1 trained once and shared, the U-Net variant scored
+    by inpainting through the whole papermill chain."""
+    result = cli("sweep", "-p", "ae2.bottleneck", "spatial", "unet", "--data-dir",
+                 str(tiny_data), "--runs-dir", str(tmp_path), "--sweep-id", "s",
                  *[a for name, value in TINY.items() if name != "epochs"
-                   for a in ("--set", name, value)], "--set", "ae1.epochs", "1")
+                   for a in ("--set", name, value)], "--set", "epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "s"
     assert "02_train_ae1: 1 execution(s) for 2 configuration(s)" in result.stdout
     assert "03_train_ae2: 2 execution(s) for 2 configuration(s)" in result.stdout
-    status = read_json(sweep / "ae2-epochs=2" / "status.json")
-    assert status["02_train_ae1"].get("reused_from") == "ae2-epochs=1"
+    status = read_json(sweep / "ae2-bottleneck=unet" / "status.json")
+    assert status["02_train_ae1"].get("reused_from") == "ae2-bottleneck=spatial"
     import pandas as pd
 
     table = pd.read_csv(sweep / "comparison.csv")
-    assert sorted(table["ae2.epochs"].tolist()) == [1, 2]
+    assert sorted(table["ae2.bottleneck"].tolist()) == ["spatial", "unet"]
     assert table["ae1_image_auroc"].nunique() == 1  # AE-1 trained once, shared
     assert (sweep / "comparison.ipynb").is_file() and (sweep / "comparison.png").is_file()
-
-
-def test_the_inpainting_unet_runs_through_the_pipeline(tiny_data: Path, tmp_path: Path):
-    overrides = {"data_dir": str(tiny_data), **TINY, "ae2.bottleneck": "unet",
-                 "ae2.corrupt": "1.0"}
-    run_pipeline(overrides, run_id="unet", runs_dir=tmp_path, until="03", progress=False,
-                 log=lambda *_: None)
-    scoring_config = read_json(tmp_path / "unet" / "ae2" / "scoring.json")
-    assert scoring_config["inpaint_cells"] == [2, 4, 8]          # patch 32: /16, /8, /4
-    scores = np.load(tmp_path / "unet" / "ae2" / "scores_test.npz")
+    unet = sweep / "ae2-bottleneck=unet" / "ae2"
+    assert read_json(unet / "scoring.json")["inpaint_cells"] == [2, 4, 8]  # patch 32: /16, /8, /4
+    assert read_json(sweep / "ae2-bottleneck=spatial" / "ae2" / "scoring.json")[
+        "inpaint_cells"] == []
+    scores = np.load(unet / "scores_test.npz")
     assert np.isfinite(scores["scores"]).all() and scores["maps"].shape[1:] == (32, 32)
