@@ -672,7 +672,7 @@ def inpaint_reconstruct(model: Any, images: np.ndarray, cell: int, sets: int = G
     """
     images = _check_images(images, "inpaint_reconstruct")
     fixed = tuple(getattr(model, "input_shape", (None, None, None))[1:3])
-    if any(side not in (None, size) for side, size in zip(fixed, images.shape[1:3])):
+    if any(side not in (None, size) for side, size in zip(fixed, images.shape[1:3], strict=True)):
         raise ParameterError(
             f"inpaint_reconstruct runs the model on whole {images.shape[1]}x{images.shape[2]} "
             f"images, but it only takes {fixed[0]}x{fixed[1]} inputs",
