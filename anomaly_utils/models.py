@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 
@@ -353,11 +354,13 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
     channels = _check_positive_int("channels", channels)
     latent_dim = _check_positive_int("latent_dim", latent_dim)
     if bottleneck == "unet":
-        if patch_size % 8:
-            raise ParameterError(f"patch_size={patch_size} is not divisible by 8, which the "
-                                 "U-Net's three poolings need", fix="use a multiple of 16")
-        return build_inpainting_unet(channels, UNET_WIDTHS if widths is None else widths,
-                                     seed=seed)
+        widths = UNET_WIDTHS if widths is None else _check_widths("widths", widths)
+        step = 2 ** (len(widths) - 1)
+        if patch_size % step:
+            raise ParameterError(f"patch_size={patch_size} is not divisible by {step}, which "
+                                 f"the U-Net's {len(widths) - 1} poolings need",
+                                 fix=f"use a multiple of {step}")
+        return build_inpainting_unet(channels, widths, seed=seed)
     widths = AE2_WIDTHS if widths is None else _check_widths("widths", widths, length=8)
     if patch_size % 16:
         raise ParameterError(
@@ -431,7 +434,7 @@ def build_inpainting_unet(channels: int = 1, widths: Sequence[int] = UNET_WIDTHS
     channels = _check_positive_int("channels", channels)
     widths = _check_widths("widths", widths)
     kwargs = {"channels": channels, "widths": list(widths), "seed": seed}
-    layer = iter(range(10_000))
+    layer = itertools.count()  # a distinct initializer seed per conv
 
     def conv(x, width, name, kernel=3, activation="relu"):
         return keras.layers.Conv2D(width, kernel, padding="same", activation=activation,
