@@ -262,6 +262,9 @@ def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
                   progress: bool = True, log=print) -> None:
     """Execute the notebooks of an existing run that have not completed yet, in order."""
     effective = read_json(run_dir / "params.json")["notebooks"]
+    for params in effective.values():
+        if "run_dir" in params:  # the folder may have been moved or copied since it was made
+            params["run_dir"] = str(run_dir.resolve())
     status = _read_status(run_dir)
     for number, notebook in enumerate(notebooks, start=1):
         tag = f"[{number}/{len(notebooks)}] {notebook}"
