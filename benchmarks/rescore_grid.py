@@ -34,7 +34,8 @@ METHODS = ("max", "topk")
 
 
 def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copies: int = 1,
-            val_seed: int | None = None) -> list[dict]:
+            val_seed: int | None = None, kinds: tuple[str, ...] = MAP_KINDS,
+            sigmas: tuple[float, ...] = SIGMAS) -> list[dict]:
     from anomaly_utils import data, metrics, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
@@ -60,8 +61,8 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
     print(f"reconstructed in {time.perf_counter() - start:.0f} s", flush=True)
 
     rows = []
-    for kind in MAP_KINDS:
-        for sigma in SIGMAS:
+    for kind in kinds:
+        for sigma in sigmas:
             maps = {name: scoring.anomaly_map(x, r, kind=kind, smooth_sigma=sigma)
                     for name, (x, r) in splits.items()}
             mean, std = normal_error_stats(maps["norm"])
@@ -111,9 +112,13 @@ def main() -> None:
     parser.add_argument("--val-seed", type=int, default=None,
                         help="seed of the pasted anomalies (default: the run's seed, as the "
                              "run's own set; ae2_experiments uses seed + 1)")
+    parser.add_argument("--kinds", nargs="+", default=MAP_KINDS,
+                        help="map kinds to try (scoring.anomaly_map's kind), e.g. gms ssim+l1")
+    parser.add_argument("--sigmas", nargs="+", type=float, default=SIGMAS,
+                        help="smoothing sigmas to try, in pixels of the model's image size")
     args = parser.parse_args()
     rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images, args.val_copies,
-                   args.val_seed)
+                   args.val_seed, tuple(args.kinds), tuple(args.sigmas))
     out = ROOT / "runs" / "experiments" / f"rescore_{Path(args.data_dir).name}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

@@ -18,6 +18,7 @@ from anomaly_utils.errors import ParameterError
 from anomaly_utils.scoring import (
     absolute_error_map,
     anomaly_map,
+    gms_error_map,
     image_scores,
     naive_sliding_window_reconstruct,
     reconstruct,
@@ -267,6 +268,39 @@ def test_anomaly_map_kinds_and_blends():
                                atol=1e-7)
     out = anomaly_map(x, recon, "ssim+l1+l2")
     assert out.dtype == np.float32 and out.shape == (2, 32, 40) and out.min() >= 0
+
+
+def test_gms_map_at_one_scale_matches_skimage_prewitt():
+    """1 - GMS from skimage's Prewitt magnitude (which is ours / sqrt 2), c = 0.0026."""
+    from skimage.filters import prewitt
+
+    rng = np.random.default_rng(21)
+    x, recon = structured_pair((2, 24, 28, 3), rng)
+    ours = gms_error_map(x, recon, scales=(1,))
+    for i in range(2):
+        a, b = (np.sqrt(2.0) * prewitt(img[i].mean(axis=-1).astype(np.float64), mode="reflect")
+                for img in (x, recon))
+        expected = 1.0 - (2 * a * b + 0.0026) / (a * a + b * b + 0.0026)
+        np.testing.assert_allclose(ours[i], expected, atol=1e-5)
+
+
+def test_gms_map_ignores_brightness_and_flags_a_vanished_edge_at_every_scale():
+    x = np.zeros((1, 64, 64, 1), dtype=np.float32)
+    x[:, :, 32:] = 0.8  # a vertical edge at column 32
+    np.testing.assert_allclose(gms_error_map(x, x + 0.1), 0.0, atol=1e-6)  # brighter: no error
+    flat = np.full_like(x, 0.4)
+    multi, single = gms_error_map(x, flat), gms_error_map(x, flat, scales=(1,))
+    assert multi.shape == (1, 64, 64) and multi.dtype == np.float32
+    assert multi[0, 10, 31] > 0.5 and single[0, 10, 31] > 0.99  # on the edge
+    assert single[0, 10, 5] == 0.0 and multi[0, 10, 5] == 0.0  # far from it, at every scale
+    assert multi[0, 10, 26] > 0.0 and single[0, 10, 26] == 0.0  # coarse scales reach further
+    np.testing.assert_array_equal(anomaly_map(x, flat, "gms"), multi)
+
+
+def test_gms_map_refuses_images_too_small_for_any_scale():
+    x = np.zeros((1, 2, 2, 1), dtype=np.float32)
+    with pytest.raises(ParameterError, match="too small for a GMS map"):
+        gms_error_map(x, x)
 
 
 def test_anomaly_map_ssim_is_zero_for_perfect_reconstruction():
