@@ -87,3 +87,22 @@ def test_every_preset_resolves_to_valid_parameters(preset: str):
     assert overrides, f"preset {preset} is empty"
     for notebook, values in resolve_parameters(overrides).items():
         params.validate(notebook, values)          # raises ParameterError on a bad value
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+
+
+def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
+    light = _python("import sys, anomaly_utils.cli, anomaly_utils.pipeline, anomaly_utils.data, "
+                    "anomaly_utils.params, anomaly_utils.metrics, anomaly_utils.thresholds; "
+                    "print('tensorflow' in sys.modules)")
+    assert light.stdout.strip() == "False", light.stderr  # --help, parameter and data checks
+    heavy = _python("import sys, anomaly_utils.models, keras; print('tensorflow' in sys.modules)")
+    assert heavy.stdout.strip() == "True", heavy.stderr
+    assert heavy.stderr == ""
+    control = _python("import tensorflow")
+    if not control.stderr.strip():
+        pytest.skip("this TensorFlow prints nothing at import, so there is nothing to hide")
+    assert control.returncode == 0 and ("absl" in control.stderr or "oneDNN" in control.stderr)

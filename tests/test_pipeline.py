@@ -52,6 +52,7 @@ def test_a_run_writes_every_artifact(finished_run: Path):
     assert params["02_train_ae1"]["learning_rate"] == 0.001  # defaults recorded too
     env = read_json(finished_run / "env.json")
     assert env["data_fingerprint"] and "keras" in env["packages"]
+    assert isinstance(env["gpus"], list)  # asked in a child process; None would mean it failed
     metrics = read_json(finished_run / "metrics.json")
     for model in ("ae1", "ae2"):
         for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "image_threshold",
