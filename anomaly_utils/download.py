@@ -15,6 +15,9 @@ The steps, for one category (or ``"all"``, the whole-dataset archive):
    and device files; check the layout; rename the category folder into place.
 5. Record ``{url, sha256, size}`` in the lock file and delete the archive.
 
+Steps 2-5 hold an exclusive ``flock`` on ``dest`` itself, so a second download into the same
+folder waits for the first and then finds its categories present.
+
 A file placed by hand at ``dest/.downloads/<name>`` (e.g. fetched with a browser when
 the link has moved) is verified and extracted instead of being downloaded.
 
@@ -151,13 +154,53 @@ def download_mvtec(
         raise ParameterError(f"dest '{dest}' is a file, not a folder",
                              fix="pass a folder, e.g. --dest data/")
     folders = [dest / name for name in wanted]
-    missing = [folder for folder in folders if not _is_complete(folder)]
-    for folder in folders:
-        if folder not in missing:
+    if all(_is_complete(folder) for folder in folders):
+        for folder in folders:
             print(f"MVTec AD '{folder.name}' is already present in '{folder}'; not downloading")
-    if not missing:
         return folders
+    dest.mkdir(parents=True, exist_ok=True)
+    with _download_lock(dest):
+        # Checked again under the lock: a download we waited for may have brought them.
+        missing = [folder for folder in folders if not _is_complete(folder)]
+        for folder in folders:
+            if folder not in missing:
+                print(f"MVTec AD '{folder.name}' is already present in '{folder}'; "
+                      "not downloading")
+        if missing:
+            _download_missing(category, dest, base_url, missing, progress=progress,
+                              timeout_s=timeout_s, attempts=attempts)
+    return folders
 
+
+@contextlib.contextmanager
+def _download_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``dest`` itself while downloading into it.
+
+    Two downloads into one folder would append to the same partial archive; the second
+    waits for the first (saying so), then finds what the first brought. Where ``fcntl``
+    does not exist (Windows) concurrent downloads are not guarded.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Another download into '{dest}' is running; waiting for it to finish",
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _download_missing(category: str, dest: Path, base_url: str | None, missing: list[Path],
+                      *, progress: bool, timeout_s: float, attempts: int) -> None:
+    """Fetch, verify and extract the archive of ``category`` for the folders ``missing``."""
     url, pinned = ARCHIVES[category]
     name = url.rsplit("/", 1)[-1]
     if base_url is not None:
@@ -202,7 +245,6 @@ def download_mvtec(
     archive.unlink()
     with contextlib.suppress(OSError):
         downloads.rmdir()
-    return folders
 
 
 def mvtec_layout_problems(category_dir: str | os.PathLike) -> list[str]:

@@ -10,11 +10,16 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -390,3 +395,58 @@ def test_official_archive_table():
         name = "mvtec_anomaly_detection" if category == "all" else category
         assert url.endswith(f"/{name}.tar.xz")
         assert digest is None or len(bytes.fromhex(digest)) == 32
+
+
+def _hold_folder_lock(folder: Path) -> subprocess.Popen:
+    """A child process that holds the download lock on ``folder`` until a line on its stdin."""
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    return child
+
+
+def test_a_second_download_into_the_same_folder_waits_then_uses_what_the_first_brought(
+        server, tmp_path, capsys):
+    server.files["carpet.tar.xz"] = data = make_archive(seed=3)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    first = _hold_folder_lock(dest)  # stands in for a download that is running
+
+    def finish_first() -> None:
+        time.sleep(1.0)
+        staging = tmp_path / "staging"
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as tar:
+            tar.extractall(staging, filter="data")
+        os.replace(staging / "carpet", dest / "carpet")
+        first.stdin.write("\n")
+        first.stdin.flush()
+
+    helper = threading.Thread(target=finish_first)
+    helper.start()
+    try:
+        folders = download_mvtec("carpet", dest, base_url=server.base_url, progress=False)
+    finally:
+        helper.join()
+        first.wait(timeout=30)
+    out = capsys.readouterr().out
+    assert "Another download into" in out and "waiting for it to finish" in out
+    assert "already present" in out and server.log == []  # nothing fetched twice
+    assert folders == [dest / "carpet"] and mvtec_layout_problems(dest / "carpet") == []
+
+
+def test_a_download_waits_for_the_lock_then_downloads(server, tmp_path, capsys):
+    server.files["carpet.tar.xz"] = make_archive(seed=4)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    holder = _hold_folder_lock(dest)
+    releaser = threading.Timer(1.0, lambda: (holder.stdin.write("\n"), holder.stdin.flush()))
+    releaser.start()
+    try:
+        download_mvtec("carpet", dest, base_url=server.base_url, progress=False)
+    finally:
+        releaser.join()
+        holder.wait(timeout=30)
+    assert "waiting for it to finish" in capsys.readouterr().out
+    assert mvtec_layout_problems(dest / "carpet") == [] and len(server.log) >= 1
