@@ -30,12 +30,17 @@ def measure(n_images: int = 32) -> list[dict]:
         "AE-1 (64x64 RGB, squared error, mean)": (
             models.build_ae1(), ScoringConfig(model="ae1", image_size=64, map_kind="l2",
                                               score_method="mean", eval_size=128), 3),
-        "AE-2 default (128x128 RGB, patches 64 stride 16, 1-SSIM+L1, sigma 8, normalised)": (
+        "AE-2 default (128x128 RGB, patches 64 stride 16, 1-SSIM+GMS, sigma 8, normalised)": (
             models.build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
-            ScoringConfig(model="ae2", image_size=128, map_kind="ssim+l1", score_method="topk",
+            ScoringConfig(model="ae2", image_size=128, map_kind="ssim+gms", score_method="max",
                           smooth_sigma=8.0, patch_size=64, stride=16, eval_size=128,
                           **normalised(128)), 3),
-        "AE-2 real preset (64x64 gray whole tiles, 1-SSIM+L1, sigma 2, normalised)": (
+        "AE-2 real preset (64x64 gray whole tiles, GMS+L1, sigma 1, normalised, max)": (
+            models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
+            ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
+                          map_kind="gms+l1", score_method="max", smooth_sigma=1.0,
+                          patch_size=64, stride=16, eval_size=128, **normalised(64)), 1),
+        "AE-2 the same with session 3's map (1-SSIM+L1, sigma 2, top-1 %)": (
             models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
                           map_kind="ssim+l1", score_method="topk", smooth_sigma=2.0,
