@@ -42,6 +42,9 @@ class _QuietLoader(importlib.abc.Loader):
         with _stderr_to_devnull():
             self.loader.exec_module(module)
 
+    def __getattr__(self, name: str):  # get_resource_reader, is_package, ... as the original
+        return getattr(self.loader, name)
+
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     """Makes the first ``import tensorflow`` (direct or through keras) a quiet one.
