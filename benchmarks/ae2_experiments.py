@@ -27,7 +27,8 @@ from benchmarks.common import ROOT
 DEFAULTS = {
     "image_size": 256, "color_mode": "rgb", "patch_size": 128, "latent_dim": 100,
     "bottleneck": "global", "epochs": 25, "patches_per_epoch": 640, "batch_size": 32,
-    "learning_rate": 5e-4, "ssim_weight": 1.0, "l1_weight": 0.0, "corrupt": 0.0,
+    "learning_rate": 5e-4, "ssim_weight": 1.0, "l1_weight": 0.0, "gms_weight": 0.0,
+    "corrupt": 0.0,
     "augment": True,
     "stride": 32, "map_kind": "ssim", "smooth_sigma": 4.0, "score_method": "topk",
     "topk_percent": 1.0, "normalize_maps": False, "eval_size": 128, "seed": 0,
@@ -64,7 +65,8 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
         training.val_patch_dataset(ds.val_images, s["patch_size"], batch_size=s["batch_size"],
                                    seed=s["seed"], corrupt_mode=mode if inpainting else None),
         work, epochs=s["epochs"], learning_rate=s["learning_rate"], seed=s["seed"],
-        loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"]), verbose=0)
+        loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"], s["gms_weight"]),
+        verbose=0)
     train_seconds = time.perf_counter() - start
     normals = np.concatenate([ds.val_images] * 3)
     images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, s["seed"] + 1)

@@ -14,6 +14,7 @@ from anomaly_utils.models import (
     VariationalAutoencoder,
     build_ae1,
     build_ae2,
+    gms_loss,
     make_ae2_loss,
     ssim_loss,
 )
@@ -167,10 +168,50 @@ def test_ae2_loss_blends_ssim_and_l1():
 
 
 def test_make_ae2_loss_validates_weights():
-    with pytest.raises(ParameterError, match="both 0"):
+    with pytest.raises(ParameterError, match="all 0"):
         make_ae2_loss(0.0, 0.0)
+    with pytest.raises(ParameterError, match="gms_weight"):
+        make_ae2_loss(1.0, 0.0, float("nan"))
     with pytest.raises(ParameterError, match="l1_weight"):
         make_ae2_loss(1.0, -1.0)
+
+
+def _gms_reference(y_true: np.ndarray, y_pred: np.ndarray, factors) -> np.ndarray:
+    """Per-image mean of 1 - GMS with numpy: block means, zero-padded Prewitt (as the loss)."""
+    from scipy import ndimage
+
+    prewitt = np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]], np.float64) / 3.0
+    per_scale = []
+    for factor in factors:
+        mags = []
+        for image in (y_true, y_pred):
+            gray = image.mean(axis=-1, dtype=np.float64)
+            n, h, w = gray.shape
+            gray = gray.reshape(n, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+            gx = np.stack([ndimage.correlate(g, prewitt, mode="constant") for g in gray])
+            gy = np.stack([ndimage.correlate(g, prewitt.T, mode="constant") for g in gray])
+            mags.append(np.sqrt(gx ** 2 + gy ** 2))
+        gms = (2 * mags[0] * mags[1] + 0.0026) / (mags[0] ** 2 + mags[1] ** 2 + 0.0026)
+        per_scale.append((1 - gms).mean(axis=(1, 2)))
+    return np.mean(per_scale, axis=0)
+
+
+def test_gms_loss_matches_a_numpy_reference_and_has_finite_gradients():
+    rng = np.random.default_rng(3)
+    y_true = rng.random((2, 32, 32, 3), dtype=np.float32)
+    y_pred = np.clip(y_true + rng.normal(0, 0.1, y_true.shape), 0, 1).astype(np.float32)
+    ours = gms_loss(tf.constant(y_true), tf.constant(y_pred)).numpy()
+    np.testing.assert_allclose(ours, _gms_reference(y_true, y_pred, (1, 2, 4, 8)), atol=1e-4)
+    np.testing.assert_allclose(gms_loss(tf.constant(y_true), tf.constant(y_true)), 0.0,
+                               atol=1e-6)
+    flat = tf.Variable(np.full((1, 16, 16, 1), 0.5, np.float32))
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(gms_loss(tf.constant(y_true[:1, :16, :16, :1]), flat))
+    gradient = tape.gradient(value, flat).numpy()
+    assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+    blended = make_ae2_loss(ssim_weight=0.0, gms_weight=2.0)
+    assert float(blended(y_true, y_pred)) == pytest.approx(2.0 * ours.mean(), abs=1e-5)
+    assert AE2Loss.from_config(blended.get_config()).gms_weight == 2.0
 
 
 # --------------------------------------------------------------------------- inpainting U-Net
