@@ -81,6 +81,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "03_train_ae2": {**COMMON, "image_size": _multiple_of(16), "patch_size": _multiple_of(16),
                      "patches_per_epoch": _positive_int, "stride": _positive_int,
                      "ssim_weight": _non_negative, "l1_weight": _non_negative,
+                     "gms_weight": _non_negative,
                      "smooth_sigma": _non_negative, "topk_percent": _percent,
                      "score_method": _one_of("max", "mean", "topk"),
                      "bottleneck": _one_of("global", "spatial", "unet"),
