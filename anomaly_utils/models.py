@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import ParameterError
-from .scoring import ssim_map
+from .scoring import GMS_C, GMS_SCALES, PREWITT, ssim_map
 
 PACKAGE = "anomaly_utils"
 AE1_BUILDER = "build_ae1"
@@ -464,7 +464,7 @@ def ssim_loss(y_true, y_pred):
     return 1.0 - tf.reduce_mean(ssim, axis=[1, 2])
 
 
-def gms_loss(y_true, y_pred, scales: tuple[int, ...] = (1, 2, 4, 8)):
+def gms_loss(y_true, y_pred, scales: tuple[int, ...] = GMS_SCALES):
     """Per-image mean multi-scale gradient magnitude dissimilarity (RIAD's MSGMS loss).
 
     The differentiable counterpart of :func:`anomaly_utils.scoring.gms_error_map`: channel
@@ -473,8 +473,7 @@ def gms_loss(y_true, y_pred, scales: tuple[int, ...] = (1, 2, 4, 8)):
     (N, H, W, C) in [0, 1] -> (N,) in [0, 1].
     """
     y_true = tf.cast(y_true, y_pred.dtype)
-    prewitt = np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]], np.float32) / 3.0
-    kernel = tf.constant(np.stack([prewitt, prewitt.T], axis=-1)[:, :, None, :], y_pred.dtype)
+    kernel = tf.constant(np.stack([PREWITT, PREWITT.T], axis=-1)[:, :, None, :], y_pred.dtype)
     size = min(y_pred.shape[1], y_pred.shape[2])
     used = [factor for factor in scales if size // factor >= 3] or [1]
     total = tf.zeros(tf.shape(y_pred)[:1], y_pred.dtype)
@@ -488,7 +487,7 @@ def gms_loss(y_true, y_pred, scales: tuple[int, ...] = (1, 2, 4, 8)):
             # The epsilon keeps the square root's gradient finite on flat regions.
             magnitudes.append(tf.sqrt(tf.reduce_sum(tf.square(gradients), axis=-1) + 1e-12))
         m_true, m_pred = magnitudes
-        gms = (2 * m_true * m_pred + 0.0026) / (tf.square(m_true) + tf.square(m_pred) + 0.0026)
+        gms = (2 * m_true * m_pred + GMS_C) / (tf.square(m_true) + tf.square(m_pred) + GMS_C)
         total += tf.reduce_mean(1.0 - gms, axis=[1, 2])
     return total / len(used)
 

@@ -42,8 +42,11 @@ _NUMPY_CHUNK_VALUES = 8_000_000
 _MAP_KINDS = ("ssim", "l1", "l2", "gms")
 # Gradient magnitude similarity (Xue et al. 2014) as RIAD uses it: its stability constant for
 # images in [0, 1], and the scales (downsampling factors) of the multi-scale map.
-_GMS_C = 0.0026
-_GMS_SCALES = (1, 2, 4, 8)
+GMS_C = 0.0026
+GMS_SCALES = (1, 2, 4, 8)
+# Prewitt's horizontal-gradient kernel, scaled to give 1 per pixel of a unit ramp (transpose:
+# vertical); the map and AE-2's GMS loss share it.
+PREWITT = np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]], np.float32) / 3.0
 _SCORE_METHODS = ("max", "mean", "topk")
 
 
@@ -311,7 +314,7 @@ def absolute_error_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.abs(x - y).mean(axis=-1, dtype=np.float32)
 
 
-def gms_error_map(x: np.ndarray, y: np.ndarray, scales: Sequence[int] = _GMS_SCALES,
+def gms_error_map(x: np.ndarray, y: np.ndarray, scales: Sequence[int] = GMS_SCALES,
                   ) -> np.ndarray:
     """Multi-scale gradient magnitude dissimilarity, ``1 - GMS``, averaged over scales.
 
@@ -340,7 +343,7 @@ def gms_error_map(x: np.ndarray, y: np.ndarray, scales: Sequence[int] = _GMS_SCA
 
     x, y = _as_pair(x, y, "gms_error_map")
     n, height, width = x.shape[:3]
-    prewitt = np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]], np.float32)[None] / 3.0
+    prewitt = PREWITT[None]  # (1, 3, 3): no mixing across the image axis
 
     def magnitude(images: np.ndarray) -> np.ndarray:
         gx = ndimage.correlate(images, prewitt, mode="reflect")
@@ -361,7 +364,7 @@ def gms_error_map(x: np.ndarray, y: np.ndarray, scales: Sequence[int] = _GMS_SCA
         small_x, small_y = ((g if factor == 1 else resize(g, size, cv2.INTER_AREA))
                             for g in (gray_x, gray_y))
         mx, my = magnitude(small_x), magnitude(small_y)
-        dissimilarity = 1.0 - (2 * mx * my + _GMS_C) / (mx * mx + my * my + _GMS_C)
+        dissimilarity = 1.0 - (2 * mx * my + GMS_C) / (mx * mx + my * my + GMS_C)
         total += (dissimilarity if factor == 1
                   else resize(dissimilarity, (width, height), cv2.INTER_LINEAR))
         used += 1

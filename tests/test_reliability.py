@@ -27,16 +27,10 @@ from anomaly_utils.artifacts import atomic_path, load_npz, read_json, save_npz, 
 from anomaly_utils.errors import ArtifactError, LabError
 from anomaly_utils.experiment import Scorer, ScoreResult, ScoringConfig, load_scores, save_scores
 from anomaly_utils.pipeline import NOTEBOOKS
-from tests.conftest import clone_run
+from tests.conftest import cli, clone_run
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = {"ae2": {"image_threshold": 0.5, "pixel_threshold": 0.5, "strategy": "percentile"}}
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "anomaly_utils", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # TensorFlow's C++ runtime prints these before absl logging is set up, whatever
