@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -140,11 +141,13 @@ def new_run_id(prefix: str = "") -> str:
     return f"{prefix}{stamp}"
 
 
+@functools.lru_cache(maxsize=1)
 def visible_gpus() -> list[str] | None:
     """Names of the GPUs TensorFlow sees, or None if that could not be found out.
 
     Asked in a child process, so the pipeline's own process never loads TensorFlow (about
-    0.5 GB that would otherwise sit idle while the notebooks' kernels do the work).
+    0.5 GB that would otherwise sit idle while the notebooks' kernels do the work); asked
+    once per process, since a sweep creates one run per configuration.
     """
     code = ("import json, tensorflow as tf; "
             "print(json.dumps([d.name for d in tf.config.list_physical_devices('GPU')]))")
