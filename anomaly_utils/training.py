@@ -60,6 +60,7 @@ HISTORY_JSON = "history.json"
 CONFIG_FILE = "config.json"
 BACKUP_DIR = "backup"
 EPOCH_ATTRIBUTE = "lab_epoch_variable"
+CORRUPT_MODES = ("rectangle", "grid", "rectangle+shading")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -207,10 +208,14 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
         corrupt: fraction of patches whose *input* gets a random rectangle (1/16 to 1/4 of
             the side) of flat colour plus noise, while the target stays clean: inpainting
             training, which keeps an expressive autoencoder from learning to copy defects.
-        corrupt_mode: "rectangle" (the above) or "grid": the patch is cut into square cells
+        corrupt_mode: "rectangle" (the above); "grid": the patch is cut into square cells
             of one of :func:`grid_cells` sides (drawn per patch) and each cell is zeroed with
             probability 1 / ``GRID_SETS``, the masks that
-            :func:`anomaly_utils.scoring.inpaint_reconstruct` uses at test time.
+            :func:`anomaly_utils.scoring.inpaint_reconstruct` uses at test time; or
+            "rectangle+shading": each corrupted patch gets, with equal chance, a rectangle or
+            a shading band (a straight band, 10-40 % of the side wide, at a random angle,
+            with soft edges, brighter or darker by 5-30 % of the value range), so that the
+            model also learns to undo large, smooth changes of brightness.
 
     Example:
         >>> x = np.zeros((3, 40, 40, 1), np.uint8)
@@ -221,8 +226,8 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
     patch_size = _check_patch(images, patch_size)
     patches_per_epoch = _check_int("patches_per_epoch", patches_per_epoch)
     batch_size = _check_int("batch_size", batch_size)
-    if corrupt_mode not in ("rectangle", "grid"):
-        raise ParameterError(f"corrupt_mode must be 'rectangle' or 'grid', got {corrupt_mode!r}")
+    if corrupt_mode not in CORRUPT_MODES:
+        raise ParameterError(f"corrupt_mode must be one of {CORRUPT_MODES}, got {corrupt_mode!r}")
     n, height, width, channels = images.shape
     stored = tf.constant(images)
     cells = tf.constant(grid_cells(patch_size))
@@ -254,6 +259,24 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
         painted = tf.where(inside[..., None], fill, patch)
         return tf.where(draws[0] < corrupt, painted, patch)
 
+    def shaded(patch, draws):
+        """A rectangle or a soft-edged shading band, with equal chance (input only)."""
+        # Its own key, so the rectangle draws (and "rectangle" training) stay as they were.
+        v = tf.random.stateless_uniform(
+            [7], tf.cast(tf.stack([draws[5] * 2**31, draws[6] * 2**31 + 1]), tf.int64))
+        angle = v[0] * 2 * math.pi
+        coords = (tf.cast(tf.range(patch_size), tf.float32) + 0.5) / patch_size - 0.5
+        along = tf.cos(angle) * coords[None, :] + tf.sin(angle) * coords[:, None]
+        width = 0.1 + 0.3 * v[1]
+        start = -0.75 + (1.5 - width) * v[2]  # bands may run off the patch's edge
+        softness = 0.01 + 0.04 * v[3]
+        band = tf.sigmoid((along - start) / softness) * tf.sigmoid((start + width - along)
+                                                                   / softness)
+        delta = (0.05 + 0.25 * v[4]) * tf.sign(v[5] - 0.5)
+        banded = tf.where(draws[0] < corrupt,
+                          tf.clip_by_value(patch + delta * band[..., None], 0.0, 1.0), patch)
+        return tf.where(v[6] < 0.5, banded, corrupted(patch, draws))
+
     def grid_masked(patch, draws):
         """Zero each cell of a random-sized grid with probability 1 / GRID_SETS (input only)."""
         cell = cells[tf.minimum(tf.cast(draws[1] * n_cells, tf.int32), n_cells - 1)]
@@ -274,7 +297,9 @@ def patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
             patch = tf.image.rot90(patch, turns)
         patch = tf.ensure_shape(patch, [patch_size, patch_size, channels])
         if corrupt > 0:
-            return (grid_masked if corrupt_mode == "grid" else corrupted)(patch, draws), patch
+            corrupt_fn = {"rectangle": corrupted, "grid": grid_masked,
+                          "rectangle+shading": shaded}[corrupt_mode]
+            return corrupt_fn(patch, draws), patch
         return patch, patch
 
     return _epoch_keyed(

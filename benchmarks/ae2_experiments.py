@@ -28,7 +28,7 @@ DEFAULTS = {
     "image_size": 256, "color_mode": "rgb", "patch_size": 128, "latent_dim": 100,
     "bottleneck": "global", "epochs": 25, "patches_per_epoch": 640, "batch_size": 32,
     "learning_rate": 5e-4, "ssim_weight": 1.0, "l1_weight": 0.0, "gms_weight": 0.0,
-    "corrupt": 0.0,
+    "corrupt": 0.0, "corrupt_mode": "rectangle",
     "augment": True,
     "stride": 32, "map_kind": "ssim", "smooth_sigma": 4.0, "score_method": "topk",
     "topk_percent": 1.0, "normalize_maps": False, "eval_size": 128, "seed": 0,
@@ -57,7 +57,7 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
     start = time.perf_counter()
     work = ROOT / "runs" / "experiments" / "work" / f"{time.time_ns()}"
     inpainting = s["bottleneck"] == "unet"  # as notebook 03: grid masks in training and scoring
-    mode = "grid" if inpainting else "rectangle"
+    mode = "grid" if inpainting else s["corrupt_mode"]
     fit = training.fit_autoencoder(
         model, training.patch_dataset(ds.train_images, s["patch_size"], s["patches_per_epoch"],
                                       s["batch_size"], seed=s["seed"], augment=s["augment"],

@@ -315,6 +315,33 @@ def test_grid_corruption_zeroes_whole_cells_of_the_input_only():
         patch_dataset(images, 16, 8, corrupt=0.5, corrupt_mode="stripes")
 
 
+def test_shading_corruption_adds_soft_bands_or_the_same_rectangles_to_the_input_only():
+    images = np.full((4, 48, 48, 1), 128, np.uint8)               # flat: changes are visible
+
+    def first_batch(mode):
+        ds = patch_dataset(images, 32, patches_per_epoch=64, batch_size=64, seed=2,
+                           augment=False, corrupt=1.0, corrupt_mode=mode)
+        set_dataset_epoch(ds, 0)
+        return (t.numpy() for t in next(iter(ds)))
+
+    inputs, targets = first_batch("rectangle+shading")
+    rectangles, _ = first_batch("rectangle")
+    assert np.allclose(targets, 128 / 255)                         # targets stay clean
+    bands = 0
+    for x, rectangle in zip(inputs, rectangles, strict=True):
+        if np.array_equal(x, rectangle):                          # the rectangle mode's own
+            continue
+        bands += 1
+        change = (x - targets[0])[..., 0]
+        changed = np.abs(change) > 1e-3
+        assert changed.mean() > 0.03                               # a band, not a speck
+        assert (change[changed] > 0).all() or (change[changed] < 0).all()  # one direction
+        assert 0.05 - 1e-3 <= np.abs(change).max() <= 0.30 + 1e-3  # 5-30 % of the range
+        edge = np.abs(change[changed]) < 0.5 * np.abs(change).max()
+        assert edge.any() and not edge.all()                       # a soft edge, a full core
+    assert 16 < bands < 48                                         # about half of 64
+
+
 def test_val_patch_dataset_grid_masks_the_inputs_the_same_way_every_time():
     images = (_images(3, size=32, channels=1) // 2 + 100).astype(np.uint8)
     ds = val_patch_dataset(images, 16, patches_per_image=4, batch_size=5, corrupt_mode="grid")
