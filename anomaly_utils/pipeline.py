@@ -11,7 +11,9 @@ A run executes ``notebooks/01_*.ipynb`` to ``05_*.ipynb`` in order into ``runs/<
 3. Each notebook runs with papermill; ``status.json`` records which ones completed, so
    ``--resume`` continues from the first that did not (training itself resumes from its
    last finished epoch). A failing cell stops the run with the notebook and cell named, and
-   the partially executed notebook stays in the run directory.
+   the partially executed notebook stays in the run directory. A resumed run first
+   compares its packages, commit and data with ``env.json``; a difference is a warning,
+   and it is recorded in ``env.json`` under ``"resumes"``.
 
 Example:
     >>> run_pipeline({"data_dir": "data/synthetic_carpet", "epochs": 2})   # doctest: +SKIP
@@ -159,8 +161,8 @@ def visible_gpus() -> list[str] | None:
         return None
 
 
-def environment_info(data_fingerprint: str | None) -> dict:
-    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU."""
+def software_info() -> dict:
+    """Python version, package versions, git commit and dirty flag of this process."""
     from importlib import metadata
 
     packages = {}
@@ -180,17 +182,86 @@ def environment_info(data_fingerprint: str | None) -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=no")
+    return {"python": sys.version.split()[0], "packages": packages,
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status)}
+
+
+def environment_info(data_fingerprint: str | None) -> dict:
+    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU."""
+    software = software_info()
     return {
-        "python": sys.version.split()[0],
+        "python": software["python"],
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "gpus": visible_gpus(),
-        "packages": packages,
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "packages": software["packages"],
+        "git_commit": software["git_commit"],
+        "git_dirty": software["git_dirty"],
         "data_fingerprint": data_fingerprint,
     }
+
+
+def _data_fingerprint(effective: dict[str, dict[str, Any]]) -> str | None:
+    """The fingerprint of the dataset the notebooks' ``data_dir`` names (None: no data_dir)."""
+    data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
+    if not data_dir:
+        return None
+    from .data import fingerprint, scan_dataset
+
+    return fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+
+
+def check_resumed_environment(run_dir: Path, log=print) -> dict[str, Any]:
+    """Compare the software and data a resumed run will use with its ``env.json``.
+
+    A run resumed with other package versions, another commit or changed data mixes
+    results from two set-ups. That is allowed (a crash should not cost the finished
+    notebooks), but never silent: each difference is logged as a warning and appended to
+    ``env.json`` under ``"resumes"``, so the run's record says which numbers came from what.
+    (Score files carry the data fingerprint, so notebook 04 still refuses scores made from
+    other data.)
+
+    Returns:
+        ``{key: {"then": ..., "now": ...}}`` for each differing key among python,
+        git_commit, git_dirty and data_fingerprint, and ``{"packages": {name: {"then",
+        "now"}}}`` for differing package versions; empty when nothing changed.
+    """
+    path = run_dir / "env.json"
+    if not path.is_file():
+        log(f"warning: run '{run_dir.name}' has no env.json, so its environment cannot be "
+            "compared with this one")
+        return {}
+    saved = read_json(path)
+    effective = read_json(run_dir / "params.json")["notebooks"]
+    try:
+        fingerprint = _data_fingerprint(effective)
+    except LabError as exc:  # the notebook that reads the data will stop with this error
+        log(f"warning: the dataset could not be fingerprinted: {exc}")
+        fingerprint = None
+    now = {**software_info(), "data_fingerprint": fingerprint}
+    differences: dict[str, Any] = {}
+    for key in ("python", "git_commit", "git_dirty", "data_fingerprint"):
+        if saved.get(key) != now[key]:
+            differences[key] = {"then": saved.get(key), "now": now[key]}
+    then_packages = saved.get("packages") or {}
+    packages = {name: {"then": then_packages.get(name), "now": now["packages"].get(name)}
+                for name in sorted(set(then_packages) | set(now["packages"]))
+                if then_packages.get(name) != now["packages"].get(name)}
+    if packages:
+        differences["packages"] = packages
+    if differences:
+        changes = [f"{name} {v['then']} -> {v['now']}" for name, v in packages.items()]
+        changes += [f"{key} {v['then']} -> {v['now']}" for key, v in differences.items()
+                    if key != "packages"]
+        log(f"warning: run '{run_dir.name}' was started with another environment; the "
+            f"notebooks it finished then keep their results: {'; '.join(changes)} "
+            f"(recorded in {path})")
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        saved.setdefault("resumes", []).append({"at": stamp, "differences": differences})
+        write_json(path, saved)
+    return differences
 
 
 def _status_path(run_dir: Path) -> Path:
@@ -257,13 +328,7 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
     effective = resolve_parameters(overrides, notebooks)
     for notebook, params in effective.items():
         validate(notebook, params)
-    fingerprint = None
-    data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
-    if data_dir:
-        from .data import fingerprint as data_fingerprint
-        from .data import scan_dataset
-
-        fingerprint = data_fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+    fingerprint = _data_fingerprint(effective)
     run_dir.mkdir(parents=True)
     write_json(run_dir / "params.json", {"run_id": run_dir.name, "overrides": overrides,
                                          "notebooks": effective})
@@ -328,6 +393,7 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
         if overrides:
             raise ParameterError("a resumed run keeps the parameters in its params.json",
                                  fix="drop the -p/--epochs/--data-dir options, or start a new run")
+        check_resumed_environment(run_dir, log)
     else:
         run_dir = runs_dir / (run_id or new_run_id())
         create_run(overrides, run_dir)

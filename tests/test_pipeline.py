@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_utils.artifacts import read_json
+from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import LabError
 from anomaly_utils.pipeline import NOTEBOOKS, declared_parameters, run_pipeline, summary
 from tests.conftest import TINY, cli, clone_run, tiny_args
@@ -70,6 +70,32 @@ def test_a_run_never_overwrites_another(finished_run: Path, tiny_data: Path):
                  "--run-id", "ref")
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_resume_warns_about_and_records_a_changed_environment(tmp_path: Path,
+                                                              finished_run: Path):
+    run = clone_run(finished_run, tmp_path / "r")
+    log: list[str] = []
+    run_pipeline({}, run_id="r", runs_dir=tmp_path, resume=True, progress=False, log=log.append)
+    assert not any("warning" in line for line in log)            # same machine, same data
+    assert "resumes" not in read_json(run / "env.json")
+    env = read_json(run / "env.json")
+    numpy_now = env["packages"]["numpy"]
+    env["packages"]["numpy"] = "0.0.1"
+    env["data_fingerprint"] = "0123456789abcdef"
+    write_json(run / "env.json", env)
+    for attempt in (1, 2):
+        log.clear()
+        run_pipeline({}, run_id="r", runs_dir=tmp_path, resume=True, progress=False,
+                     log=log.append)
+        warning = next(line for line in log if line.startswith("warning"))
+        assert f"numpy 0.0.1 -> {numpy_now}" in warning
+        assert "data_fingerprint 0123456789abcdef -> " in warning
+        resumes = read_json(run / "env.json")["resumes"]
+        assert len(resumes) == attempt                            # every resume is recorded
+        assert resumes[-1]["differences"]["packages"] == {
+            "numpy": {"then": "0.0.1", "now": numpy_now}}
+        assert set(resumes[-1]["differences"]) == {"packages", "data_fingerprint"}
 
 
 def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(
