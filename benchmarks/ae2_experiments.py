@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, validation_and_test_metrics
 
 DEFAULTS = {
     "image_size": 256, "color_mode": "rgb", "patch_size": 128, "latent_dim": 100,
@@ -41,7 +41,7 @@ EVAL_GRID = [(kind, sigma, method) for kind in ("ssim", "l1", "l2", "ssim+l1")
 
 
 def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
-    from anomaly_utils import data, metrics, models, pseudo_anomalies, scoring, training
+    from anomaly_utils import data, models, pseudo_anomalies, scoring, training
     from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
     from anomaly_utils.images import channels_for
     from anomaly_utils.seeding import set_global_seed
@@ -71,7 +71,6 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
     normals = np.concatenate([ds.val_images] * 3)
     images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, s["seed"] + 1)
     val_masks = np.stack([data.resize_mask(m, s["eval_size"]) for m in masks])
-    has = ds.test_has_mask
     variants = EVAL_GRID if eval_grid else [(s["map_kind"], s["smooth_sigma"],
                                              s["score_method"])]
     rows = []
@@ -91,11 +90,8 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
                          "score_method": method},
             "train_seconds": round(train_seconds, 1),
             "final_val_loss": fit["history"]["val_loss"][-1],
-            "val_image_auroc": metrics.image_auroc(labels, val.scores),
-            "val_pixel_auroc": metrics.pixel_auroc(val_masks, val.maps),
-            "test_image_auroc": metrics.image_auroc(ds.test_labels, test.scores),
-            "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has], test.maps[has]),
-            "test_aupro": metrics.aupro(ds.test_masks[has], test.maps[has]),
+            **validation_and_test_metrics(labels, val.scores, val_masks, val.maps, ds,
+                                          test.scores, test.maps),
         })
     return rows
 

@@ -51,3 +51,31 @@ def write_result(name: str, payload: dict) -> Path:
                **payload}
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
+
+
+def validation_and_test_metrics(val_labels, val_scores, val_masks, val_maps, ds, test_scores,
+                                test_maps) -> dict:
+    """Image and pixel AUROC on a pseudo-labelled validation set, and the test metrics.
+
+    ``val_*``: (N,) labels and scores, (N, E, E) masks and maps; ``ds``: the
+    :class:`anomaly_utils.data.AnomalyDataset` whose test split ``test_scores`` (M,) and
+    ``test_maps`` (M, E, E) belong to (pixel metrics over the test images that have masks).
+    """
+    from anomaly_utils import metrics
+
+    has = ds.test_has_mask
+    return {
+        "val_image_auroc": metrics.image_auroc(val_labels, val_scores),
+        "val_pixel_auroc": metrics.pixel_auroc(val_masks, val_maps),
+        "test_image_auroc": metrics.image_auroc(ds.test_labels, test_scores),
+        "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has], test_maps[has]),
+        "test_aupro": metrics.aupro(ds.test_masks[has], test_maps[has]),
+    }
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append one JSON line per row to ``path`` (folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")

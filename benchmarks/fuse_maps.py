@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0)
 METHODS = ("max", "topk")
@@ -54,7 +54,7 @@ def _z_maps(scorer, splits: dict[str, np.ndarray], norm: np.ndarray,
 
 def fuse(coarse_run: Path, fine_run: Path, data_dir: str, norm_images: int = 200,
          val_copies: int = 3, val_seed: int = 1) -> list[dict]:
-    from anomaly_utils import data, metrics, pseudo_anomalies, scoring
+    from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer, training_sample
 
@@ -81,7 +81,6 @@ def fuse(coarse_run: Path, fine_run: Path, data_dir: str, norm_images: int = 200
                        eval_size)
     print(f"scored both models in {time.perf_counter() - start:.0f} s", flush=True)
 
-    has = ds.test_has_mask
     rows = []
     for weight in (*WEIGHTS, "max"):
         for method in METHODS:
@@ -94,11 +93,8 @@ def fuse(coarse_run: Path, fine_run: Path, data_dir: str, norm_images: int = 200
                 "coarse_run": coarse_run.name, "fine_run": fine_run.name,
                 "val_copies": val_copies, "val_seed": val_seed, "coarse_weight": weight,
                 "score_method": method,
-                "val_image_auroc": metrics.image_auroc(labels, out["val"][0]),
-                "val_pixel_auroc": metrics.pixel_auroc(val_masks, out["val"][1]),
-                "test_image_auroc": metrics.image_auroc(ds.test_labels, out["test"][0]),
-                "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has], out["test"][1][has]),
-                "test_aupro": metrics.aupro(ds.test_masks[has], out["test"][1][has]),
+                **validation_and_test_metrics(labels, out["val"][0], val_masks, out["val"][1],
+                                              ds, *out["test"]),
             })
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -126,11 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = fuse(args.coarse_run, args.fine_run, args.data_dir, args.norm_images,
                 args.val_copies, args.val_seed)
-    out = ROOT / "runs" / "experiments" / f"fuse_{Path(args.data_dir).name}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(ROOT / "runs" / "experiments" / f"fuse_{Path(args.data_dir).name}.jsonl", rows)
     print(markdown(rows))
 
 

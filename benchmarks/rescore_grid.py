@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
 
 MAP_KINDS = ("l2", "l1", "ssim", "ssim+l1")
 SIGMAS = (2.0, 4.0, 8.0)
@@ -36,7 +36,7 @@ METHODS = ("max", "topk")
 def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copies: int = 1,
             val_seed: int | None = None, kinds: tuple[str, ...] = MAP_KINDS,
             sigmas: tuple[float, ...] = SIGMAS) -> list[dict]:
-    from anomaly_utils import data, metrics, pseudo_anomalies, scoring
+    from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
 
@@ -53,7 +53,6 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
         normals, seed if val_seed is None else val_seed)
     val_masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
     norm = training_sample(ds.train_images, norm_images, seed)
-    has = ds.test_has_mask
 
     start = time.perf_counter()
     splits = {name: (x.astype(np.float32) / 255.0, scorer.reconstruct(x))
@@ -77,12 +76,8 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
                         "run": run_dir.name, "model": model, "val_copies": val_copies,
                         "val_seed": seed if val_seed is None else val_seed, "map_kind": kind,
                         "smooth_sigma": sigma, "normalize": normalize, "score_method": method,
-                        "val_image_auroc": metrics.image_auroc(labels, out["val"][0]),
-                        "val_pixel_auroc": metrics.pixel_auroc(val_masks, out["val"][1]),
-                        "test_image_auroc": metrics.image_auroc(ds.test_labels, out["test"][0]),
-                        "test_pixel_auroc": metrics.pixel_auroc(ds.test_masks[has],
-                                                                out["test"][1][has]),
-                        "test_aupro": metrics.aupro(ds.test_masks[has], out["test"][1][has]),
+                        **validation_and_test_metrics(labels, out["val"][0], val_masks,
+                                                      out["val"][1], ds, *out["test"]),
                     })
                     print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -119,11 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images, args.val_copies,
                    args.val_seed, tuple(args.kinds), tuple(args.sigmas))
-    out = ROOT / "runs" / "experiments" / f"rescore_{Path(args.data_dir).name}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(ROOT / "runs" / "experiments" / f"rescore_{Path(args.data_dir).name}.jsonl",
+                 rows)
     print(markdown(rows))
 
 
