@@ -7,7 +7,11 @@ the defect-free level; one whose reconstruction degrades as a whole raises them 
 those raised normal pixels compete with other images' defect pixels in the pooled pixel
 AUROC.
 
-Reads a finished run's ``<model>/scores_test.npz``; chooses nothing (this is the report).
+It also scores the maps with each image's median subtracted (a per-image baseline, which
+removes such a rise), on the run's pseudo-labelled validation set and on the test set.
+
+Reads a finished run's ``<model>/scores_test.npz`` and ``scores_val_pseudo.npz``; chooses
+nothing (this is the report).
 
 Usage::
 
@@ -47,6 +51,25 @@ def spread(run_dir: Path, model: str = "ae2") -> dict[str, list[float | None]]:
     return result
 
 
+def centred(run_dir: Path, model: str = "ae2") -> list[dict]:
+    """Image AUROC (map peak) and pixel AUROC of the stored maps, as they are and with each
+    map's median subtracted, on the pseudo-labelled validation set and on the test set."""
+    from anomaly_utils import metrics
+    from anomaly_utils.experiment import load_scores
+
+    rows = []
+    for split in ("val_pseudo", "test"):
+        s = load_scores(run_dir / model / f"scores_{split}.npz")
+        has = s["has_mask"]
+        for name, maps in (("as stored", s["maps"]),
+                           ("minus its median", s["maps"] - np.median(s["maps"], axis=(1, 2),
+                                                                       keepdims=True))):
+            rows.append({"split": split, "map": name,
+                         "image_auroc": metrics.image_auroc(s["labels"], maps.max(axis=(1, 2))),
+                         "pixel_auroc": metrics.pixel_auroc(s["masks"][has], maps[has])})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
@@ -61,6 +84,9 @@ def main() -> None:
     for defect, row in result.items():
         cells = ["n/a" if v is None else f"{v:.3g}" for v in row]
         print(f"| {defect} | " + " | ".join(cells) + " |")
+    print("\n| split | map | image AUROC (peak) | pixel AUROC |\n|---|---|---|---|")
+    for r in centred(args.run_dir, args.model):
+        print(f"| {r['split']} | {r['map']} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} |")
 
 
 if __name__ == "__main__":
