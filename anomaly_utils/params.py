@@ -15,6 +15,9 @@ from .errors import ParameterError
 from .images import COLOR_MODES
 
 Rule = Callable[[Any], str | None]
+# How AE-2's training inputs are corrupted (training.patch_dataset), here so that the
+# parameter check needs no TensorFlow.
+CORRUPT_MODES = ("rectangle", "grid", "rectangle+shading")
 
 
 def _positive_int(value: Any) -> str | None:
@@ -85,7 +88,8 @@ RULES: dict[str, dict[str, Rule]] = {
                      "smooth_sigma": _non_negative, "topk_percent": _percent,
                      "score_method": _one_of("max", "mean", "topk"),
                      "bottleneck": _one_of("global", "spatial", "unet"),
-                     "corrupt": _unit_interval},
+                     "corrupt": _unit_interval,
+                     "corrupt_mode": _one_of("auto", *CORRUPT_MODES)},
     "04_threshold_selection": {
         "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,

@@ -50,6 +50,7 @@ import tensorflow as tf
 from .artifacts import atomic_path, read_json, write_json, write_text
 from .errors import ArtifactError, DataError, LabError, ParameterError
 from .models import VariationalAutoencoder, builder_config, default_loss
+from .params import CORRUPT_MODES
 from .scoring import GRID_SETS, grid_cells, grid_mask_sets
 from .seeding import set_global_seed
 
@@ -60,7 +61,6 @@ HISTORY_JSON = "history.json"
 CONFIG_FILE = "config.json"
 BACKUP_DIR = "backup"
 EPOCH_ATTRIBUTE = "lab_epoch_variable"
-CORRUPT_MODES = ("rectangle", "grid", "rectangle+shading")
 
 
 # --------------------------------------------------------------------------- datasets
