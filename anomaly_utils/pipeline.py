@@ -187,6 +187,22 @@ def software_info() -> dict:
             "git_dirty": None if status is None else bool(status)}
 
 
+def kernel_config():
+    """traitlets configuration for the kernels that execute notebooks.
+
+    The kernel's sockets are encrypted with CurveZMQ where the kernel supports it ("auto":
+    ipykernel >= 7.3 declares it), which also stops ipykernel from warning on every
+    notebook that it runs over TCP without encryption. Without CurveZMQ in pyzmq the
+    configuration is empty and kernels start as before.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    if not zmq.has("curve"):
+        return Config()
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
 def environment_info(data_fingerprint: str | None) -> dict:
     """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU."""
     software = software_info()
@@ -304,7 +320,7 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
         papermill.execute_notebook(
             str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
             cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
-            request_save_on_cell_execute=True,
+            request_save_on_cell_execute=True, config=kernel_config(),
         )
     except PapermillExecutionError as exc:
         raise LabError(_failure_message(notebook, exc),
@@ -451,7 +467,8 @@ def refresh_notebooks(notebooks: tuple[str, ...] = NOTEBOOKS, timeout: int = 180
         start = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
         client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                         resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+                                         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+                                         config=kernel_config())
         client.execute()
         for cell in nb.cells:
             cell.metadata.pop("execution", None)

@@ -31,6 +31,7 @@ from .pipeline import (
     _read_status,
     create_run,
     execute_notebook,
+    kernel_config,
     new_run_id,
 )
 
@@ -181,7 +182,8 @@ def write_comparison_notebook(sweep_dir: Path) -> Path:
     source = sweep_dir / ".comparison_source.ipynb"
     nbformat.write(notebook, source)
     output = sweep_dir / "comparison.ipynb"
-    papermill.execute_notebook(str(source), str(output), progress_bar=False)
+    papermill.execute_notebook(str(source), str(output), progress_bar=False,
+                               config=kernel_config())
     source.unlink()
     return output
 

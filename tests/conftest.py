@@ -71,4 +71,6 @@ def finished_run(tiny_data: Path, tmp_path_factory) -> Path:
     result = cli("run", *tiny_args(tiny_data), "--runs-dir", str(runs), "--run-id", "ref")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ae2" in result.stdout and "img AUROC" in result.stdout  # the summary
+    # The kernels' sockets are encrypted (pipeline.kernel_config), so ipykernel stays quiet.
+    assert "without encryption" not in result.stderr, result.stderr[-3000:]
     return runs / "ref"
