@@ -35,16 +35,23 @@ METHODS = ("max", "topk")
 
 def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copies: int = 1,
             val_seed: int | None = None, kinds: tuple[str, ...] = MAP_KINDS,
-            sigmas: tuple[float, ...] = SIGMAS) -> list[dict]:
+            sigmas: tuple[float, ...] = SIGMAS, model_file: Path | None = None) -> list[dict]:
+    """``model_file``: score this model (e.g. one ``ae2_experiments`` trained with another
+    seed) in place of the run's own, with the run's scoring settings and the model's
+    training seed (which also draws the validation split)."""
     from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
+    from anomaly_utils.training import load_model
 
     scorer = Scorer.load(run_dir, model)
     c = scorer.config
     notebook = "02_train_ae1" if model == "ae1" else "03_train_ae2"
     params = read_json(run_dir / "params.json")["notebooks"][notebook]
     seed = params["seed"]
+    if model_file is not None:
+        scorer.model = load_model(model_file)
+        seed = read_json(model_file.parent / "config.json")["training"]["seed"]
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
@@ -74,6 +81,8 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
                                       scoring.resize_maps(m, c.eval_size))
                     rows.append({
                         "run": run_dir.name, "model": model, "val_copies": val_copies,
+                        "model_file": None if model_file is None else str(model_file),
+                        "seed": seed,
                         "val_seed": seed if val_seed is None else val_seed, "map_kind": kind,
                         "smooth_sigma": sigma, "normalize": normalize, "score_method": method,
                         **validation_and_test_metrics(labels, out["val"][0], val_masks,
@@ -111,9 +120,12 @@ def main() -> None:
                         help="map kinds to try (scoring.anomaly_map's kind), e.g. gms ssim+l1")
     parser.add_argument("--sigmas", nargs="+", type=float, default=SIGMAS,
                         help="smoothing sigmas to try, in pixels of the model's image size")
+    parser.add_argument("--model-file", type=Path, default=None,
+                        help="a model.keras to score instead of the run's (its config.json "
+                             "next to it gives the training seed, which draws the split)")
     args = parser.parse_args()
     rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images, args.val_copies,
-                   args.val_seed, tuple(args.kinds), tuple(args.sigmas))
+                   args.val_seed, tuple(args.kinds), tuple(args.sigmas), args.model_file)
     append_jsonl(ROOT / "runs" / "experiments" / f"rescore_{Path(args.data_dir).name}.jsonl",
                  rows)
     print(markdown(rows))
