@@ -41,17 +41,19 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
     training seed (which also draws the validation split)."""
     from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
-    from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
+    from anomaly_utils.experiment import Scorer, ScoringConfig, normal_error_stats, training_sample
     from anomaly_utils.training import load_model
 
-    scorer = Scorer.load(run_dir, model)
-    c = scorer.config
     notebook = "02_train_ae1" if model == "ae1" else "03_train_ae2"
     params = read_json(run_dir / "params.json")["notebooks"][notebook]
     seed = params["seed"]
-    if model_file is not None:
-        scorer.model = load_model(model_file)
+    if model_file is None:
+        scorer = Scorer.load(run_dir, model)
+    else:  # the run's scoring settings only: its own model is never loaded
+        scorer = Scorer(load_model(model_file),
+                        ScoringConfig(**read_json(run_dir / model / "scoring.json")))
         seed = read_json(model_file.parent / "config.json")["training"]["seed"]
+    c = scorer.config
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
