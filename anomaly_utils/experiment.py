@@ -2,7 +2,8 @@
 reload its scores.
 
 A trained model lives in ``run_dir/<model>/`` (``model.keras``, ``config.json`` from
-training, ``scoring.json`` with how it is scored). :class:`Scorer` turns uint8 images into
+training, ``scoring.json`` with how it is scored); the further members of an ensemble in
+``run_dir/<model>/member<k>/`` (:func:`member_dir`). :class:`Scorer` turns uint8 images into
 image scores, anomaly maps and reconstructions the same way for every caller, so the
 notebooks, the gallery and the CLI can never disagree.
 
@@ -54,6 +55,8 @@ class ScoringConfig:
             divide by its spread (a per-position model of normal error), before scoring.
             Fitted on training images, not on the validation normals that thresholds and
             model choices are judged with (see :meth:`Scorer.fit_normalization`).
+        ensemble_size: models whose error maps are averaged (1: a single model). Member k
+            was trained with seed ``seed + k`` on the same split (:func:`member_seed`).
     """
 
     model: str
@@ -72,6 +75,7 @@ class ScoringConfig:
     seed: int = 0
     normalize: bool = False
     batch_size: int = 32
+    ensemble_size: int = 1
     norm_mean: list | None = field(default=None, repr=False)
     norm_std: list | None = field(default=None, repr=False)
 
@@ -86,72 +90,119 @@ class ScoreResult:
     recons: np.ndarray
 
 
+def member_seed(seed: int, member: int) -> int:
+    """Seed of ensemble member ``member`` (weights, crops, augmentation); member 0 keeps
+    ``seed``, so an ensemble of one is the single model. The data split always uses ``seed``."""
+    return seed + member
+
+
+def member_dir(model_dir: str | os.PathLike, member: int) -> Path:
+    """Folder of ensemble member ``member``: ``model_dir`` itself for member 0, else
+    ``model_dir/member<k>``."""
+    return Path(model_dir) if member == 0 else Path(model_dir) / f"member{member}"
+
+
 class Scorer:
-    """A trained model together with its :class:`ScoringConfig`."""
+    """A trained model (or an ensemble of them) together with its :class:`ScoringConfig`.
+
+    ``model`` is one Keras model or a list of ``config.ensemble_size`` models; an ensemble's
+    error map is the mean of its members' maps (not the map of their mean reconstruction,
+    which would blur away what the members disagree on).
+    """
 
     def __init__(self, model, config: ScoringConfig):
-        self.model = model
+        self.members = list(model) if isinstance(model, (list, tuple)) else [model]
+        if len(self.members) != config.ensemble_size:
+            raise ParameterError(
+                f"{len(self.members)} model(s) given but the scoring config says "
+                f"ensemble_size={config.ensemble_size}",
+                fix="pass one model per ensemble member")
         self.config = config
+
+    @property
+    def model(self):
+        """The first (for a single model: the only) member."""
+        return self.members[0]
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, name: str) -> Scorer:
-        """Load ``run_dir/<name>/model.keras`` (safe mode) and its ``scoring.json``."""
+        """Load ``run_dir/<name>/model.keras`` (safe mode), the further ensemble members'
+        ``member<k>/model.keras`` and ``scoring.json``."""
         from .training import load_model
 
         if name not in MODELS:
             raise ParameterError(f"model must be one of {MODELS}, got {name!r}")
         folder = Path(run_dir) / name
-        settings = read_json(folder / "scoring.json")
-        return cls(load_model(folder / "model.keras"), ScoringConfig(**settings))
+        config = ScoringConfig(**read_json(folder / "scoring.json"))
+        paths = [member_dir(folder, k) / "model.keras" for k in range(config.ensemble_size)]
+        if missing := [str(p) for p in paths if not p.is_file()]:
+            raise ArtifactError(
+                f"the {name} ensemble of {config.ensemble_size} lacks {', '.join(missing)}",
+                fix=f"rerun the notebook that trains {name} (e.g. run --resume)")
+        return cls([load_model(p) for p in paths], config)
 
     def save_config(self, run_dir: str | os.PathLike) -> None:
         write_json(Path(run_dir) / self.config.model / "scoring.json", asdict(self.config))
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
-        """Reconstruct uint8 or float images (N, S, S, C); returns float32 in [0, 1]."""
-        c = self.config
-        x = _as_float(images)
-        if c.inpaint_cells:
-            return np.mean(self._inpainted(x), axis=0)
-        if c.patch_size and c.patch_size < x.shape[1]:
-            return scoring.sliding_window_reconstruct(self.model, x, c.patch_size, c.stride,
-                                                      batch_size=c.batch_size)
-        if c.vae_samples and hasattr(self.model, "sample_reconstructions"):
-            samples = self.model.sample_reconstructions(x, c.vae_samples, c.seed)
-            return np.asarray(samples, np.float32).mean(axis=0)
-        return scoring.reconstruct(self.model, x, batch_size=c.batch_size)
+        """Reconstruct uint8 or float images (N, S, S, C); returns float32 in [0, 1] (an
+        ensemble's: the mean of its members' reconstructions)."""
+        recons = [self._reconstruct(model, images) for model in self.members]
+        return recons[0] if len(recons) == 1 else np.mean(recons, axis=0, dtype=np.float32)
 
     def reconstruct_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions (N, S, S, C) and per-pixel error maps (N, S, S) at model resolution.
 
         For a VAE with ``vae_samples`` the decoder is sampled once: the reconstruction is the
         samples' mean and the map the mean of the samples' maps (not the map of the mean,
-        which would hide the samples' spread).
+        which would hide the samples' spread). An ensemble averages the same way over its
+        members.
         """
+        pairs = [self._reconstruct_with_maps(model, images) for model in self.members]
+        if len(pairs) == 1:
+            return pairs[0]
+        return (np.mean([r for r, _ in pairs], axis=0, dtype=np.float32),
+                np.mean([m for _, m in pairs], axis=0, dtype=np.float32))
+
+    def _reconstruct(self, model, images: np.ndarray) -> np.ndarray:
         c = self.config
         x = _as_float(images)
         if c.inpaint_cells:
-            recons = self._inpainted(x)
+            return np.mean(self._inpainted(model, x), axis=0)
+        if c.patch_size and c.patch_size < x.shape[1]:
+            return scoring.sliding_window_reconstruct(model, x, c.patch_size, c.stride,
+                                                      batch_size=c.batch_size)
+        if c.vae_samples and hasattr(model, "sample_reconstructions"):
+            samples = model.sample_reconstructions(x, c.vae_samples, c.seed)
+            return np.asarray(samples, np.float32).mean(axis=0)
+        return scoring.reconstruct(model, x, batch_size=c.batch_size)
+
+    def _reconstruct_with_maps(self, model, images: np.ndarray,
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        x = _as_float(images)
+        if c.inpaint_cells:
+            recons = self._inpainted(model, x)
             maps = np.mean([scoring.anomaly_map(x, r, kind=c.map_kind,
                                                 smooth_sigma=c.smooth_sigma) for r in recons],
                            axis=0)
             return np.mean(recons, axis=0), maps.astype(np.float32)
         sliding = bool(c.patch_size) and c.patch_size < x.shape[1]
-        if c.vae_samples and hasattr(self.model, "sample_reconstructions") and not sliding:
-            samples = np.asarray(self.model.sample_reconstructions(x, c.vae_samples, c.seed),
+        if c.vae_samples and hasattr(model, "sample_reconstructions") and not sliding:
+            samples = np.asarray(model.sample_reconstructions(x, c.vae_samples, c.seed),
                                  np.float32)
             maps = np.mean([scoring.anomaly_map(x, s, kind=c.map_kind,
                                                 smooth_sigma=c.smooth_sigma) for s in samples],
                            axis=0)
             return samples.mean(axis=0), maps.astype(np.float32)
-        recons = self.reconstruct(images)
+        recons = self._reconstruct(model, images)
         return recons, scoring.anomaly_map(x, recons, kind=c.map_kind,
                                            smooth_sigma=c.smooth_sigma)
 
-    def _inpainted(self, x: np.ndarray) -> list[np.ndarray]:
+    def _inpainted(self, model, x: np.ndarray) -> list[np.ndarray]:
         """One inpainted reconstruction (N, S, S, C) per cell size of ``inpaint_cells``."""
         c = self.config
-        return [scoring.inpaint_reconstruct(self.model, x, int(cell), c.inpaint_sets, c.seed,
+        return [scoring.inpaint_reconstruct(model, x, int(cell), c.inpaint_sets, c.seed,
                                             c.batch_size) for cell in c.inpaint_cells]
 
     def fit_normalization(self, normal_images: np.ndarray) -> None:

@@ -32,7 +32,7 @@ DEFAULTS = {
     "augment": True,
     "stride": 32, "map_kind": "ssim", "smooth_sigma": 4.0, "score_method": "topk",
     "topk_percent": 1.0, "normalize_maps": False, "eval_size": 128, "seed": 0,
-    "val_fraction": 0.1,
+    "val_fraction": 0.1, "ensemble_size": 1,
 }
 
 
@@ -41,7 +41,7 @@ EVAL_GRID = [(kind, sigma, method) for kind in ("ssim", "l1", "l2", "ssim+l1")
 
 
 def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
-    from anomaly_utils import data, models, pseudo_anomalies, scoring, training
+    from anomaly_utils import data, experiment, models, pseudo_anomalies, scoring, training
     from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
     from anomaly_utils.images import channels_for
     from anomaly_utils.seeding import set_global_seed
@@ -51,22 +51,29 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
     ds = data.load_dataset(data_dir, image_size=s["image_size"], color_mode=s["color_mode"],
                            val_fraction=s["val_fraction"], seed=s["seed"],
                            mask_size=s["eval_size"])
-    model = models.build_ae2(patch_size=s["patch_size"], channels=channels_for(s["color_mode"]),
-                             latent_dim=s["latent_dim"], bottleneck=s["bottleneck"],
-                             seed=s["seed"])
     start = time.perf_counter()
     work = ROOT / "runs" / "experiments" / "work" / f"{time.time_ns()}"
     inpainting = s["bottleneck"] == "unet"  # as notebook 03: grid masks in training and scoring
     mode = "grid" if inpainting else s["corrupt_mode"]
-    fit = training.fit_autoencoder(
-        model, training.patch_dataset(ds.train_images, s["patch_size"], s["patches_per_epoch"],
-                                      s["batch_size"], seed=s["seed"], augment=s["augment"],
-                                      corrupt=s["corrupt"], corrupt_mode=mode),
-        training.val_patch_dataset(ds.val_images, s["patch_size"], batch_size=s["batch_size"],
-                                   seed=s["seed"], corrupt_mode=mode if inpainting else None),
-        work, epochs=s["epochs"], learning_rate=s["learning_rate"], seed=s["seed"],
-        loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"], s["gms_weight"]),
-        verbose=0)
+    fits = []
+    for member in range(s["ensemble_size"]):  # as notebook 03: member k trains with seed + k
+        member_seed = experiment.member_seed(s["seed"], member)
+        model = models.build_ae2(patch_size=s["patch_size"],
+                                 channels=channels_for(s["color_mode"]),
+                                 latent_dim=s["latent_dim"], bottleneck=s["bottleneck"],
+                                 seed=member_seed)
+        fits.append(training.fit_autoencoder(
+            model, training.patch_dataset(ds.train_images, s["patch_size"],
+                                          s["patches_per_epoch"], s["batch_size"],
+                                          seed=member_seed, augment=s["augment"],
+                                          corrupt=s["corrupt"], corrupt_mode=mode),
+            training.val_patch_dataset(ds.val_images, s["patch_size"],
+                                       batch_size=s["batch_size"], seed=member_seed,
+                                       corrupt_mode=mode if inpainting else None),
+            experiment.member_dir(work, member), epochs=s["epochs"],
+            learning_rate=s["learning_rate"], seed=member_seed,
+            loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"], s["gms_weight"]),
+            verbose=0))
     train_seconds = time.perf_counter() - start
     normals = np.concatenate([ds.val_images] * 3)
     images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, s["seed"] + 1)
@@ -75,11 +82,12 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
                                              s["score_method"])]
     rows = []
     for kind, sigma, method in variants:
-        scorer = Scorer(fit["model"], ScoringConfig(
+        scorer = Scorer([fit["model"] for fit in fits], ScoringConfig(
             model="ae2", image_size=s["image_size"], color_mode=s["color_mode"],
             map_kind=kind, score_method=method, topk_percent=s["topk_percent"],
             eval_size=s["eval_size"], smooth_sigma=sigma, patch_size=s["patch_size"],
             stride=s["stride"], normalize=s["normalize_maps"], batch_size=s["batch_size"],
+            ensemble_size=s["ensemble_size"],
             inpaint_cells=list(scoring.grid_cells(s["patch_size"])) if inpainting else []))
         if s["normalize_maps"]:
             scorer.fit_normalization(training_sample(ds.train_images, 200, s["seed"]))
@@ -89,7 +97,7 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
             "settings": {**settings, "map_kind": kind, "smooth_sigma": sigma,
                          "score_method": method},
             "train_seconds": round(train_seconds, 1),
-            "final_val_loss": fit["history"]["val_loss"][-1],
+            "final_val_loss": float(np.mean([fit["history"]["val_loss"][-1] for fit in fits])),
             **validation_and_test_metrics(labels, val.scores, val_masks, val.maps, ds,
                                           test.scores, test.maps),
         })
