@@ -89,7 +89,8 @@ RULES: dict[str, dict[str, Rule]] = {
                      "score_method": _one_of("max", "mean", "topk"),
                      "bottleneck": _one_of("global", "spatial", "unet"),
                      "corrupt": _unit_interval,
-                     "corrupt_mode": _one_of("auto", *CORRUPT_MODES)},
+                     "corrupt_mode": _one_of("auto", *CORRUPT_MODES),
+                     "ensemble_size": _positive_int},
     "04_threshold_selection": {
         "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,

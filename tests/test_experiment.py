@@ -91,3 +91,48 @@ def test_inpainting_scorer_averages_the_cell_sizes_and_saves_its_settings(tmp_pa
     from anomaly_utils.artifacts import read_json
     saved = ScoringConfig(**read_json(tmp_path / "ae2" / "scoring.json"))
     assert saved.inpaint_cells == [2, 4] and saved.inpaint_sets == scoring.GRID_SETS
+
+
+def constant_model(value: float, size: int = 8) -> keras.Model:
+    """A grayscale 'autoencoder' that reconstructs every pixel as ``value``."""
+    return keras.Sequential([keras.Input((size, size, 1)),
+                             keras.layers.Rescaling(scale=0.0, offset=value)])
+
+
+def test_an_ensemble_averages_its_members_maps_not_their_reconstructions(tmp_path):
+    dark, bright = constant_model(0.2), constant_model(0.8)
+    images = np.random.default_rng(1).integers(0, 255, (3, 8, 8, 1), dtype=np.uint8)
+    config = ScoringConfig(model="ae2", image_size=8, color_mode="grayscale", map_kind="l1",
+                           score_method="max", eval_size=8, ensemble_size=2)
+    result = Scorer([dark, bright], config).score(images)
+    x = images / np.float32(255)
+    expected = np.mean([np.abs(x - 0.2), np.abs(x - 0.8)], axis=0)[..., 0]
+    np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-6)
+    # the map of the mean reconstruction (0.5 everywhere) would be smaller wherever x lies
+    # between the members' reconstructions
+    assert np.all(result.maps >= np.abs(x - 0.5)[..., 0] - 1e-6)
+    np.testing.assert_allclose(result.recons, 0.5, atol=1e-6)
+
+    from anomaly_utils.experiment import member_dir
+
+    for k, model in enumerate((dark, bright)):
+        member_dir(tmp_path / "ae2", k).mkdir(parents=True, exist_ok=True)
+        model.save(member_dir(tmp_path / "ae2", k) / "model.keras")
+    Scorer([dark, bright], config).save_config(tmp_path)
+    loaded = Scorer.load(tmp_path, "ae2")
+    assert len(loaded.members) == 2
+    np.testing.assert_allclose(loaded.score(images).maps, result.maps, rtol=1e-6)
+
+
+def test_an_ensemble_with_a_missing_member_is_refused_by_name(tmp_path):
+    from anomaly_utils.errors import ArtifactError
+
+    config = ScoringConfig(model="ae2", image_size=8, color_mode="grayscale", eval_size=8,
+                           ensemble_size=3)
+    (tmp_path / "ae2").mkdir()
+    constant_model(0.5).save(tmp_path / "ae2" / "model.keras")
+    Scorer([constant_model(0.5)] * 3, config).save_config(tmp_path)
+    with pytest.raises(ArtifactError, match=r"member1.model\.keras.*member2.model\.keras"):
+        Scorer.load(tmp_path, "ae2")
+    with pytest.raises(ParameterError, match="ensemble_size=3"):
+        Scorer([constant_model(0.5)], config)

@@ -170,6 +170,38 @@ def test_sigkill_during_training_then_resume(tiny_data: Path, tmp_path: Path,
     assert read_json(tmp_path / "k" / "metrics.json")["ae2"]["image_auroc"] is not None
 
 
+def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path,
+                                                               tmp_path: Path):
+    """Notebook 03 with ``ensemble_size`` 2: member 1 is trained with seed + 1 into
+    ``ae2/member1/``, and the run's stored maps are the mean of the two members' maps."""
+    from anomaly_utils import data
+    from anomaly_utils.experiment import Scorer, ScoringConfig, load_scores
+
+    run = clone_run(finished_run, tmp_path / "e", unfinished=tuple(NOTEBOOKS[2:]))
+    params = read_json(run / "params.json")
+    ae2 = params["notebooks"]["03_train_ae2"]
+    ae2.update(ensemble_size=2, epochs=2)
+    write_json(run / "params.json", params)
+    run_pipeline({}, run_id="e", runs_dir=tmp_path, resume=True, until="03", progress=False,
+                 log=lambda *_: None)
+    assert (run / "ae2" / "member1" / "model.keras").is_file()
+    assert read_json(run / "ae2" / "member1" / "config.json")["training"]["seed"] == 1
+    ensemble = Scorer.load(run, "ae2")
+    assert ensemble.config.ensemble_size == 2 and len(ensemble.members) == 2
+    ds = data.load_dataset(ae2["data_dir"], image_size=ae2["image_size"],
+                           color_mode=ae2["color_mode"], val_fraction=ae2["val_fraction"],
+                           seed=ae2["seed"], mask_size=ae2["eval_size"])
+    single = ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1, "normalize": False})
+    maps = [Scorer(m, single).reconstruct_with_maps(ds.test_images)[1] for m in ensemble.members]
+    assert not np.allclose(maps[0], maps[1])                     # two different models
+    unnormalised = Scorer(ensemble.members, ScoringConfig(**{**vars(single), "ensemble_size": 2}))
+    np.testing.assert_allclose(unnormalised.reconstruct_with_maps(ds.test_images)[1],
+                               np.mean(maps, axis=0), rtol=1e-5, atol=1e-6)
+    stored = load_scores(run / "ae2" / "scores_test.npz")["maps"]
+    np.testing.assert_allclose(stored, ensemble.score(ds.test_images).maps, rtol=1e-2,
+                               atol=1e-2)  # stored as float16
+
+
 def test_score_command_prints_verdicts_and_writes_overlays(finished_run: Path, tiny_data: Path,
                                                            tmp_path: Path):
     folder = tiny_data / "test" / "hole"

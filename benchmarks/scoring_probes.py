@@ -1,0 +1,159 @@
+"""Two scoring ideas measured on a finished run's AE-2, on validation data first.
+
+* **Low-pass colour error** (``--probe lowpass``): ``|G_s * (x - x_hat)|``, the error of the
+  Gaussian-blurred *signed* difference (mean over channels), added to the run's map. The
+  weave of a texture is reconstructed slightly out of phase, a residual that averages out
+  under the blur, while a shift of colour or brightness does not; the question is whether
+  this finds the carpet's colour defects that the run's map misses.
+* **Shift test-time augmentation** (``--probe shifts``): reconstruct reflect-padded copies of
+  each image shifted by ``(dy, dx)`` in {-s, 0, s}^2, shift each map back, average (each
+  pixel over the copies that saw it). Costs 9 reconstructions; a cheap substitute for an
+  ensemble if the model's errors depend on where the texture falls on its grid.
+
+Both use the run's map kind, smoothing, per-pixel normalisation (refitted on the same 200
+training images with the probe applied) and score, and the larger validation set of
+``benchmarks.ae2_experiments`` (three copies of the validation normals, pseudo-anomalies
+seeded with seed + 1). The test columns are for the report only.
+
+Usage::
+
+    python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe lowpass
+    python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe shifts
+
+Prints one line per setting and appends it to ``runs/experiments/probes_<dataset>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
+
+LOWPASS_SIGMAS = (1.0, 2.0, 4.0, 8.0)
+LOWPASS_WEIGHTS = ("equal", 1.0)  # equal: all components 1/n; 1.0: added to the run's map
+SHIFTS = (2, 4)
+
+
+def lowpass_error_map(x: np.ndarray, recon: np.ndarray, sigma: float) -> np.ndarray:
+    """(N, H, W) mean over channels of ``|G_sigma * (x - recon)|``; x, recon (N, H, W, C)."""
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(x - recon, sigma=(0, sigma, sigma, 0), mode="reflect")
+    return np.abs(blurred).mean(axis=-1).astype(np.float32)
+
+
+def shifted_maps(scorer, images: np.ndarray, shift: int) -> np.ndarray:
+    """Unsmoothed maps (N, H, W) of ``images`` (N, H, W, C) uint8, averaged over the nine
+    reflect-padded shifts by {-shift, 0, shift} in each axis."""
+    from anomaly_utils import scoring
+
+    n, size = len(images), images.shape[1]
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    total = np.zeros((n, size, size), np.float32)
+    count = np.zeros((size, size), np.float32)
+    for dy in (-shift, 0, shift):
+        for dx in (-shift, 0, shift):
+            crop = padded[:, shift + dy:shift + dy + size, shift + dx:shift + dx + size]
+            x = crop.astype(np.float32) / 255.0
+            m = scoring.anomaly_map(x, scorer.reconstruct(crop), kind=scorer.config.map_kind)
+            # crop pixel (i, j) is image pixel (i + dy, j + dx)
+            rows = slice(max(0, dy), size + min(0, dy))
+            cols = slice(max(0, dx), size + min(0, dx))
+            total[:, rows, cols] += m[:, max(0, -dy):size - max(0, dy),
+                                      max(0, -dx):size - max(0, dx)]
+            count[rows, cols] += 1
+    return total / count
+
+
+def probe(run_dir: Path, data_dir: str, which: str) -> list[dict]:
+    from scipy import ndimage
+
+    from anomaly_utils import data, pseudo_anomalies, scoring
+    from anomaly_utils.artifacts import read_json
+    from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
+
+    params = read_json(run_dir / "params.json")["notebooks"]["03_train_ae2"]
+    seed = params["seed"]
+    scorer = Scorer.load(run_dir, "ae2")
+    c = scorer.config
+    ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
+                           val_fraction=params["val_fraction"], seed=seed,
+                           mask_size=c.eval_size)
+    normals = np.concatenate([ds.val_images] * 3)
+    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, seed + 1)
+    val_masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
+    splits = {"val": images, "test": ds.test_images,
+              "norm": training_sample(ds.train_images, 200, seed)}
+
+    def smooth(m: np.ndarray) -> np.ndarray:
+        if c.smooth_sigma <= 0:
+            return m
+        return ndimage.gaussian_filter(m, (0, c.smooth_sigma, c.smooth_sigma), mode="reflect")
+
+    def evaluate(setting: dict, raw: dict[str, np.ndarray]) -> dict:
+        maps = {name: smooth(m) for name, m in raw.items()}
+        mean, std = normal_error_stats(maps["norm"])
+        out = {}
+        for name in ("val", "test"):
+            m = (maps[name] - mean) / std if c.normalize else maps[name]
+            out[name] = (scoring.image_scores(m, method=c.score_method,
+                                              topk_percent=c.topk_percent),
+                         scoring.resize_maps(m, c.eval_size))
+        row = {"run": run_dir.name, "probe": which, **setting,
+               **validation_and_test_metrics(labels, out["val"][0], val_masks, out["val"][1],
+                                             ds, *out["test"])}
+        print(json.dumps(row), flush=True)
+        return row
+
+    floats = {name: x.astype(np.float32) / 255.0 for name, x in splits.items()}
+    recons = {name: scorer.reconstruct(x) for name, x in splits.items()}
+    base = {name: scoring.anomaly_map(floats[name], recons[name], kind=c.map_kind)
+            for name in splits}
+    rows = [evaluate({"setting": f"the run's map ({c.map_kind})"}, base)]
+    if which == "lowpass":
+        parts = len(c.map_kind.split("+"))
+        for sigma in LOWPASS_SIGMAS:
+            low = {name: lowpass_error_map(floats[name], recons[name], sigma)
+                   for name in splits}
+            rows.append(evaluate({"setting": f"lowpass σ={sigma:g} alone"}, low))
+            for weight in LOWPASS_WEIGHTS:
+                # the run's map is an equal blend of its parts, each weighted 1/parts
+                if weight == "equal":
+                    mixed = {name: (base[name] * parts + low[name]) / (parts + 1)
+                             for name in splits}
+                else:
+                    mixed = {name: base[name] + weight * low[name] for name in splits}
+                rows.append(evaluate({"setting": f"{c.map_kind} + lowpass σ={sigma:g}, "
+                                                 f"weight {weight}"}, mixed))
+    else:
+        for shift in SHIFTS:
+            rows.append(evaluate({"setting": f"9 shifts of ±{shift} px"},
+                                 {name: shifted_maps(scorer, x, shift)
+                                  for name, x in splits.items()}))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--probe", required=True, choices=("lowpass", "shifts"))
+    args = parser.parse_args()
+    rows = probe(args.run_dir, args.data_dir, args.probe)
+    append_jsonl(ROOT / "runs" / "experiments" / f"probes_{Path(args.data_dir).name}.jsonl",
+                 rows)
+    print("| setting | val image | val pixel | mean | test image | test pixel | test AUPRO |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['val_image_auroc']:.3f} | {r['val_pixel_auroc']:.3f} | "
+              f"{(r['val_image_auroc'] + r['val_pixel_auroc']) / 2:.3f} | "
+              f"{r['test_image_auroc']:.3f} | {r['test_pixel_auroc']:.3f} | "
+              f"{r['test_aupro']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
