@@ -9,6 +9,14 @@
   each image shifted by ``(dy, dx)`` in {-s, 0, s}^2, shift each map back, average (each
   pixel over the copies that saw it). Costs 9 reconstructions; a cheap substitute for an
   ensemble if the model's errors depend on where the texture falls on its grid.
+* **How an ensemble combines** (``--probe combine``, runs with ``ensemble_size`` > 1): the
+  map of the members' mean reconstruction (what :class:`anomaly_utils.experiment.Scorer`
+  does since this probe) against the mean of the members' maps (what it did before).
+
+Every other probe starts from the maps the lab's Scorer makes.
+``--model-dir`` probes another ensemble (e.g. one ``ae2_experiments`` trained with another
+seed, kept under ``runs/experiments/work/``) with the run's scoring settings; its
+``config.json`` gives the seed that draws its validation split.
 
 Both use the run's map kind, smoothing, per-pixel normalisation (refitted on the same 200
 training images with the probe applied) and score, and the larger validation set of
@@ -19,6 +27,8 @@ Usage::
 
     python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe lowpass
     python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe shifts
+    python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe combine \
+        [--model-dir runs/experiments/work/NS]
 
 Prints one line per setting and appends it to ``runs/experiments/probes_<dataset>.jsonl``.
 """
@@ -47,10 +57,9 @@ def lowpass_error_map(x: np.ndarray, recon: np.ndarray, sigma: float) -> np.ndar
 
 
 def shifted_maps(scorer, images: np.ndarray, shift: int) -> np.ndarray:
-    """Unsmoothed maps (N, H, W) of ``images`` (N, H, W, C) uint8, averaged over the nine
-    reflect-padded shifts by {-shift, 0, shift} in each axis."""
-    from anomaly_utils import scoring
-
+    """Maps (N, H, W) of ``images`` (N, H, W, C) uint8 by ``scorer`` (unsmoothed and not
+    normalised), averaged over the nine reflect-padded shifts by {-shift, 0, shift} in each
+    axis."""
     n, size = len(images), images.shape[1]
     padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
     total = np.zeros((n, size, size), np.float32)
@@ -58,8 +67,7 @@ def shifted_maps(scorer, images: np.ndarray, shift: int) -> np.ndarray:
     for dy in (-shift, 0, shift):
         for dx in (-shift, 0, shift):
             crop = padded[:, shift + dy:shift + dy + size, shift + dx:shift + dx + size]
-            x = crop.astype(np.float32) / 255.0
-            m = scoring.anomaly_map(x, scorer.reconstruct(crop), kind=scorer.config.map_kind)
+            m = scorer.reconstruct_with_maps(crop)[1]
             # crop pixel (i, j) is image pixel (i + dy, j + dx)
             rows = slice(max(0, dy), size + min(0, dy))
             cols = slice(max(0, dx), size + min(0, dx))
@@ -69,17 +77,34 @@ def shifted_maps(scorer, images: np.ndarray, shift: int) -> np.ndarray:
     return total / count
 
 
-def probe(run_dir: Path, data_dir: str, which: str) -> list[dict]:
+def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = None,
+          ) -> list[dict]:
+    import dataclasses
+
     from scipy import ndimage
 
     from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
-    from anomaly_utils.experiment import Scorer, normal_error_stats, training_sample
+    from anomaly_utils.experiment import (
+        Scorer,
+        ScoringConfig,
+        member_dir,
+        normal_error_stats,
+        training_sample,
+    )
+    from anomaly_utils.training import load_model
 
     params = read_json(run_dir / "params.json")["notebooks"]["03_train_ae2"]
     seed = params["seed"]
-    scorer = Scorer.load(run_dir, "ae2")
-    c = scorer.config
+    c = ScoringConfig(**read_json(run_dir / "ae2" / "scoring.json"))
+    if model_dir is None:
+        model_dir = run_dir / "ae2"
+    else:
+        seed = read_json(model_dir / "config.json")["training"]["seed"]
+    members = [load_model(member_dir(model_dir, k) / "model.keras")
+               for k in range(c.ensemble_size)]
+    # maps before smoothing and normalisation, which evaluate() applies to every probe alike
+    raw_scorer = Scorer(members, dataclasses.replace(c, smooth_sigma=0.0, normalize=False))
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
@@ -103,21 +128,31 @@ def probe(run_dir: Path, data_dir: str, which: str) -> list[dict]:
             out[name] = (scoring.image_scores(m, method=c.score_method,
                                               topk_percent=c.topk_percent),
                          scoring.resize_maps(m, c.eval_size))
-        row = {"run": run_dir.name, "probe": which, **setting,
+        row = {"run": run_dir.name, "model_dir": str(model_dir), "seed": seed, "probe": which,
+               **setting,
                **validation_and_test_metrics(labels, out["val"][0], val_masks, out["val"][1],
                                              ds, *out["test"])}
         print(json.dumps(row), flush=True)
         return row
 
     floats = {name: x.astype(np.float32) / 255.0 for name, x in splits.items()}
-    recons = {name: scorer.reconstruct(x) for name, x in splits.items()}
-    base = {name: scoring.anomaly_map(floats[name], recons[name], kind=c.map_kind)
-            for name in splits}
-    rows = [evaluate({"setting": f"the run's map ({c.map_kind})"}, base)]
-    if which == "lowpass":
+    base = {name: raw_scorer.reconstruct_with_maps(x)[1] for name, x in splits.items()}
+    rows = [evaluate({"setting": f"the lab's map ({c.map_kind}, {len(members)} model(s))"},
+                     base)]
+    if which == "combine":
+        single = dataclasses.replace(raw_scorer.config, ensemble_size=1)
+        rows.append(evaluate({"setting": "mean of the members' maps"},
+                             {name: np.mean([Scorer(m, single).reconstruct_with_maps(x)[1]
+                                             for m in members], axis=0)
+                              for name, x in splits.items()}))
+    elif which == "lowpass":
         parts = len(c.map_kind.split("+"))
+        single = dataclasses.replace(raw_scorer.config, ensemble_size=1)
+        recons = {name: [Scorer(m, single).reconstruct(x) for m in members]
+                  for name, x in splits.items()}
         for sigma in LOWPASS_SIGMAS:
-            low = {name: lowpass_error_map(floats[name], recons[name], sigma)
+            low = {name: np.mean([lowpass_error_map(floats[name], r, sigma)
+                                  for r in recons[name]], axis=0)
                    for name in splits}
             rows.append(evaluate({"setting": f"lowpass σ={sigma:g} alone"}, low))
             for weight in LOWPASS_WEIGHTS:
@@ -132,7 +167,7 @@ def probe(run_dir: Path, data_dir: str, which: str) -> list[dict]:
     else:
         for shift in SHIFTS:
             rows.append(evaluate({"setting": f"9 shifts of ±{shift} px"},
-                                 {name: shifted_maps(scorer, x, shift)
+                                 {name: shifted_maps(raw_scorer, x, shift)
                                   for name, x in splits.items()}))
     return rows
 
@@ -141,9 +176,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--probe", required=True, choices=("lowpass", "shifts"))
+    parser.add_argument("--probe", required=True, choices=("lowpass", "shifts", "combine"))
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="an ensemble's folder (model.keras, member<k>/) to probe instead "
+                             "of the run's, with the run's scoring settings")
     args = parser.parse_args()
-    rows = probe(args.run_dir, args.data_dir, args.probe)
+    rows = probe(args.run_dir, args.data_dir, args.probe, args.model_dir)
     append_jsonl(ROOT / "runs" / "experiments" / f"probes_{Path(args.data_dir).name}.jsonl",
                  rows)
     print("| setting | val image | val pixel | mean | test image | test pixel | test AUPRO |")

@@ -173,8 +173,9 @@ def test_sigkill_during_training_then_resume(tiny_data: Path, tmp_path: Path,
 def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path,
                                                                tmp_path: Path):
     """Notebook 03 with ``ensemble_size`` 2: member 1 is trained with seed + 1 into
-    ``ae2/member1/``, and the run's stored maps are the mean of the two members' maps."""
-    from anomaly_utils import data
+    ``ae2/member1/``, and the run's stored maps are those of the members' mean
+    reconstruction."""
+    from anomaly_utils import data, scoring
     from anomaly_utils.experiment import Scorer, ScoringConfig, load_scores
 
     run = clone_run(finished_run, tmp_path / "e", unfinished=tuple(NOTEBOOKS[2:]))
@@ -192,11 +193,13 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path
                            color_mode=ae2["color_mode"], val_fraction=ae2["val_fraction"],
                            seed=ae2["seed"], mask_size=ae2["eval_size"])
     single = ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1, "normalize": False})
-    maps = [Scorer(m, single).reconstruct_with_maps(ds.test_images)[1] for m in ensemble.members]
-    assert not np.allclose(maps[0], maps[1])                     # two different models
+    recons = [Scorer(m, single).reconstruct(ds.test_images) for m in ensemble.members]
+    assert not np.allclose(recons[0], recons[1])                 # two different models
     unnormalised = Scorer(ensemble.members, ScoringConfig(**{**vars(single), "ensemble_size": 2}))
-    np.testing.assert_allclose(unnormalised.reconstruct_with_maps(ds.test_images)[1],
-                               np.mean(maps, axis=0), rtol=1e-5, atol=1e-6)
+    expected = scoring.anomaly_map(ds.test_images / np.float32(255), np.mean(recons, axis=0),
+                                   kind=single.map_kind, smooth_sigma=single.smooth_sigma)
+    np.testing.assert_allclose(unnormalised.reconstruct_with_maps(ds.test_images)[1], expected,
+                               rtol=1e-5, atol=1e-6)
     stored = load_scores(run / "ae2" / "scores_test.npz")["maps"]
     np.testing.assert_allclose(stored, ensemble.score(ds.test_images).maps, rtol=1e-2,
                                atol=1e-2)  # stored as float16
