@@ -103,6 +103,23 @@ def member_dir(model_dir: str | os.PathLike, member: int) -> Path:
     return Path(model_dir) if member == 0 else Path(model_dir) / f"member{member}"
 
 
+def load_members(model_dir: str | os.PathLike, ensemble_size: int) -> list:
+    """The ``ensemble_size`` models of an ensemble in ``model_dir`` (:func:`member_dir`),
+    loaded in safe mode.
+
+    Raises:
+        ArtifactError: naming every member file that is missing.
+    """
+    from .training import load_model
+
+    paths = [member_dir(model_dir, k) / "model.keras" for k in range(ensemble_size)]
+    if missing := [str(p) for p in paths if not p.is_file()]:
+        raise ArtifactError(
+            f"the ensemble of {ensemble_size} in '{model_dir}' lacks {', '.join(missing)}",
+            fix="rerun the notebook that trains it (e.g. run --resume)")
+    return [load_model(p) for p in paths]
+
+
 class Scorer:
     """A trained model (or an ensemble of them) together with its :class:`ScoringConfig`.
 
@@ -130,18 +147,11 @@ class Scorer:
     def load(cls, run_dir: str | os.PathLike, name: str) -> Scorer:
         """Load ``run_dir/<name>/model.keras`` (safe mode), the further ensemble members'
         ``member<k>/model.keras`` and ``scoring.json``."""
-        from .training import load_model
-
         if name not in MODELS:
             raise ParameterError(f"model must be one of {MODELS}, got {name!r}")
         folder = Path(run_dir) / name
         config = ScoringConfig(**read_json(folder / "scoring.json"))
-        paths = [member_dir(folder, k) / "model.keras" for k in range(config.ensemble_size)]
-        if missing := [str(p) for p in paths if not p.is_file()]:
-            raise ArtifactError(
-                f"the {name} ensemble of {config.ensemble_size} lacks {', '.join(missing)}",
-                fix=f"rerun the notebook that trains {name} (e.g. run --resume)")
-        return cls([load_model(p) for p in paths], config)
+        return cls(load_members(folder, config.ensemble_size), config)
 
     def save_config(self, run_dir: str | os.PathLike) -> None:
         write_json(Path(run_dir) / self.config.model / "scoring.json", asdict(self.config))

@@ -41,8 +41,13 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
     training seed (which also draws the validation split)."""
     from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
-    from anomaly_utils.experiment import Scorer, ScoringConfig, normal_error_stats, training_sample
-    from anomaly_utils.training import load_model
+    from anomaly_utils.experiment import (
+        Scorer,
+        ScoringConfig,
+        load_members,
+        normal_error_stats,
+        training_sample,
+    )
 
     notebook = "02_train_ae1" if model == "ae1" else "03_train_ae2"
     params = read_json(run_dir / "params.json")["notebooks"][notebook]
@@ -50,8 +55,8 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
     if model_file is None:
         scorer = Scorer.load(run_dir, model)
     else:  # the run's scoring settings only: its own model is never loaded
-        scorer = Scorer(load_model(model_file),
-                        ScoringConfig(**read_json(run_dir / model / "scoring.json")))
+        config = ScoringConfig(**read_json(run_dir / model / "scoring.json"))
+        scorer = Scorer(load_members(model_file.parent, config.ensemble_size), config)
         seed = read_json(model_file.parent / "config.json")["training"]["seed"]
     c = scorer.config
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
@@ -124,7 +129,8 @@ def main() -> None:
                         help="smoothing sigmas to try, in pixels of the model's image size")
     parser.add_argument("--model-file", type=Path, default=None,
                         help="a model.keras to score instead of the run's (its config.json "
-                             "next to it gives the training seed, which draws the split)")
+                             "next to it gives the training seed, which draws the split; for "
+                             "an ensemble run, the members in member<k>/ beside it too)")
     args = parser.parse_args()
     rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images, args.val_copies,
                    args.val_seed, tuple(args.kinds), tuple(args.sigmas), args.model_file)

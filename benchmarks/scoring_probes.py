@@ -88,11 +88,10 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
     from anomaly_utils.experiment import (
         Scorer,
         ScoringConfig,
-        member_dir,
+        load_members,
         normal_error_stats,
         training_sample,
     )
-    from anomaly_utils.training import load_model
 
     params = read_json(run_dir / "params.json")["notebooks"]["03_train_ae2"]
     seed = params["seed"]
@@ -101,8 +100,7 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
         model_dir = run_dir / "ae2"
     else:
         seed = read_json(model_dir / "config.json")["training"]["seed"]
-    members = [load_model(member_dir(model_dir, k) / "model.keras")
-               for k in range(c.ensemble_size)]
+    members = load_members(model_dir, c.ensemble_size)
     # maps before smoothing and normalisation, which evaluate() applies to every probe alike
     raw_scorer = Scorer(members, dataclasses.replace(c, smooth_sigma=0.0, normalize=False))
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
