@@ -37,8 +37,10 @@ class ScoringConfig:
         model: "ae1" or "ae2".
         image_size: side length the model sees, pixels (AE-2: the full image it slides over).
         color_mode: "rgb" or "grayscale".
-        map_kind: per-pixel error: "l2" (squared error), "l1", "ssim" (1 - SSIM) or blends
-            such as "ssim+l1" (see :func:`anomaly_utils.scoring.anomaly_map`).
+        map_kind: per-pixel error: "l2" (squared error), "l1", "ssim" (1 - SSIM), "gms"
+            (gradients), "lowpass" (low-pass colour error) or blends such as "ssim+l1"
+            (equal weights) or "0.5*ssim+0.5*gms+1*lowpass" (see
+            :func:`anomaly_utils.scoring.anomaly_map`).
         score_method: "mean", "max" or "topk" (mean of the top ``topk_percent`` % pixels).
         eval_size: side length of the stored maps, pixels (both models use the same, so
             pixel metrics compare like with like).

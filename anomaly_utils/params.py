@@ -64,6 +64,16 @@ def _multiple_of(n: int) -> Rule:
     return rule
 
 
+def _map_kind(value: Any) -> str | None:
+    from .scoring import map_components
+
+    try:
+        map_components(value)
+    except ParameterError as error:
+        return f"is not a valid map kind ({error.message}; {error.fix})"
+    return None
+
+
 def _one_of(*choices: str) -> Rule:
     def rule(value: Any) -> str | None:
         return None if value in choices else f"must be one of {choices}"
@@ -74,7 +84,7 @@ COMMON: dict[str, Rule] = {
     "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
     "val_fraction": _fraction, "eval_size": _multiple_of(8), "seed": _non_negative,
     "color_mode": _one_of(*COLOR_MODES), "early_stopping_patience": _non_negative,
-    "latent_dim": _positive_int,
+    "latent_dim": _positive_int, "map_kind": _map_kind,
 }
 RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,

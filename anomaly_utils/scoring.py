@@ -5,7 +5,8 @@ How an image is scored:
 1. Reconstruct it with the autoencoder, whole (:func:`reconstruct`) or as overlapping patches
    averaged back together (:func:`sliding_window_reconstruct`).
 2. Compare input and reconstruction per pixel (:func:`anomaly_map`): ``1 - SSIM``
-   (:func:`ssim_map`), squared or absolute error, or a weighted blend, optionally smoothed.
+   (:func:`ssim_map`), squared or absolute error, gradient or low-pass colour error, or a
+   weighted blend such as ``"0.5*ssim+0.5*gms+1*lowpass"``, optionally smoothed.
 3. Reduce each map to one number (:func:`image_scores`): max, mean, or mean of the top-k %.
 
 :func:`ssim_map` is also the training loss of the SSIM autoencoders, so it accepts TensorFlow
@@ -39,7 +40,10 @@ _K1, _K2 = 0.01, 0.03
 # The moment stack of one numpy chunk holds 5 * chunk * H * W * C float32 values; this keeps
 # the peak memory of ssim_map on numpy input to a few hundred MB whatever N is.
 _NUMPY_CHUNK_VALUES = 8_000_000
-_MAP_KINDS = ("ssim", "l1", "l2", "gms")
+_MAP_KINDS = ("ssim", "l1", "l2", "gms", "lowpass")
+# Blur of the "lowpass" component, pixels at model resolution: on the carpet's three
+# validation sets sigma 2 led 1, 4 and 8 (benchmarks/scoring_probes.py, docs/experiments.md).
+LOWPASS_SIGMA = 2.0
 # Gradient magnitude similarity (Xue et al. 2014) as RIAD uses it: its stability constant for
 # images in [0, 1], and the scales (downsampling factors) of the multi-scale map.
 GMS_C = 0.0026
@@ -374,16 +378,83 @@ def gms_error_map(x: np.ndarray, y: np.ndarray, scales: Sequence[int] = GMS_SCAL
     return np.clip(total / used, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _parse_kind(kind: str, weights: Mapping[str, float] | Sequence[float] | None,
-                ) -> dict[str, float]:
-    """Turn ``kind`` ("ssim", "l1+l2", ...) and ``weights`` into {component: weight}."""
-    parts = kind.split("+") if isinstance(kind, str) else []
+def lowpass_error_map(x: np.ndarray, y: np.ndarray, sigma: float = LOWPASS_SIGMA,
+                      ) -> np.ndarray:
+    """Low-pass colour error: ``|G_sigma * (x - y)|``, mean over channels.
+
+    The *signed* difference is blurred before its magnitude is taken, so a texture
+    reconstructed slightly out of phase (a residual that alternates in sign) averages out,
+    while a shift of colour or brightness over an area does not. It finds the colour stains
+    and thread defects that a texture's SSIM residual hides.
+
+    Args:
+        x, y: (N, H, W, C) images in [0, 1].
+        sigma: standard deviation of the Gaussian blur, pixels (scipy.ndimage.gaussian_filter,
+            'reflect' border).
+
+    Returns:
+        (N, H, W) float32 in [0, 1].
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.zeros((1, 16, 16, 1), dtype=np.float32)
+        >>> wrong_phase = np.indices((16, 16)).sum(0)[None, ..., None] % 2 * 0.2 - 0.1
+        >>> round(float(lowpass_error_map(x, x + wrong_phase).max()), 2)
+        0.0
+        >>> round(float(lowpass_error_map(x, x + 0.1)[0, 8, 8]), 2)  # a colour shift
+        0.1
+    """
+    from scipy import ndimage
+
+    x, y = _as_pair(x, y, "lowpass_error_map")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ParameterError(f"the low-pass sigma must be a positive number of pixels, got "
+                             f"{sigma!r}", fix=f"use the default {LOWPASS_SIGMA}")
+    blurred = ndimage.gaussian_filter(x - y, sigma=(0, sigma, sigma, 0), mode="reflect")
+    return np.abs(blurred).mean(axis=-1, dtype=np.float32)
+
+
+def _split_term(term: str, kind: str) -> tuple[float | None, str]:
+    """``"0.5*ssim"`` -> (0.5, "ssim"); ``"ssim"`` -> (None, "ssim")."""
+    weight, star, name = term.strip().rpartition("*")
+    if not star:
+        return None, name
+    try:
+        return float(weight), name.strip()
+    except ValueError:
+        raise ParameterError(f"anomaly map kind {kind!r}: weight {weight.strip()!r} of "
+                             f"{name.strip()!r} is not a number",
+                             fix="write weighted terms as e.g. '0.5*ssim+0.5*gms'") from None
+
+
+def map_components(kind: str, weights: Mapping[str, float] | Sequence[float] | None = None,
+                   ) -> dict[str, float]:
+    """The {component: weight} that ``kind`` and ``weights`` describe (see :func:`anomaly_map`).
+
+    Raises:
+        ParameterError: an unknown or repeated component, weights both inline and passed,
+            some terms weighted and others not, or a weight that is negative or not finite.
+
+    Example:
+        >>> map_components("ssim+gms"), map_components("0.5*ssim + 1*lowpass")
+        ({'ssim': 0.5, 'gms': 0.5}, {'ssim': 0.5, 'lowpass': 1.0})
+    """
+    terms = ([_split_term(t, kind) for t in kind.split("+")] if isinstance(kind, str) else [])
+    parts = [name for _, name in terms]
     if not parts or any(p not in _MAP_KINDS for p in parts) or len(set(parts)) != len(parts):
         raise ParameterError(
             f"anomaly map kind {kind!r} is not known",
             fix=f"use one of {', '.join(_MAP_KINDS)} or a '+' blend of distinct ones, e.g. "
-                "'ssim+l1'")
-    if weights is None:
+                "'ssim+l1' (equal weights) or '0.5*ssim+1*lowpass'")
+    inline = [w for w, _ in terms if w is not None]
+    if inline and (len(inline) != len(terms) or weights is not None):
+        problem = ("weights only some of its terms" if weights is None
+                   else "has inline weights, and weights were passed as well")
+        raise ParameterError(f"anomaly map kind {kind!r} {problem}",
+                             fix="weight every term inline (e.g. '0.5*ssim+0.5*gms') or none")
+    if inline:
+        values = inline
+    elif weights is None:
         values = [1.0 / len(parts)] * len(parts)
     elif isinstance(weights, Mapping):
         if set(weights) != set(parts):
@@ -399,8 +470,9 @@ def _parse_kind(kind: str, weights: Mapping[str, float] | Sequence[float] | None
                 "given", fix="pass one weight per component, in the order of kind")
     if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0) for v in values) \
             or sum(values) <= 0:
-        raise ParameterError(f"weights must be finite, >= 0 and not all 0; got {values!r}",
-                             fix="pass e.g. weights={'ssim': 0.5, 'l1': 0.5}")
+        raise ParameterError(f"map weights must be finite, >= 0 and not all 0; got {values!r} "
+                             f"(kind {kind!r})",
+                             fix="pass e.g. '0.5*ssim+0.5*l1' or weights={'ssim': 0.5, 'l1': 0.5}")
     return dict(zip(parts, (float(v) for v in values), strict=True))
 
 
@@ -411,14 +483,17 @@ def anomaly_map(x: np.ndarray, recon: np.ndarray, kind: str = "ssim",
 
     Components: ``"ssim"`` is ``1 - ssim_map`` clipped to [0, 2]; ``"l2"`` the squared and
     ``"l1"`` the absolute error (both in [0, 1], mean over channels); ``"gms"`` the multi-scale
-    gradient magnitude dissimilarity of :func:`gms_error_map` (in [0, 1]). A blend such as
-    ``"ssim+l1"`` is the weighted sum of its components.
+    gradient magnitude dissimilarity of :func:`gms_error_map` and ``"lowpass"`` the low-pass
+    colour error of :func:`lowpass_error_map` with sigma :data:`LOWPASS_SIGMA` (both in
+    [0, 1]). A blend such as ``"ssim+l1"`` is the weighted sum of its components.
 
     Args:
         x, recon: (N, H, W, C) images and reconstructions in [0, 1].
-        kind: one component or a '+'-joined blend of distinct components.
+        kind: one component or a '+'-joined blend of distinct components, each optionally
+            weighted inline (``"0.5*ssim+0.5*gms+1*lowpass"``: all terms or none).
         weights: per-component weights, as {component: weight} or a sequence in the order of
-            ``kind``; default equal weights summing to 1. Weights are not renormalised.
+            ``kind``, for a ``kind`` without inline weights; default equal weights summing
+            to 1. Weights are not renormalised.
         smooth_sigma: standard deviation in pixels of a Gaussian smoothing applied to each map
             (scipy.ndimage.gaussian_filter, 'reflect' border); 0 turns it off.
 
@@ -431,7 +506,7 @@ def anomaly_map(x: np.ndarray, recon: np.ndarray, kind: str = "ssim",
         >>> float(anomaly_map(x, x + 0.5, kind="l1+l2", weights=[1.0, 1.0])[0, 0, 0])
         0.75
     """
-    components = _parse_kind(kind, weights)
+    components = map_components(kind, weights)
     if not (isinstance(smooth_sigma, (int, float)) and math.isfinite(smooth_sigma)
             and smooth_sigma >= 0):
         raise ParameterError(f"smooth_sigma must be a number of pixels >= 0, got {smooth_sigma!r}",
@@ -445,6 +520,8 @@ def anomaly_map(x: np.ndarray, recon: np.ndarray, kind: str = "ssim",
             part = squared_error_map(x, recon)
         elif name == "gms":
             part = gms_error_map(x, recon)
+        elif name == "lowpass":
+            part = lowpass_error_map(x, recon)
         else:
             part = absolute_error_map(x, recon)
         maps += np.float32(weight) * part

@@ -32,7 +32,8 @@ def measure(n_images: int = 32) -> list[dict]:
                                               score_method="mean", eval_size=128), 3),
         "AE-2 default (128x128 RGB, patches 64 stride 16, 1-SSIM+GMS, sigma 8, normalised)": (
             models.build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
-            ScoringConfig(model="ae2", image_size=128, map_kind="ssim+gms", score_method="max",
+            ScoringConfig(model="ae2", image_size=128, map_kind="0.5*ssim+0.5*gms+1*lowpass",
+                          score_method="max",
                           smooth_sigma=8.0, patch_size=64, stride=16, eval_size=128,
                           **normalised(128)), 3),
         "AE-2 real preset (64x64 gray whole tiles, GMS+L1, sigma 1, normalised, max)": (

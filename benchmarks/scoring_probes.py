@@ -1,7 +1,9 @@
 """Two scoring ideas measured on a finished run's AE-2, on validation data first.
 
 * **Low-pass colour error** (``--probe lowpass``): ``|G_s * (x - x_hat)|``, the error of the
-  Gaussian-blurred *signed* difference (mean over channels), added to the run's map. The
+  Gaussian-blurred *signed* difference (mean over channels,
+  :func:`anomaly_utils.scoring.lowpass_error_map`), added to the run's map. Since session 7
+  the carpet default's map contains it (weight 1, sigma 2); the probe measured the choice. The
   weave of a texture is reconstructed slightly out of phase, a residual that averages out
   under the blur, while a shift of colour or brightness does not; the question is whether
   this finds the carpet's colour defects that the run's map misses.
@@ -46,14 +48,6 @@ from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
 LOWPASS_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 LOWPASS_WEIGHTS = ("equal", 1.0)  # equal: all components 1/n; 1.0: added to the run's map
 SHIFTS = (2, 4)
-
-
-def lowpass_error_map(x: np.ndarray, recon: np.ndarray, sigma: float) -> np.ndarray:
-    """(N, H, W) mean over channels of ``|G_sigma * (x - recon)|``; x, recon (N, H, W, C)."""
-    from scipy import ndimage
-
-    blurred = ndimage.gaussian_filter(x - recon, sigma=(0, sigma, sigma, 0), mode="reflect")
-    return np.abs(blurred).mean(axis=-1).astype(np.float32)
 
 
 def shifted_maps(scorer, images: np.ndarray, shift: int) -> np.ndarray:
@@ -144,12 +138,12 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
                                              for m in members], axis=0)
                               for name, x in splits.items()}))
     elif which == "lowpass":
-        parts = len(c.map_kind.split("+"))
+        parts = len(scoring.map_components(c.map_kind))
         single = dataclasses.replace(raw_scorer.config, ensemble_size=1)
         recons = {name: [Scorer(m, single).reconstruct(x) for m in members]
                   for name, x in splits.items()}
         for sigma in LOWPASS_SIGMAS:
-            low = {name: np.mean([lowpass_error_map(floats[name], r, sigma)
+            low = {name: np.mean([scoring.lowpass_error_map(floats[name], r, sigma)
                                   for r in recons[name]], axis=0)
                    for name in splits}
             rows.append(evaluate({"setting": f"lowpass σ={sigma:g} alone"}, low))

@@ -60,6 +60,8 @@ def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
     (["-p", "learning_rate", "0"], ["'learning_rate'", "> 0"]),
     (["-p", "ae2.corrupt_mode", "stripes"], ["'corrupt_mode'", "rectangle+shading"]),
     (["-p", "ae2.ensemble_size", "0"], ["'ensemble_size'", "positive"]),
+    (["-p", "ae2.map_kind", "0.5*ssim+lowpas"], ["'map_kind'", "lowpass", "'0.5*ssim+lowpas'"]),
+    (["-p", "ae2.map_kind", "0.5*ssim+l1"], ["'map_kind'", "weights only some"]),
     (["-p", "no_such_knob", "1"], ["'no_such_knob' is not declared", "02_train_ae1"]),
     (["-p", "zz.epochs", "1"], ["unknown scope 'zz'"]),
 ])

@@ -20,6 +20,8 @@ from anomaly_utils.scoring import (
     anomaly_map,
     gms_error_map,
     image_scores,
+    lowpass_error_map,
+    map_components,
     naive_sliding_window_reconstruct,
     reconstruct,
     resize_maps,
@@ -270,6 +272,53 @@ def test_anomaly_map_kinds_and_blends():
     assert out.dtype == np.float32 and out.shape == (2, 32, 40) and out.min() >= 0
 
 
+def test_inline_weights_equal_passed_weights_and_tolerate_spaces():
+    rng = np.random.default_rng(14)
+    x, recon = structured_pair((2, 32, 32, 3), rng)
+    assert map_components(" 0.5 * ssim + 2*l1 ") == {"ssim": 0.5, "l1": 2.0}
+    assert map_components("ssim+gms+lowpass") == pytest.approx(
+        {"ssim": 1 / 3, "gms": 1 / 3, "lowpass": 1 / 3})
+    np.testing.assert_array_equal(anomaly_map(x, recon, "0.25*ssim+3*l2"),
+                                  anomaly_map(x, recon, "ssim+l2",
+                                              weights={"ssim": 0.25, "l2": 3.0}))
+
+
+def test_lowpass_map_is_the_blurred_signed_difference():
+    rng = np.random.default_rng(16)
+    x, recon = structured_pair((2, 24, 32, 3), rng)
+    expected = np.abs(ndimage.gaussian_filter((x - recon).astype(np.float64),
+                                              sigma=(0, 2.0, 2.0, 0))).mean(-1)
+    ours = lowpass_error_map(x, recon)
+    assert ours.dtype == np.float32 and ours.shape == (2, 24, 32)
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+    np.testing.assert_allclose(lowpass_error_map(x, recon, sigma=4.0),
+                               np.abs(ndimage.gaussian_filter(
+                                   (x - recon).astype(np.float64), sigma=(0, 4, 4, 0))).mean(-1),
+                               atol=1e-6)
+    np.testing.assert_array_equal(anomaly_map(x, recon, "lowpass"), ours)
+    both = anomaly_map(x, recon, "0.5*ssim+0.5*gms+1*lowpass")
+    np.testing.assert_allclose(both, 0.5 * anomaly_map(x, recon, "ssim")
+                               + 0.5 * gms_error_map(x, recon) + ours, atol=1e-6)
+    with pytest.raises(ParameterError, match="sigma"):
+        lowpass_error_map(x, recon, sigma=0)
+
+
+def test_lowpass_map_ignores_a_weave_out_of_phase_but_not_a_stain():
+    """What it is for: a texture reconstructed one thread off leaves a residual of
+    alternating sign, which the blur cancels; a colour stain keeps its full size, while
+    L1 rates both alike."""
+    rows, cols = np.indices((48, 48))
+    weave = (0.5 + 0.2 * ((rows // 2 + cols // 2) % 2 * 2 - 1)).astype(np.float32)
+    x = np.repeat(weave[None, ..., None], 3, axis=-1)
+    shifted = np.roll(x, 2, axis=2)  # one thread off: every pixel differs by 0.4
+    stained = x.copy()
+    stained[:, 16:32, 16:32, 0] += 0.2  # a red stain, 16 x 16 pixels
+    weave_err, stain_err = lowpass_error_map(x, shifted), lowpass_error_map(x, stained)
+    assert absolute_error_map(x, shifted).mean() > absolute_error_map(x, stained).max()
+    assert weave_err[:, 8:40, 8:40].max() < 0.02
+    assert stain_err[0, 24, 24] == pytest.approx(0.2 / 3, abs=2e-3)
+
+
 def test_gms_map_at_one_scale_matches_skimage_prewitt():
     """1 - GMS from skimage's Prewitt magnitude (which is ours / sqrt 2), c = 0.0026."""
     from skimage.filters import prewitt
@@ -327,7 +376,13 @@ def test_anomaly_map_smoothing():
                                     {"kind": "l1+l2", "weights": {"l1": 1.0}},
                                     {"kind": "l1", "weights": [-1.0]},
                                     {"kind": "l1", "weights": [0.0]},
-                                    {"kind": "l1", "smooth_sigma": -1}])
+                                    {"kind": "l1", "smooth_sigma": -1},
+                                    {"kind": "0.5*ssim+l1"},
+                                    {"kind": "0.5*ssim+0.5*l1", "weights": [1.0, 1.0]},
+                                    {"kind": "half*ssim"},
+                                    {"kind": "-1*l1+2*l2"},
+                                    {"kind": "inf*l1"},
+                                    {"kind": "1*lowpass+2*lowpass"}])
 def test_anomaly_map_rejects_bad_arguments(kwargs):
     x = np.zeros((1, 16, 16, 1), dtype=np.float32)
     with pytest.raises(ParameterError):
