@@ -30,7 +30,7 @@ def measure(n_images: int = 32) -> list[dict]:
         "AE-1 (64x64 RGB, squared error, mean)": (
             models.build_ae1(), ScoringConfig(model="ae1", image_size=64, map_kind="l2",
                                               score_method="mean", eval_size=128), 3),
-        "AE-2 default (128x128 RGB, patches 64 stride 16, 1-SSIM+GMS, sigma 8, normalised)": (
+        "AE-2 default (128x128 RGB, patches 64 stride 16, SSIM+GMS+low-pass, sigma 8, normalised)": (
             models.build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=128, map_kind="0.5*ssim+0.5*gms+1*lowpass",
                           score_method="max",
