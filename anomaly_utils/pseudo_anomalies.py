@@ -8,7 +8,10 @@ normal images themselves:
    rotated and brightness-jittered) pasted elsewhere (CutPaste, Li et al., CVPR 2021);
 2. :func:`stain`: a smooth blob of changed intensity (gray) or colour (RGB) with soft edges;
 3. :func:`scratch`: a thin random curve of darker or brighter pixels;
-4. :func:`make_labelled_validation`: copies a stack of normal images, keeps some clean and adds
+4. :func:`shading_band`: a wide straight band of changed brightness across the image, an
+   area defect (uneven grinding, a wash-out) that the small kinds above never produce; not
+   in the default mix (:data:`ALL_KINDS` has it);
+5. :func:`make_labelled_validation`: copies a stack of normal images, keeps some clean and adds
    one random anomaly to each of the others.
 
 Every function accepts uint8 or float images shaped (H, W), (H, W, 1) or (H, W, 3), returns an
@@ -35,6 +38,7 @@ import numpy as np
 from .errors import ParameterError
 
 PSEUDO_ANOMALY_KINDS: tuple[str, ...] = ("cut_paste", "stain", "scratch")
+ALL_KINDS: tuple[str, ...] = (*PSEUDO_ANOMALY_KINDS, "shading")
 NORMAL_KIND = "good"
 
 
@@ -337,13 +341,58 @@ def scratch(image: np.ndarray, rng: np.random.Generator,
     return _finish(image, new, mask, lo, hi)
 
 
-_KIND_FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch}
+def shading_band(image: np.ndarray, rng: np.random.Generator,
+                 width: tuple[float, float] = (0.1, 0.4),
+                 strength: tuple[float, float] = (0.05, 0.3)) -> tuple[np.ndarray, np.ndarray]:
+    """Brighten or darken a wide straight band across the image, at a random angle.
+
+    The change is full in the band's middle and falls to 40 % at its edges, so the edge is
+    soft yet every mask pixel is changed (barring clipping). Unlike the other kinds it
+    covers up to 40 % of the image, the way an uneven ground or washed-out area does.
+
+    Args:
+        image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
+        rng: source of every random choice.
+        width: range of the band width as a fraction of min(H, W).
+        strength: range of the change in the band's middle, fraction of the value range
+            (the same in every channel: a change of brightness, not of colour).
+
+    Returns:
+        ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
+
+    Example:
+        >>> img = np.full((64, 64), 0.5, np.float32)
+        >>> out, mask = shading_band(img, np.random.default_rng(0))
+        >>> bool((out[mask] != 0.5).all()), bool((out[~mask] == 0.5).all()), bool(mask.mean() > 0.05)
+        (True, True, True)
+    """
+    work, lo, hi = _as_work(image)
+    w_lo, w_hi = _range("width", width, upper=1.0)
+    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    h, w = work.shape[:2]
+    side = min(h, w)
+    angle = rng.uniform(0, np.pi)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    # signed distance of each pixel along the band's normal, from the image centre, in pixels
+    along = np.cos(angle) * (cols - (w - 1) / 2) + np.sin(angle) * (rows - (h - 1) / 2)
+    centre = rng.uniform(-0.3, 0.3) * side
+    half = max(1.0, rng.uniform(w_lo, w_hi) * side / 2)
+    offset = np.abs(along - centre)
+    mask = _ensure_nonempty(offset <= half, ((w - 1) / 2, (h - 1) / 2))
+    profile = 1.0 - 0.6 * np.clip(offset / half, 0, 1) ** 2
+    delta = _signed_delta(rng, work[mask], lo, hi, rng.uniform(s_lo, s_hi))
+    new = work + (profile * delta)[..., None]
+    return _finish(image, new, mask, lo, hi)
+
+
+_KIND_FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch,
+                   "shading": shading_band}
 
 
 def _check_kind(kind: str) -> None:
     if kind not in _KIND_FUNCTIONS:
         raise ParameterError(f"kind '{kind}' is unknown",
-                             fix=f"use one of {', '.join(PSEUDO_ANOMALY_KINDS)}")
+                             fix=f"use one of {', '.join(ALL_KINDS)}")
 
 
 def add_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator,
@@ -353,7 +402,8 @@ def add_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator,
     Args:
         image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
         rng: source of every random choice.
-        kind: one of :data:`PSEUDO_ANOMALY_KINDS`, or None for a random one.
+        kind: one of :data:`ALL_KINDS`, or None for a random one of
+            :data:`PSEUDO_ANOMALY_KINDS`.
 
     Returns:
         ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
@@ -383,7 +433,7 @@ def make_labelled_validation(
         normals: (N, H, W) or (N, H, W, C) uint8 or float stack of defect-free images, N >= 1.
         rng_or_seed: a Generator or an integer seed (same seed, same result).
         fraction_anomalous: in [0, 1].
-        kinds: the kinds to draw from, a non-empty subset of :data:`PSEUDO_ANOMALY_KINDS`.
+        kinds: the kinds to draw from, a non-empty subset of :data:`ALL_KINDS`.
 
     Returns:
         ``(images, labels, masks, kinds)``: images like ``normals``; labels int64 (N,), 1 for
@@ -405,7 +455,7 @@ def make_labelled_validation(
                              fix="pass e.g. fraction_anomalous=0.5")
     kinds = tuple(kinds)
     if not kinds:
-        raise ParameterError("kinds is empty", fix=f"pick from {PSEUDO_ANOMALY_KINDS}")
+        raise ParameterError("kinds is empty", fix=f"pick from {ALL_KINDS}")
     for kind in kinds:
         _check_kind(kind)
     rng = np.random.default_rng(rng_or_seed)

@@ -35,10 +35,12 @@ METHODS = ("max", "topk")
 
 def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copies: int = 1,
             val_seed: int | None = None, kinds: tuple[str, ...] = MAP_KINDS,
-            sigmas: tuple[float, ...] = SIGMAS, model_file: Path | None = None) -> list[dict]:
+            sigmas: tuple[float, ...] = SIGMAS, model_file: Path | None = None,
+            val_kinds: tuple[str, ...] | None = None) -> list[dict]:
     """``model_file``: score this model (e.g. one ``ae2_experiments`` trained with another
     seed) in place of the run's own, with the run's scoring settings and the model's
-    training seed (which also draws the validation split)."""
+    training seed (which also draws the validation split). ``val_kinds``: the pasted
+    anomaly kinds (default: the lab's mix, ``pseudo_anomalies.PSEUDO_ANOMALY_KINDS``)."""
     from anomaly_utils import data, pseudo_anomalies, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import (
@@ -63,8 +65,9 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
     normals = np.concatenate([ds.val_images] * val_copies)
+    val_kinds = val_kinds or pseudo_anomalies.PSEUDO_ANOMALY_KINDS
     images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(
-        normals, seed if val_seed is None else val_seed)
+        normals, seed if val_seed is None else val_seed, kinds=val_kinds)
     val_masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
     norm = training_sample(ds.train_images, norm_images, seed)
 
@@ -90,7 +93,8 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
                         "run": run_dir.name, "model": model, "val_copies": val_copies,
                         "model_file": None if model_file is None else str(model_file),
                         "seed": seed,
-                        "val_seed": seed if val_seed is None else val_seed, "map_kind": kind,
+                        "val_seed": seed if val_seed is None else val_seed,
+                        "val_kinds": list(val_kinds), "map_kind": kind,
                         "smooth_sigma": sigma, "normalize": normalize, "score_method": method,
                         **validation_and_test_metrics(labels, out["val"][0], val_masks,
                                                       out["val"][1], ds, *out["test"]),
@@ -131,9 +135,13 @@ def main() -> None:
                         help="a model.keras to score instead of the run's (its config.json "
                              "next to it gives the training seed, which draws the split; for "
                              "an ensemble run, the members in member<k>/ beside it too)")
+    parser.add_argument("--val-kinds", nargs="+", default=None,
+                        help="pasted anomaly kinds of the validation set (default: the lab's "
+                             "mix cut_paste stain scratch; 'shading' adds wide bands)")
     args = parser.parse_args()
     rows = rescore(args.run_dir, args.data_dir, args.model, args.norm_images, args.val_copies,
-                   args.val_seed, tuple(args.kinds), tuple(args.sigmas), args.model_file)
+                   args.val_seed, tuple(args.kinds), tuple(args.sigmas), args.model_file,
+                   tuple(args.val_kinds) if args.val_kinds else None)
     append_jsonl(ROOT / "runs" / "experiments" / f"rescore_{Path(args.data_dir).name}.jsonl",
                  rows)
     print(markdown(rows))

@@ -8,11 +8,13 @@ import pytest
 
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.pseudo_anomalies import (
+    ALL_KINDS,
     PSEUDO_ANOMALY_KINDS,
     add_pseudo_anomaly,
     cut_paste,
     make_labelled_validation,
     scratch,
+    shading_band,
     stain,
 )
 
@@ -38,11 +40,12 @@ def _variants() -> dict[str, np.ndarray]:
 
 
 VARIANTS = _variants()
-FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch}
+FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch,
+             "shading": shading_band}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("kind", PSEUDO_ANOMALY_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_changes_only_mask_pixels(kind, variant):
     image = VARIANTS[variant]
     original = image.copy()
@@ -64,7 +67,7 @@ def test_changes_only_mask_pixels(kind, variant):
     assert min(changed_fraction) > 0.5
 
 
-@pytest.mark.parametrize("kind", PSEUDO_ANOMALY_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_same_seed_same_result_other_seed_differs(kind):
     image = VARIANTS["rgb_uint8"]
     a, mask_a = add_pseudo_anomaly(image, np.random.default_rng(7), kind)
@@ -93,6 +96,34 @@ def test_sizes_vary_and_scale_with_the_image():
     large = [stain(_texture(0, 128), np.random.default_rng(s))[1].mean() for s in range(12)]
     assert max(small) > 3 * min(small)
     assert np.allclose(np.median(small), np.median(large), rtol=0.5)
+
+
+def test_shading_band_is_a_wide_straight_band_of_one_brightness_change():
+    areas = []
+    for seed in range(12):
+        image = np.full((96, 128, 3), 0.5, np.float32)
+        out, mask = shading_band(image, np.random.default_rng(seed))
+        areas.append(mask.mean())
+        change = (out - image)[mask]
+        assert np.allclose(change[:, 0], change[:, 1]) and np.allclose(change[:, 1], change[:, 2])
+        assert (np.sign(change) == np.sign(change[0, 0])).all(), "one direction per band"
+        # a straight band: the mask is convex, so its convex hull adds (almost) nothing
+        contours = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                    cv2.CHAIN_APPROX_NONE)[0]
+        assert len(contours) == 1
+        hull = cv2.contourArea(cv2.convexHull(contours[0]))
+        assert hull <= 1.1 * cv2.contourArea(contours[0]) + 2 * 96
+    assert min(areas) > 0.05 and max(areas) > 0.25
+    small = max(stain(_texture(0, 128), np.random.default_rng(s))[1].mean() for s in range(12))
+    assert np.median(areas) > small, "an area defect, larger than the largest stain"
+
+
+def test_default_mix_leaves_shading_out_but_can_include_it():
+    normals = np.stack([_texture(s) for s in range(8)])
+    _, _, _, kinds = make_labelled_validation(normals, 0, 1.0)
+    assert "shading" not in kinds
+    _, _, masks, kinds = make_labelled_validation(normals, 0, 1.0, ["shading"])
+    assert kinds == ["shading"] * 8 and all(m.mean() > 0.05 for m in masks)
 
 
 def test_scratch_is_thin():
