@@ -41,8 +41,9 @@ _K1, _K2 = 0.01, 0.03
 # the peak memory of ssim_map on numpy input to a few hundred MB whatever N is.
 _NUMPY_CHUNK_VALUES = 8_000_000
 _MAP_KINDS = ("ssim", "l1", "l2", "gms", "lowpass")
-# Blur of the "lowpass" component, pixels at model resolution: on the carpet's three
-# validation sets sigma 2 led 1, 4 and 8 (benchmarks/scoring_probes.py, docs/experiments.md).
+# Blur of the "lowpass" component, pixels at model resolution, chosen on the carpet's
+# validation sets among 1, 2, 4 and 8 (benchmarks/scoring_probes.py; docs/experiments.md,
+# session 6).
 LOWPASS_SIGMA = 2.0
 # Gradient magnitude similarity (Xue et al. 2014) as RIAD uses it: its stability constant for
 # images in [0, 1], and the scales (downsampling factors) of the multi-scale map.
@@ -384,8 +385,8 @@ def lowpass_error_map(x: np.ndarray, y: np.ndarray, sigma: float = LOWPASS_SIGMA
 
     The *signed* difference is blurred before its magnitude is taken, so a texture
     reconstructed slightly out of phase (a residual that alternates in sign) averages out,
-    while a shift of colour or brightness over an area does not. It finds the colour stains
-    and thread defects that a texture's SSIM residual hides.
+    while a shift of colour or brightness over an area does not. It is meant for colour
+    stains that a texture's SSIM residual hides.
 
     Args:
         x, y: (N, H, W, C) images in [0, 1].
