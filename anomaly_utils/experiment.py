@@ -57,6 +57,10 @@ class ScoringConfig:
             divide by its spread (a per-position model of normal error), before scoring.
             Fitted on training images, not on the validation normals that thresholds and
             model choices are judged with (see :meth:`Scorer.fit_normalization`).
+        pad: pixels of mirrored border added to each image before it is reconstructed and
+            mapped, and cropped off afterwards, so that border pixels are reconstructed,
+            compared (SSIM, GMS) and smoothed with context on every side, as inner pixels
+            are (0 = off; needs a sliding-window model, ``patch_size`` > 0).
         ensemble_size: models whose reconstructions are averaged (1: a single model).
             Member k was trained with seed ``seed + k`` on the same split
             (:func:`member_seed`).
@@ -79,6 +83,7 @@ class ScoringConfig:
     normalize: bool = False
     batch_size: int = 32
     ensemble_size: int = 1
+    pad: int = 0
     norm_mean: list | None = field(default=None, repr=False)
     norm_std: list | None = field(default=None, repr=False)
 
@@ -161,8 +166,7 @@ class Scorer:
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         """Reconstruct uint8 or float images (N, S, S, C); returns float32 in [0, 1] (an
         ensemble's: the mean of its members' reconstructions)."""
-        recons = [self._reconstruct(model, images) for model in self.members]
-        return recons[0] if len(recons) == 1 else np.mean(recons, axis=0, dtype=np.float32)
+        return self._unpad(self._mean_reconstruction(self._pad(images)))
 
     def reconstruct_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions (N, S, S, C) and per-pixel error maps (N, S, S) at model resolution.
@@ -170,14 +174,42 @@ class Scorer:
         For a VAE with ``vae_samples`` the decoder is sampled once: the reconstruction is the
         samples' mean and the map the mean of the samples' maps (not the map of the mean,
         which would hide the samples' spread). An ensemble's map is the map of its members'
-        mean reconstruction (see the class docstring).
+        mean reconstruction (see the class docstring). With ``pad``, both are computed on the
+        reflect-padded images and cropped back.
         """
+        padded = self._pad(images)
         if len(self.members) == 1:
-            return self._reconstruct_with_maps(self.model, images)
-        c = self.config
-        recons = self.reconstruct(images)
-        return recons, scoring.anomaly_map(_as_float(images), recons, kind=c.map_kind,
-                                           smooth_sigma=c.smooth_sigma)
+            recons, maps = self._reconstruct_with_maps(self.model, padded)
+        else:
+            c = self.config
+            recons = self._mean_reconstruction(padded)
+            maps = scoring.anomaly_map(_as_float(padded), recons, kind=c.map_kind,
+                                       smooth_sigma=c.smooth_sigma)
+        return self._unpad(recons), self._unpad(maps)
+
+    def _pad(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, C) -> (N, S + 2 pad, S + 2 pad, C), mirrored at the border."""
+        p = self.config.pad
+        if not p:
+            return images
+        if not self.config.patch_size or self.config.inpaint_cells:
+            raise ParameterError(
+                f"pad={p} needs sliding-window scoring (patch_size > 0, no inpainting), but "
+                f"this {self.config.model} model reconstructs whole images",
+                fix="set pad to 0")
+        if p >= images.shape[1]:
+            raise ParameterError(f"pad={p} must be smaller than the image side "
+                                 f"({images.shape[1]} px)", fix="use a smaller pad")
+        return np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+
+    def _unpad(self, arrays: np.ndarray) -> np.ndarray:
+        """Crop what :meth:`_pad` added from (N, H, W[, C]) arrays."""
+        p = self.config.pad
+        return arrays[:, p:-p, p:-p] if p else arrays
+
+    def _mean_reconstruction(self, images: np.ndarray) -> np.ndarray:
+        recons = [self._reconstruct(model, images) for model in self.members]
+        return recons[0] if len(recons) == 1 else np.mean(recons, axis=0, dtype=np.float32)
 
     def _reconstruct(self, model, images: np.ndarray) -> np.ndarray:
         c = self.config

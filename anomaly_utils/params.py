@@ -26,6 +26,12 @@ def _positive_int(value: Any) -> str | None:
     return None
 
 
+def _non_negative_int(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return "must be an integer >= 0"
+    return None
+
+
 def _non_negative(value: Any) -> str | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
         return "must be a number >= 0"
@@ -100,7 +106,7 @@ RULES: dict[str, dict[str, Rule]] = {
                      "bottleneck": _one_of("global", "spatial", "unet"),
                      "corrupt": _unit_interval,
                      "corrupt_mode": _one_of("auto", *CORRUPT_MODES),
-                     "ensemble_size": _positive_int},
+                     "ensemble_size": _positive_int, "pad": _non_negative_int},
     "04_threshold_selection": {
         "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
@@ -126,3 +132,12 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
             f"parameter 'patch_size' ({params['patch_size']}) of {notebook} is larger "
             f"than image_size ({params['image_size']})",
             fix="use a patch_size <= image_size")
+    if notebook == "03_train_ae2" and params.get("pad", 0) >= params.get("image_size", 1 << 30):
+        raise ParameterError(
+            f"parameter 'pad' ({params['pad']}) of {notebook} must be smaller than image_size "
+            f"({params['image_size']})", fix="use a pad of a few patches' strides, e.g. 16")
+    if notebook == "03_train_ae2" and params.get("pad") and params.get("bottleneck") == "unet":
+        raise ParameterError(
+            f"parameter 'pad' ({params['pad']}) of {notebook} needs sliding-window scoring, "
+            "but the unet bottleneck is scored by inpainting whole images",
+            fix="use -p pad 0 with -p bottleneck unet")

@@ -1,4 +1,4 @@
-"""Two scoring ideas measured on a finished run's AE-2, on validation data first.
+"""Scoring ideas measured on a finished run's AE-2, on validation data first.
 
 * **Low-pass colour error** (``--probe lowpass``): ``|G_s * (x - x_hat)|``, the error of the
   Gaussian-blurred *signed* difference (mean over channels,
@@ -11,6 +11,12 @@
   each image shifted by ``(dy, dx)`` in {-s, 0, s}^2, shift each map back, average (each
   pixel over the copies that saw it). Costs 9 reconstructions; a cheap substitute for an
   ensemble if the model's errors depend on where the texture falls on its grid.
+* **Border padding** (``--probe pad``): reflect-pad each image by 8, 16 or 32 px before it
+  is reconstructed, mapped and smoothed, and crop the map back
+  (:attr:`anomaly_utils.experiment.ScoringConfig.pad`). Normal images' peaks sit on the
+  border far more often than their share of the pixels, because border pixels are covered
+  by fewer windows and compared and smoothed against a mirrored, not a real, neighbourhood
+  (on the carpet, 6 of the 24 validation normals peak within 2 px of the border).
 * **How an ensemble combines** (``--probe combine``, runs with ``ensemble_size`` > 1): the
   map of the members' mean reconstruction (what :class:`anomaly_utils.experiment.Scorer`
   does since this probe) against the mean of the members' maps (what it did before).
@@ -29,6 +35,7 @@ Usage::
 
     python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe lowpass
     python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe shifts
+    python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe pad
     python -m benchmarks.scoring_probes --run-dir runs/ID --data-dir DIR --probe combine \
         [--model-dir runs/experiments/work/NS]
 
@@ -48,6 +55,7 @@ from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
 LOWPASS_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 LOWPASS_WEIGHTS = ("equal", 1.0)  # equal: all components 1/n; 1.0: added to the run's map
 SHIFTS = (2, 4)
+PADS = (8, 16, 32)
 
 
 def shifted_maps(scorer, images: np.ndarray, shift: int) -> np.ndarray:
@@ -111,8 +119,8 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
             return m
         return ndimage.gaussian_filter(m, (0, c.smooth_sigma, c.smooth_sigma), mode="reflect")
 
-    def evaluate(setting: dict, raw: dict[str, np.ndarray]) -> dict:
-        maps = {name: smooth(m) for name, m in raw.items()}
+    def evaluate(setting: dict, raw: dict[str, np.ndarray], smoothed: bool = False) -> dict:
+        maps = raw if smoothed else {name: smooth(m) for name, m in raw.items()}
         mean, std = normal_error_stats(maps["norm"])
         out = {}
         for name in ("val", "test"):
@@ -156,6 +164,12 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
                     mixed = {name: base[name] + weight * low[name] for name in splits}
                 rows.append(evaluate({"setting": f"{c.map_kind} + lowpass σ={sigma:g}, "
                                                  f"weight {weight}"}, mixed))
+    elif which == "pad":
+        for pad in PADS:
+            padded = Scorer(members, dataclasses.replace(c, normalize=False, pad=pad))
+            rows.append(evaluate({"setting": f"reflect-padded by {pad} px"},
+                                 {name: padded.reconstruct_with_maps(x)[1]
+                                  for name, x in splits.items()}, smoothed=True))
     else:
         for shift in SHIFTS:
             rows.append(evaluate({"setting": f"9 shifts of ±{shift} px"},
@@ -168,7 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--probe", required=True, choices=("lowpass", "shifts", "combine"))
+    parser.add_argument("--probe", required=True,
+                        choices=("lowpass", "shifts", "combine", "pad"))
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="an ensemble's folder (model.keras, member<k>/) to probe instead "
                              "of the run's, with the run's scoring settings")

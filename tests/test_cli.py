@@ -62,6 +62,9 @@ def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
     (["-p", "ae2.ensemble_size", "0"], ["'ensemble_size'", "positive"]),
     (["-p", "ae2.map_kind", "0.5*ssim+lowpas"], ["'map_kind'", "lowpass", "'0.5*ssim+lowpas'"]),
     (["-p", "ae2.map_kind", "0.5*ssim+l1"], ["'map_kind'", "weights only some"]),
+    (["-p", "ae2.pad", "-2"], ["'pad'", "integer >= 0"]),
+    (["-p", "ae2.pad", "128"], ["'pad'", "smaller than image_size"]),
+    (["-p", "ae2.pad", "8", "-p", "ae2.bottleneck", "unet"], ["'pad'", "unet"]),
     (["-p", "no_such_knob", "1"], ["'no_such_knob' is not declared", "02_train_ae1"]),
     (["-p", "zz.epochs", "1"], ["unknown scope 'zz'"]),
 ])

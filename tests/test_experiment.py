@@ -135,3 +135,34 @@ def test_an_ensemble_with_a_missing_member_is_refused_by_name(tmp_path):
         Scorer.load(tmp_path, "ae2")
     with pytest.raises(ParameterError, match="ensemble_size=3"):
         Scorer([constant_model(0.5)], config)
+
+
+def test_padding_maps_the_mirrored_image_and_crops_back():
+    """pad=p: reconstruct, map and smooth the reflect-padded image, then crop; an
+    average-pooling 'model' blurs differently at the border, so padding must change it."""
+    blur = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.AveragePooling2D(3, 1, "same")])
+    images = np.random.default_rng(6).integers(0, 255, (2, 24, 24, 3), dtype=np.uint8)
+    config = dict(model="ae2", image_size=24, map_kind="0.5*ssim+1*lowpass", score_method="max",
+                  eval_size=24, smooth_sigma=2.0, patch_size=8, stride=4)
+    padded = Scorer(blur, ScoringConfig(**config, pad=4))
+    plain = Scorer(blur, ScoringConfig(**config))
+    recons, maps = padded.reconstruct_with_maps(images)
+    x = np.pad(images / np.float32(255), ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    expected_recons = scoring.sliding_window_reconstruct(blur, x, 8, 4)
+    expected_maps = scoring.anomaly_map(x, expected_recons, "0.5*ssim+1*lowpass",
+                                        smooth_sigma=2.0)
+    assert recons.shape == (2, 24, 24, 3) and maps.shape == (2, 24, 24)
+    np.testing.assert_allclose(recons, expected_recons[:, 4:-4, 4:-4], atol=1e-6)
+    np.testing.assert_allclose(maps, expected_maps[:, 4:-4, 4:-4], atol=1e-5)
+    np.testing.assert_allclose(padded.reconstruct(images), recons, atol=1e-6)
+    assert np.abs(maps - plain.reconstruct_with_maps(images)[1])[:, 0].max() > 1e-3
+
+
+@pytest.mark.parametrize(("pad", "patch_size", "match"), [(4, 0, "sliding-window"),
+                                                          (24, 8, "smaller than the image")])
+def test_padding_refuses_whole_image_models_and_pads_as_large_as_the_image(pad, patch_size,
+                                                                           match):
+    scorer = Scorer(tiny_vae(), ScoringConfig(model="ae1", image_size=16, eval_size=16,
+                                              patch_size=patch_size, pad=pad))
+    with pytest.raises(ParameterError, match=match):
+        scorer.score(np.zeros((1, 16, 16, 3), np.uint8))
