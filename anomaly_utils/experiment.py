@@ -60,7 +60,7 @@ class ScoringConfig:
         pad: pixels of mirrored border added to each image before it is reconstructed and
             mapped, and cropped off afterwards, so that border pixels are reconstructed,
             compared (SSIM, GMS) and smoothed with context on every side, as inner pixels
-            are (0 = off; needs a sliding-window model, ``patch_size`` > 0).
+            are (0 = off; needs sliding-window scoring: ``patch_size`` > 0, no inpainting).
         ensemble_size: models whose reconstructions are averaged (1: a single model).
             Member k was trained with seed ``seed + k`` on the same split
             (:func:`member_seed`).
