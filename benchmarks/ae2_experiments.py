@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, validation_and_test_metrics
+from benchmarks.common import ROOT, pasted_validation_set, validation_and_test_metrics
 
 DEFAULTS = {
     "image_size": 256, "color_mode": "rgb", "patch_size": 128, "latent_dim": 100,
@@ -41,7 +41,7 @@ EVAL_GRID = [(kind, sigma, method) for kind in ("ssim", "l1", "l2", "ssim+l1")
 
 
 def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
-    from anomaly_utils import data, experiment, models, pseudo_anomalies, scoring, training
+    from anomaly_utils import data, experiment, models, scoring, training
     from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
     from anomaly_utils.images import channels_for
     from anomaly_utils.seeding import set_global_seed
@@ -75,9 +75,8 @@ def run(data_dir: str, settings: dict, eval_grid: bool = False) -> list[dict]:
             loss=models.make_ae2_loss(s["ssim_weight"], s["l1_weight"], s["gms_weight"]),
             verbose=0))
     train_seconds = time.perf_counter() - start
-    normals = np.concatenate([ds.val_images] * 3)
-    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, s["seed"] + 1)
-    val_masks = np.stack([data.resize_mask(m, s["eval_size"]) for m in masks])
+    images, labels, val_masks, _ = pasted_validation_set(ds.val_images, 3, s["seed"] + 1,
+                                                         s["eval_size"])
     variants = EVAL_GRID if eval_grid else [(s["map_kind"], s["smooth_sigma"],
                                              s["score_method"])]
     rows = []

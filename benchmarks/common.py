@@ -73,6 +73,30 @@ def validation_and_test_metrics(val_labels, val_scores, val_masks, val_maps, ds,
     }
 
 
+def pasted_validation_set(val_images, copies: int, seed: int, mask_size: int,
+                          kinds: tuple[str, ...] | None = None) -> tuple:
+    """The experiment scripts' pseudo-labelled validation set.
+
+    ``copies`` copies of the validation normals (N, S, S, C) uint8, half of them with one
+    pasted anomaly (:func:`anomaly_utils.pseudo_anomalies.make_labelled_validation`, seeded
+    with ``seed``; ``ae2_experiments`` uses 3 copies and the run's seed + 1) of ``kinds``
+    (default: the lab's mix).
+
+    Returns:
+        ``(images, labels, masks, kinds)``: images (copies * N, S, S, C), labels (copies * N,),
+        masks bool (copies * N, mask_size, mask_size), the kind names.
+    """
+    import numpy as np
+
+    from anomaly_utils import data, pseudo_anomalies
+
+    normals = np.concatenate([val_images] * copies)
+    images, labels, masks, names = pseudo_anomalies.make_labelled_validation(
+        normals, seed, kinds=kinds or pseudo_anomalies.PSEUDO_ANOMALY_KINDS)
+    masks = np.stack([data.resize_mask(m, mask_size) for m in masks])
+    return images, labels, masks, names
+
+
 def append_jsonl(path: Path, rows: list[dict]) -> None:
     """Append one JSON line per row to ``path`` (folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
+from benchmarks.common import (
+    ROOT,
+    append_jsonl,
+    pasted_validation_set,
+    validation_and_test_metrics,
+)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0)
 METHODS = ("max", "topk")
@@ -54,7 +59,7 @@ def _z_maps(scorer, splits: dict[str, np.ndarray], norm: np.ndarray,
 
 def fuse(coarse_run: Path, fine_run: Path, data_dir: str, norm_images: int = 200,
          val_copies: int = 3, val_seed: int = 1) -> list[dict]:
-    from anomaly_utils import data, pseudo_anomalies, scoring
+    from anomaly_utils import data, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer, training_sample
 
@@ -64,9 +69,8 @@ def fuse(coarse_run: Path, fine_run: Path, data_dir: str, norm_images: int = 200
     ds = data.load_dataset(data_dir, image_size=fine.config.image_size,
                            color_mode=fine.config.color_mode,
                            val_fraction=params["val_fraction"], seed=seed, mask_size=eval_size)
-    normals = np.concatenate([ds.val_images] * val_copies)
-    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, val_seed)
-    val_masks = np.stack([data.resize_mask(m, eval_size) for m in masks])
+    images, labels, val_masks, _ = pasted_validation_set(ds.val_images, val_copies, val_seed,
+                                                         eval_size)
     fine_splits = {"val": images, "test": ds.test_images}
     norm = training_sample(ds.train_images, norm_images, seed)
 

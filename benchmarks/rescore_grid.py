@@ -26,7 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
+from benchmarks.common import (
+    ROOT,
+    append_jsonl,
+    pasted_validation_set,
+    validation_and_test_metrics,
+)
 
 MAP_KINDS = ("l2", "l1", "ssim", "ssim+l1")
 SIGMAS = (2.0, 4.0, 8.0)
@@ -64,11 +69,9 @@ def rescore(run_dir: Path, data_dir: str, model: str, norm_images: int, val_copi
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
-    normals = np.concatenate([ds.val_images] * val_copies)
     val_kinds = val_kinds or pseudo_anomalies.PSEUDO_ANOMALY_KINDS
-    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(
-        normals, seed if val_seed is None else val_seed, kinds=val_kinds)
-    val_masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
+    images, labels, val_masks, _ = pasted_validation_set(
+        ds.val_images, val_copies, seed if val_seed is None else val_seed, c.eval_size, val_kinds)
     norm = training_sample(ds.train_images, norm_images, seed)
 
     start = time.perf_counter()

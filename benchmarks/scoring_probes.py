@@ -50,7 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, append_jsonl, validation_and_test_metrics
+from benchmarks.common import (
+    ROOT,
+    append_jsonl,
+    pasted_validation_set,
+    validation_and_test_metrics,
+)
 
 LOWPASS_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 LOWPASS_WEIGHTS = ("equal", 1.0)  # equal: all components 1/n; 1.0: added to the run's map
@@ -85,7 +90,7 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
 
     from scipy import ndimage
 
-    from anomaly_utils import data, pseudo_anomalies, scoring
+    from anomaly_utils import data, scoring
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import (
         Scorer,
@@ -108,9 +113,8 @@ def probe(run_dir: Path, data_dir: str, which: str, model_dir: Path | None = Non
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=seed,
                            mask_size=c.eval_size)
-    normals = np.concatenate([ds.val_images] * 3)
-    images, labels, masks, _ = pseudo_anomalies.make_labelled_validation(normals, seed + 1)
-    val_masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
+    images, labels, val_masks, _ = pasted_validation_set(ds.val_images, 3, seed + 1,
+                                                         c.eval_size)
     splits = {"val": images, "test": ds.test_images,
               "norm": training_sample(ds.train_images, 200, seed)}
 

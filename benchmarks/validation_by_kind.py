@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import pasted_validation_set
+
 
 def by_kind(run_dir: Path, data_dir: str, model: str, val_kinds: tuple[str, ...]) -> list[dict]:
     """Rows {"set", "kind", "n", "image_auroc", "pixel_auroc"}: one per pasted kind
     ("validation") and per test defect type ("test", from the run's metrics.json)."""
-    from anomaly_utils import data, metrics, pseudo_anomalies
+    from anomaly_utils import data, metrics
     from anomaly_utils.artifacts import read_json
     from anomaly_utils.experiment import Scorer
 
@@ -37,10 +39,8 @@ def by_kind(run_dir: Path, data_dir: str, model: str, val_kinds: tuple[str, ...]
     ds = data.load_dataset(data_dir, image_size=c.image_size, color_mode=c.color_mode,
                            val_fraction=params["val_fraction"], seed=params["seed"],
                            mask_size=c.eval_size)
-    normals = np.concatenate([ds.val_images] * 3)
-    images, labels, masks, kinds = pseudo_anomalies.make_labelled_validation(
-        normals, params["seed"] + 1, kinds=val_kinds)
-    masks = np.stack([data.resize_mask(m, c.eval_size) for m in masks])
+    images, labels, masks, kinds = pasted_validation_set(ds.val_images, 3, params["seed"] + 1,
+                                                         c.eval_size, val_kinds)
     result = scorer.score(images)
     kinds = np.asarray(kinds)
     rows = []
