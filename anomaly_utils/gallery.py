@@ -17,6 +17,19 @@ def verdicts(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.nda
     return out.astype("<U2")
 
 
+VERDICTS = ("TP", "FN", "TN", "FP")
+
+
+def count_verdicts(verdict: np.ndarray) -> dict[str, int]:
+    """How many images got each verdict, every one of :data:`VERDICTS` in that order (0 too).
+
+    Example:
+        >>> count_verdicts(np.array(["TP", "TN", "TP"]))
+        {'TP': 2, 'FN': 0, 'TN': 1, 'FP': 0}
+    """
+    return {v: int(np.count_nonzero(verdict == v)) for v in VERDICTS}
+
+
 def clearest_detections(types: np.ndarray, scores: np.ndarray, verdict: np.ndarray,
                         per_type: int = 1) -> list[int]:
     """Indices of the highest-scoring true positives of each defect type."""

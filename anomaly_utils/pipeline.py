@@ -106,6 +106,19 @@ def coerce(name: str, value: Any, default: Any) -> Any:
         f"got {value!r}", fix=f"pass e.g. -p {name} {default!r}")
 
 
+def _notebook_default(name: str, default: Any) -> Any:
+    """A declared default as the run uses it: relative paths are taken from ``notebooks/``.
+
+    The parameters cells are written for a kernel whose working directory is ``notebooks/``
+    (``"../data/synthetic_carpet"``), while paths given on the command line are taken from
+    the caller's working directory; both are made absolute so that the pre-flight checks and
+    the notebooks see the same folder wherever the command was typed.
+    """
+    if name in PATH_PARAMETERS and isinstance(default, str) and default:
+        return str((NOTEBOOK_DIR / Path(default).expanduser()).resolve())
+    return default
+
+
 def resolve_parameters(overrides: dict[str, Any],
                        notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
     """Each notebook's effective parameters: its declared defaults, then ``overrides``.
@@ -114,7 +127,7 @@ def resolve_parameters(overrides: dict[str, Any],
         ParameterError: a name no notebook declares, an unknown scope, or a wrong type.
     """
     declared = {nb: declared_parameters(nb) for nb in notebooks}
-    effective = {nb: {name: d.default for name, d in params.items()}
+    effective = {nb: {name: _notebook_default(name, d.default) for name, d in params.items()}
                  for nb, params in declared.items()}
     for key, value in overrides.items():
         scope, _, name = key.rpartition(".")

@@ -234,9 +234,13 @@ def test_sigkill_resumes_at_first_unfinished_epoch_and_matches_uninterrupted_run
     assert not (victim_dir / "backup").exists()
 
     uninterrupted, _ = _result(reference)
-    # Same seed, same machine, deterministic ops: bit-identical, so compared exactly.
-    assert resumed["history"]["loss"] == uninterrupted["history"]["loss"]
-    assert resumed["history"]["val_loss"] == uninterrupted["history"]["val_loss"]
+    # Two processes that ran side by side: with oneDNN kernels (on by default on AVX-512
+    # CPUs) the split of a reduction over threads follows the load, so the losses agree to
+    # rounding, not to the bit. A resume that replayed the wrong epoch's shuffle or crops
+    # moves them by percents.
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(resumed["history"][key], uninterrupted["history"][key],
+                                   rtol=1e-5, err_msg=key)
 
 
 # --------------------------------------------------------------------------- backup budget
