@@ -4,19 +4,24 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-REQ_HASH := $(shell sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+# TensorFlow's CUDA build where nvidia-smi lists a GPU, the CPU build elsewhere.
+REQUIREMENTS := $(if $(shell nvidia-smi -L 2>/dev/null | grep -i gpu),requirements-gpu.txt,requirements.txt)
+REQ_HASH := $(shell sha256sum $(REQUIREMENTS) pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := data/synthetic_carpet
+# Extra options: `make run RUN_ARGS="-p epochs 1"`, `make lab LAB_ARGS="--port 8890"`.
+RUN_ARGS ?=
+LAB_ARGS ?=
 export PYTHONHASHSEED := 0
 
 .PHONY: run test lab data notebooks figures bench lint venv clean-runs
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): $(REQUIREMENTS) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -27,12 +32,12 @@ $(DATA)/README.md: | $(STAMP)
 data: $(DATA)/README.md
 
 run: $(STAMP) data
-	$(PY) -m anomaly_utils run --data-dir $(DATA)
+	$(PY) -m anomaly_utils run --data-dir $(DATA) $(RUN_ARGS)
 
 test: $(STAMP) data
 	rm -rf runs/notebooks
 	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg \
-		--nbval-cell-timeout=900 --durations=20
+		--nbval-cell-timeout=900 --durations=30
 
 notebooks: $(STAMP) data
 	rm -rf runs/notebooks
@@ -45,7 +50,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks
 
 lab: $(STAMP) data
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -162,8 +163,12 @@ def visible_gpus() -> list[str] | None:
 
     Asked in a child process, so the pipeline's own process never loads TensorFlow (about
     0.5 GB that would otherwise sit idle while the notebooks' kernels do the work); asked
-    once per process, since a sweep creates one run per configuration.
+    once per process, since a sweep creates one run per configuration. Without an NVIDIA
+    driver on the machine TensorFlow can see no GPU, so that child (several seconds of
+    importing TensorFlow) is skipped.
     """
+    if not Path("/proc/driver/nvidia/version").exists() and shutil.which("nvidia-smi") is None:
+        return []
     code = ("import json, tensorflow as tf; "
             "print(json.dumps([d.name for d in tf.config.list_physical_devices('GPU')]))")
     try:

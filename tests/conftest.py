@@ -64,13 +64,78 @@ def tiny_data(tmp_path_factory) -> Path:
                             n_train=24, n_test_good=6, n_per_defect=2)
 
 
+def tiny_pairs(option: str = "-p", skip: tuple[str, ...] = ()) -> list[str]:
+    """TINY as ``option NAME VALUE`` triples, leaving out the names in ``skip``."""
+    return [a for name, value in TINY.items() if name not in skip for a in (option, name, value)]
+
+
+def tracked_files(root: Path) -> list[str]:
+    """What a clone of ``root`` would hold: tracked files and untracked ones git does not ignore."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                         cwd=root, capture_output=True, text=True, check=True)
+    return [name for name in out.stdout.split("\0") if name and (root / name).is_file()]
+
+
 @pytest.fixture(scope="session")
-def finished_run(tiny_data: Path, tmp_path_factory) -> Path:
-    """A complete tiny run made through the CLI: the reference for the other tests."""
-    runs = tmp_path_factory.mktemp("runs")
-    result = cli("run", *tiny_args(tiny_data), "--runs-dir", str(runs), "--run-id", "ref")
-    assert result.returncode == 0, result.stderr[-3000:]
+def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
+    """A fresh copy of the repository root, as a user's clone would be, beside a ``shared/``.
+
+    It shares the warm ``.venv`` (a link) and holds the tiny carpet both as
+    ``data/synthetic_carpet`` (so ``make run`` finds it) and as ``data/carpet`` (what the
+    README's download command would bring); where ``../shared/datasets/magnetic_tile`` exists,
+    the copy's ``../shared/datasets/magnetic_tile`` links a sample of it (eight images of each
+    test folder, forty of train/good) so that the README's real-data command runs on real images at a test's size. Commands run there with ``PYTHONPATH`` on the copy,
+    so its package, not the original checkout, is what the notebooks import.
+    """
+    base = tmp_path_factory.mktemp("fresh")
+    root = base / "repo"
+    for name in tracked_files(ROOT):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, root / name)
+    (root / ".venv").symlink_to(ROOT / ".venv")
+    shutil.copytree(tiny_data, root / "data" / "synthetic_carpet")
+    shutil.copytree(tiny_data, root / "data" / "carpet")
+    real = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
+    if real.is_dir():
+        link_sample(real, base / "shared" / "datasets" / "magnetic_tile", train=40, test=8)
+    return root
+
+
+def link_sample(source: Path, dest: Path, train: int, test: int) -> Path:
+    """``dest`` in the MVTec layout with links to the first ``train`` images of each train
+    folder and ``test`` of each test folder of ``source`` (with their masks): a real dataset
+    at the size of a test."""
+    for folder in sorted(p for p in source.glob("*/*") if p.is_dir()):
+        if folder.parent.name not in ("train", "test"):
+            continue
+        count = train if folder.parent.name == "train" else test
+        for image in sorted(f for f in folder.iterdir() if f.is_file())[:count]:
+            target = dest / image.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(image)
+            if folder.parent.name == "test" and folder.name != "good":
+                mask = source / "ground_truth" / folder.name / f"{image.stem}_mask.png"
+                (dest / "ground_truth" / folder.name).mkdir(parents=True, exist_ok=True)
+                (dest / mask.relative_to(source)).symlink_to(mask)
+    return dest
+
+
+def shell(command: str, root: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
+    """``command`` through bash in ``root``, as a user types it, output captured."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root)}
+    return subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+@pytest.fixture(scope="session")
+def finished_run(fresh_root: Path) -> Path:
+    """``make run`` in a fresh copy, training shortened to TINY: the reference run."""
+    tiny = " ".join(tiny_pairs())
+    result = shell(f'make run RUN_ARGS="--quiet {tiny}"', fresh_root)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "ae2" in result.stdout and "img AUROC" in result.stdout  # the summary
     # The kernels' sockets are encrypted (pipeline.kernel_config), so ipykernel stays quiet.
     assert "without encryption" not in result.stderr, result.stderr[-3000:]
-    return runs / "ref"
+    runs = [d for d in (fresh_root / "runs").iterdir() if d.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,4 +1,4 @@
-"""requirements.txt and environment.yml describe the same environment."""
+"""requirements.txt, requirements-gpu.txt and environment.yml describe the same environment."""
 
 from pathlib import Path
 
@@ -7,8 +7,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _requirements() -> list[str]:
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
+def _requirements(name: str = "requirements.txt") -> list[str]:
+    lines = (ROOT / name).read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
@@ -16,6 +16,20 @@ def test_every_requirement_is_pinned_exactly():
     for line in _requirements():
         name, sep, version = line.partition("==")
         assert sep and name and version, f"'{line}' in requirements.txt is not pinned with =="
+
+
+def test_gpu_requirements_differ_only_in_the_tensorflow_build():
+    cpu, gpu = _requirements(), _requirements("requirements-gpu.txt")
+    assert "tensorflow-cpu==2.21.0" in cpu or any(r.startswith("tensorflow-cpu==") for r in cpu)
+    version = next(r for r in cpu if r.startswith("tensorflow-cpu==")).partition("==")[2]
+    assert f"tensorflow[and-cuda]=={version}" in gpu
+    assert sorted(r for r in cpu if not r.startswith("tensorflow-cpu==")) == \
+        sorted(r for r in gpu if not r.startswith("tensorflow[and-cuda]=="))
+
+
+def test_makefile_installs_the_gpu_build_where_nvidia_smi_lists_a_gpu():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "nvidia-smi" in makefile and "requirements-gpu.txt" in makefile
 
 
 def test_environment_yml_mirrors_requirements():

@@ -1,8 +1,10 @@
-"""nbval guards the notebooks: an unchanged notebook passes, a changed default fails.
+"""nbval guards the notebooks: an unchanged notebook passes; changed data or a changed
+default fails; outcome cells ignore digits but not words or layout.
 
-Notebook 01 is copied next to a link to the repository's data/, so that its relative default
-paths still work; one copy is left as is, the other gets a different ``data_dir`` default (a
-smaller dataset), which must change the committed outputs (the image counts) and fail nbval.
+Notebook 01 is copied, with notebooks/conftest.py (the nbval rules), next to a data/ folder, so
+that its relative default paths still work. One copy runs on the repository's dataset; one
+gets another ``data_dir`` default (a smaller dataset); one runs on the dataset less a single
+training image. The last two must change the committed outputs (the image counts) and fail.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from anomaly_utils.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "01_data_exploration.ipynb"
+CARPET = ROOT / "data" / "synthetic_carpet"
 
 
 def nbval(notebook: Path) -> subprocess.CompletedProcess:
@@ -32,10 +35,12 @@ def nbval(notebook: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    if not (ROOT / "data" / "synthetic_carpet").is_dir():
+    if not CARPET.is_dir():
         pytest.skip("data/synthetic_carpet is missing (make test creates it with `make data`)")
     (tmp_path / "data").symlink_to(ROOT / "data")
     (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "conftest.py").write_bytes(
+        (ROOT / "notebooks" / "conftest.py").read_bytes())
     (tmp_path / "runs").mkdir()
     return tmp_path
 
@@ -63,3 +68,48 @@ def test_changed_default_fails_nbval(workspace: Path):
     # The failing comparison is the dataset summary: the committed 345 images against 23.
     assert "01_data_exploration.ipynb::Cell 2" in result.stdout
     assert "345 images" in result.stdout and "23 images" in result.stdout
+
+
+def test_one_training_image_less_fails_nbval(tmp_path: Path):
+    """The carpet less one train/good image: nbval must see the counts change."""
+    if not CARPET.is_dir():
+        pytest.skip("data/synthetic_carpet is missing (make test creates it with `make data`)")
+    carpet = tmp_path / "data" / "synthetic_carpet"
+    for path in CARPET.rglob("*"):  # links, so the copy costs nothing
+        if path.is_file():
+            (carpet / path.relative_to(CARPET)).parent.mkdir(parents=True, exist_ok=True)
+            (carpet / path.relative_to(CARPET)).symlink_to(path)
+    removed = sorted((carpet / "train" / "good").iterdir())[0]
+    removed.unlink()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "conftest.py").write_bytes(
+        (ROOT / "notebooks" / "conftest.py").read_bytes())
+    copy = tmp_path / "notebooks" / NOTEBOOK.name
+    copy.write_bytes(NOTEBOOK.read_bytes())
+    result = nbval(copy)
+    assert result.returncode != 0, f"nbval passed although {removed.name} was removed"
+    assert "01_data_exploration.ipynb::Cell 2" in result.stdout
+    assert "345 images" in result.stdout and "344 images" in result.stdout
+
+
+def test_outcome_cells_compare_words_not_digits():
+    """The rule notebooks/conftest.py applies to cells tagged ``outcome``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nb_rules", ROOT / "notebooks" / "conftest.py")
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    committed = "ae1   percentile      0.012  0.067\nAE-1 image AUROC 0.54, pixel AUROC 0.67"
+    elsewhere = "ae1   percentile      0.0119  0.1\nAE-1 image AUROC 0.55, pixel AUROC 0.66"
+    assert rules.mask_numbers(committed) == rules.mask_numbers(elsewhere)
+    assert rules.mask_numbers(committed) != rules.mask_numbers(
+        committed.replace("percentile", "mean_std"))  # a changed table still fails
+    assert rules.mask_numbers(committed) != rules.mask_numbers(committed + "\nextra line")
+    tagged = [json.loads((ROOT / "notebooks" / f"{nb}.ipynb").read_text())["cells"]
+              for nb in ("02_train_ae1", "03_train_ae2", "04_threshold_selection",
+                         "05_results_gallery")]
+    for cells in tagged:  # every training notebook reports its outcome in a tagged cell
+        assert any(rules.OUTCOME_TAG in c.get("metadata", {}).get("tags", []) for c in cells)
+    data_cells = json.loads(NOTEBOOK.read_text())["cells"]  # data facts compare exactly
+    assert not any(rules.OUTCOME_TAG in c.get("metadata", {}).get("tags", [])
+                   for c in data_cells)

@@ -1,0 +1,235 @@
+"""Every shell command in the README's code blocks, run as written in a fresh copy of the root.
+
+Each command is typed as the README shows it; the only additions are the tiny configuration
+(``TINY`` in conftest.py) that shortens training, and, where the README writes a placeholder
+(``<id>``, ``path/to/images/``, a run id), the value from the run made before it. A README
+command that no test here runs fails ``test_every_readme_command_is_run``; the few that cannot
+run here are listed in ``NOT_RUN`` with the reason, which the test prints when it skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_utils.artifacts import read_json
+from anomaly_utils.pipeline import NOTEBOOKS
+from tests.conftest import ROOT, TINY, shell, tiny_pairs
+
+MAKE_RUN = "make run"
+MAKE_TEST = "make test"
+DOWNLOAD = "python -m anomaly_utils download --category carpet --dest data/"
+CHECK_DATA = ".venv/bin/python -m anomaly_utils check-data data/carpet"
+OWN_DATA = ".venv/bin/python -m anomaly_utils run --data-dir data/carpet"
+PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
+          "--data-dir ../shared/datasets/magnetic_tile")
+RERUN = ".venv/bin/python -m anomaly_utils run --epochs 50 -p ae1.variant vae"
+RESUME = ".venv/bin/python -m anomaly_utils run --resume 20261129-181500"
+SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.bottleneck spatial unet --jobs 2"
+PAPERMILL = (".venv/bin/papermill notebooks/03_train_ae2.ipynb out.ipynb -p epochs 100 "
+             "--cwd notebooks")
+SCORE = (".venv/bin/python -m anomaly_utils score --run runs/<id> --model ae2 path/to/images/ "
+         "--out heatmaps/")
+MAKE_LAB = "make lab"
+
+RUN_HERE = (MAKE_RUN, CHECK_DATA, OWN_DATA, PRESET, RERUN, RESUME, SWEEP, PAPERMILL, SCORE,
+            MAKE_LAB)
+NOT_RUN = {
+    MAKE_TEST: "it is the command that runs this suite",
+    DOWNLOAD: "needs the network (the downloader is tested against archives served on "
+              "loopback in test_download.py); data/carpet here is the tiny carpet instead",
+}
+TINY_RUN = " --quiet " + " ".join(tiny_pairs())
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the README's ``bash`` blocks, comments stripped, in order."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            command = line.split("  #")[0].split(" # ")[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def test_every_readme_command_is_run():
+    commands = set(readme_commands((ROOT / "README.md").read_text()))
+    known = set(RUN_HERE) | set(NOT_RUN)
+    assert commands - known == set(), "README commands that no test runs"
+    assert known - commands == set(), "commands tested here that the README no longer shows"
+
+
+@pytest.mark.parametrize("command", sorted(NOT_RUN))
+def test_commands_that_cannot_run_here_say_why(command: str):
+    pytest.skip(f"README command not run: {command!r}: {NOT_RUN[command]}")
+
+
+def _ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def _run_ids(root: Path) -> set[str]:
+    runs = root / "runs"
+    return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
+
+
+def test_make_run_writes_a_complete_run(finished_run: Path):
+    """``make run`` (the ``finished_run`` fixture) found the carpet and ran all five notebooks."""
+    assert list(read_json(finished_run / "status.json")) == list(NOTEBOOKS)
+    params = read_json(finished_run / "params.json")["notebooks"]
+    assert Path(params["02_train_ae1"]["data_dir"]).parts[-2:] == ("data", "synthetic_carpet")
+
+
+def test_own_data_check_run_kill_and_resume(fresh_root: Path, finished_run: Path):
+    """check-data, a run on data/carpet killed while AE-2 trains, then ``--resume`` of it: the
+    resumed run equals the uninterrupted ``make run`` on the same images."""
+    checked = shell(CHECK_DATA, fresh_root)
+    _ok(checked)
+    assert '"fingerprint"' in checked.stdout  # the dataset summary, as JSON
+    before = _run_ids(fresh_root)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(fresh_root)}
+    process = subprocess.Popen(["bash", "-c", OWN_DATA + TINY_RUN], cwd=fresh_root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 600
+    history = None
+    while time.monotonic() < deadline and process.poll() is None:
+        new = _run_ids(fresh_root) - before
+        if new:
+            history = fresh_root / "runs" / new.pop() / "ae2" / "history.csv"
+            if history.is_file() and len(history.read_text().splitlines()) >= 3:  # 2 epochs
+                break
+        time.sleep(0.2)
+    assert process.poll() is None and history is not None, "the run ended before the kill"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    run_id = history.parent.parent.name
+    resumed = shell(RESUME.replace("20261129-181500", run_id) + " --quiet", fresh_root)
+    _ok(resumed)
+    assert "02_train_ae1: completed earlier, reused" in resumed.stdout
+    rows = history.read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(int(TINY["ae2.epochs"])))
+    reference = (finished_run / "ae2" / "history.csv").read_text().splitlines()[1:]
+    losses, ref = (np.array([[float(v) for v in r.split(",")[1:]] for r in rs])
+                   for rs in (rows, reference))
+    # Other processes, so equal to rounding only (oneDNN splits reductions by thread).
+    np.testing.assert_allclose(losses, ref, rtol=1e-5)
+
+
+def test_preset_real_on_magnetic_tile(fresh_root: Path):
+    if not (fresh_root.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
+        pytest.skip("../shared/datasets/magnetic_tile is absent on this machine")
+    before = _run_ids(fresh_root)
+    result = shell(PRESET + TINY_RUN, fresh_root)
+    _ok(result)
+    (run_id,) = _run_ids(fresh_root) - before
+    run = fresh_root / "runs" / run_id
+    params = read_json(run / "params.json")["notebooks"]
+    assert params["03_train_ae2"]["color_mode"] == "grayscale"
+    assert params["03_train_ae2"]["ensemble_size"] == 3  # the preset's, kept under TINY
+    members = sorted(p.name for p in (run / "ae2").glob("member*"))
+    assert members == ["member1", "member2"]  # member 0 lives in ae2/ itself
+    assert set(read_json(run / "data_summary.json")["modes"]) <= {"L", "I;16", "I"}
+    assert '"test/blowhole": 8' in (run / "data_summary.json").read_text()  # the sample
+    assert len(list((run / "figures").glob("01_*.png"))) == 5  # notebook 01's figures
+    metrics = read_json(run / "metrics.json")
+    assert 0.0 <= metrics["ae2"]["pixel_auroc"] <= 1.0
+
+
+def test_rerun_with_other_settings(fresh_root: Path):
+    before = _run_ids(fresh_root)
+    result = shell(RERUN + TINY_RUN, fresh_root)
+    _ok(result)
+    (run_id,) = _run_ids(fresh_root) - before
+    params = read_json(fresh_root / "runs" / run_id / "params.json")["notebooks"]
+    assert params["02_train_ae1"]["variant"] == "vae"
+    assert read_json(fresh_root / "runs" / run_id / "ae1" / "scoring.json")["vae_samples"] > 0
+
+
+def test_sweep_reuses_work_and_compares(fresh_root: Path):
+    """The README's sweep over AE-2's bottleneck: AE-1 trained once and shared, the U-Net
+    variant scored by inpainting through the whole papermill chain."""
+    fixed = " ".join(tiny_pairs("--set", skip=("ae2.epochs",)))
+    result = shell(f"{SWEEP} --sweep-id s {fixed}", fresh_root)
+    _ok(result)
+    sweep = fresh_root / "runs" / "s"
+    assert "02_train_ae1: 1 execution(s) for 2 configuration(s)" in result.stdout
+    assert "03_train_ae2: 2 execution(s) for 2 configuration(s)" in result.stdout
+    status = read_json(sweep / "ae2-bottleneck=unet" / "status.json")
+    assert status["02_train_ae1"].get("reused_from") == "ae2-bottleneck=spatial"
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert sorted(table["ae2.bottleneck"].tolist()) == ["spatial", "unet"]
+    assert table["ae1_image_auroc"].nunique() == 1  # AE-1 trained once, shared
+    assert (sweep / "comparison.ipynb").is_file() and (sweep / "comparison.png").is_file()
+    unet = sweep / "ae2-bottleneck=unet" / "ae2"
+    assert read_json(unet / "scoring.json")["inpaint_cells"] == [2, 4, 8]  # patch 32
+    assert read_json(sweep / "ae2-bottleneck=spatial" / "ae2" / "scoring.json")[
+        "inpaint_cells"] == []
+    scores = np.load(unet / "scores_test.npz")
+    assert np.isfinite(scores["scores"]).all() and scores["maps"].shape[1:] == (32, 32)
+
+
+def test_papermill_runs_one_notebook(fresh_root: Path):
+    shortened = ("-p epochs 1 -p image_size 64 -p patch_size 32 -p stride 16 "
+                 "-p patches_per_epoch 64 -p eval_size 32 -p batch_size 16 -p smooth_sigma 1.0")
+    result = shell(f"{PAPERMILL} {shortened} --no-progress-bar", fresh_root)
+    _ok(result)
+    assert (fresh_root / "out.ipynb").is_file()
+    assert (fresh_root / "runs" / "notebooks" / "ae2" / "scores_test.npz").is_file()
+
+
+def test_score_new_images(fresh_root: Path, finished_run: Path):
+    command = SCORE.replace("runs/<id>", f"runs/{finished_run.name}").replace(
+        "path/to/images/", "data/carpet/test/hole/")
+    result = shell(command, fresh_root)
+    _ok(result)
+    images = list((fresh_root / "data" / "carpet" / "test" / "hole").iterdir())
+    lines = [line for line in result.stdout.splitlines() if ".png" in line]
+    assert len(lines) == len(images)
+    assert len(list((fresh_root / "heatmaps").glob("*_heatmap.png"))) == len(images)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_lab_serves_the_notebooks(fresh_root: Path, tmp_path: Path):
+    port, token = _free_port(), uuid.uuid4().hex
+    args = (f"--no-browser --port={port} --ip=127.0.0.1 --IdentityProvider.token={token} "
+            "--ServerApp.allow_root=True")
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONPATH": str(fresh_root)}
+    process = subprocess.Popen(["bash", "-c", f'{MAKE_LAB} LAB_ARGS="{args}"'], cwd=fresh_root,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline, listing = time.monotonic() + 90, None
+        while listing is None:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents",
+                                             headers={"Authorization": f"token {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    listing = response.read().decode()
+            except OSError:
+                assert process.poll() is None, "make lab exited"
+                assert time.monotonic() < deadline, "make lab did not answer within 90 s"
+                time.sleep(0.5)
+        for notebook in NOTEBOOKS:
+            assert f"{notebook}.ipynb" in listing
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
