@@ -93,6 +93,12 @@ def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, root / name)
     (root / ".venv").symlink_to(ROOT / ".venv")
+    # make in the copy must find the shared .venv up to date: an install there would point
+    # the checkout's editable install at this temporary copy.
+    stale = subprocess.run(["make", "-q", "venv"], cwd=root, capture_output=True).returncode
+    if stale:
+        pytest.fail(".venv is not installed for the current requirements; run `make venv` "
+                    "(make test does) before running the tests directly")
     shutil.copytree(tiny_data, root / "data" / "synthetic_carpet")
     shutil.copytree(tiny_data, root / "data" / "carpet")
     real = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
