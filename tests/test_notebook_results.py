@@ -1,0 +1,87 @@
+"""The committed notebooks' numbers: one run's record, consistent across notebooks and README.
+
+nbval compares outcome cells without their digits (notebooks/conftest.py), so these tests
+hold the digits to account instead: the AUROCs that notebooks 02 and 03 print, notebook 04's
+metrics and per-defect tables, notebook 05's per-defect table and the README's results
+table for the synthetic carpet must describe the same run. A notebook refreshed alone, or a
+README table left behind, fails here. Numbers are compared to the rounding they are shown
+with (two decimals in the notebooks, three in the README): tolerance 0.005 + 0.0005.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDING = 0.0055
+
+
+def _outputs(notebook: str, first_line: str) -> str:
+    """The text of the outputs of the code cell of ``notebook`` starting with ``first_line``."""
+    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if c["cell_type"] == "code"
+                and "".join(c["source"]).startswith(first_line))
+    texts = []
+    for output in cell["outputs"]:
+        text = output.get("text") or output.get("data", {}).get("text/plain", "")
+        texts.append("".join(text))
+    return "\n".join(texts)
+
+
+def _table(text: str) -> dict[str, list[float]]:
+    """``{row label: numbers}`` of a pandas text table (label may hold spaces)."""
+    rows = {}
+    for line in text.splitlines():
+        match = re.match(r"^(\S.*?)\s+((?:-?\d+\.\d+\s*)+)$", line)
+        if match:
+            rows[match.group(1).strip()] = [float(v) for v in match.group(2).split()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def metrics_table() -> dict[str, list[float]]:
+    return _table(_outputs("04_threshold_selection", "params_file = "))
+
+
+@pytest.mark.parametrize("notebook,model,column", [("02_train_ae1", "AE-1", 0),
+                                                   ("03_train_ae2", "AE-2", 1)])
+def test_training_notebooks_print_the_report_numbers(notebook, model, column, metrics_table):
+    printed = _outputs(notebook, "fig = plots.score_distributions")
+    match = re.search(rf"{model} image AUROC (\d\.\d+), pixel AUROC (\d\.\d+)", printed)
+    assert match, printed
+    assert float(match.group(1)) == pytest.approx(metrics_table["image AUROC"][column],
+                                                  abs=ROUNDING)
+    assert float(match.group(2)) == pytest.approx(metrics_table["pixel AUROC"][column],
+                                                  abs=ROUNDING)
+
+
+def test_gallery_per_defect_table_matches_the_report():
+    report = _table(_outputs("04_threshold_selection", "per_defect = pd.DataFrame"))
+    gallery = _outputs("05_results_gallery", "per_defect_table = pd.DataFrame")
+    # 05 adds AUPRO and pandas wraps the wide table: the first block holds ae1's three
+    # columns and ae2's image and pixel AUROC, in that order.
+    first_block = _table(gallery.split("\n\n")[0])
+    assert set(first_block) == set(report)
+    for defect, (ae1_img, ae1_px, ae2_img, ae2_px) in report.items():
+        ours = first_block[defect]
+        assert ours[0] == pytest.approx(ae1_img, abs=ROUNDING), defect
+        assert ours[1] == pytest.approx(ae1_px, abs=ROUNDING), defect
+        assert ours[3] == pytest.approx(ae2_img, abs=ROUNDING), defect
+        assert ours[4] == pytest.approx(ae2_px, abs=ROUNDING), defect
+
+
+def test_readme_carpet_table_matches_the_committed_report(metrics_table):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Synthetic carpet, the defaults"):]
+    for column, label in ((0, "AE-1 (baseline)"), (1, "AE-2")):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        image, pixel, aupro = float(cells[1].split()[0].strip("*")), float(cells[2]), \
+            float(cells[3])
+        assert image == pytest.approx(metrics_table["image AUROC"][column], abs=ROUNDING)
+        assert pixel == pytest.approx(metrics_table["pixel AUROC"][column], abs=ROUNDING)
+        assert aupro == pytest.approx(metrics_table["AUPRO (FPR ≤ 0.3)"][column], abs=ROUNDING)
