@@ -53,6 +53,10 @@ SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": N
 PATH_PARAMETERS = ("data_dir", "run_dir")
 
 
+class RunExistsError(LabError):
+    """The run directory is taken: a run never overwrites another."""
+
+
 @dataclass(frozen=True)
 class Declared:
     """A parameter as declared in a notebook's ``parameters`` cell."""
@@ -333,7 +337,9 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
     from papermill.exceptions import PapermillExecutionError
 
     start = time.perf_counter()
-    output = run_dir / f"{notebook}.ipynb"
+    # Absolute: papermill changes the working directory to notebooks/ while it executes, and
+    # a sweep runs several notebooks at once in threads of this one process.
+    output = run_dir.resolve() / f"{notebook}.ipynb"
     try:
         papermill.execute_notebook(
             str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
@@ -355,7 +361,7 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
     leaves an empty run behind. Returns each notebook's effective parameters.
     """
     if run_dir.exists():
-        raise LabError(f"run directory '{run_dir}' already exists; a run never overwrites "
+        raise RunExistsError(f"run directory '{run_dir}' already exists; a run never overwrites "
                        "another", fix=f"choose another --run-id or continue it with "
                                       f"--resume {run_dir.name}")
     overrides = {**overrides, "run_dir": str(run_dir.resolve())}
@@ -363,11 +369,33 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
     for notebook, params in effective.items():
         validate(notebook, params)
     fingerprint = _data_fingerprint(effective)
-    run_dir.mkdir(parents=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:  # another run took the name since the check above
+        raise RunExistsError(f"run directory '{run_dir}' already exists; a run never overwrites "
+                       "another", fix="choose another --run-id") from None
     write_json(run_dir / "params.json", {"run_id": run_dir.name, "overrides": overrides,
                                          "notebooks": effective})
     write_json(run_dir / "env.json", environment_info(fingerprint))
     return effective
+
+
+def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path,
+                            attempts: int = 100) -> Path:
+    """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
+    another run started in the same second took the name."""
+    stamp = new_run_id()
+    for attempt in range(1, attempts + 1):
+        run_dir = runs_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        if run_dir.exists():
+            continue
+        try:
+            create_run(overrides, run_dir)
+        except RunExistsError:
+            continue  # another run started in the same second
+        return run_dir
+    raise LabError(f"no free run id under '{runs_dir}' for {stamp}", fix="pass --run-id")
 
 
 def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
@@ -429,8 +457,11 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
                                  fix="drop the -p/--epochs/--data-dir options, or start a new run")
         check_resumed_environment(run_dir, log)
     else:
-        run_dir = runs_dir / (run_id or new_run_id())
-        create_run(overrides, run_dir)
+        if run_id:
+            run_dir = runs_dir / run_id
+            create_run(overrides, run_dir)
+        else:
+            run_dir = _create_timestamped_run(overrides, runs_dir)
     run_notebooks(run_dir, notebooks, progress, log)
     log(f"run {run_dir.name} finished in {time.perf_counter() - start:.0f} s: {run_dir}")
     return run_dir

@@ -94,7 +94,7 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
                              fix="pass e.g. -p epochs 5 20 50")
     if jobs < 1:
         raise ParameterError(f"--jobs must be >= 1, got {jobs}")
-    sweep_dir = Path(runs_dir) / (sweep_id or new_run_id("sweep-"))
+    sweep_dir = Path(runs_dir).resolve() / (sweep_id or new_run_id("sweep-"))
     if sweep_dir.exists():
         raise ParameterError(f"sweep directory '{sweep_dir}' already exists",
                              fix="choose another --sweep-id")

@@ -8,7 +8,9 @@ run is made once per session; tests that need a run in some other state copy it 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,20 +80,30 @@ def tracked_files(root: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
-    """A fresh copy of the repository root, as a user's clone would be, beside a ``shared/``.
+    """A fresh clone of the repository, with the working tree's changes, beside a ``shared/``.
 
-    It shares the warm ``.venv`` (a link) and holds the tiny carpet both as
+    ``git clone`` gives it the checkout's commit (so runs made there record the same
+    ``git_commit`` as runs made here); the files of the working tree (tracked, and untracked
+    ones git does not ignore) are copied over it, so uncommitted work is what gets tested. It
+    shares the warm ``.venv`` (a link) and holds the tiny carpet both as
     ``data/synthetic_carpet`` (so ``make run`` finds it) and as ``data/carpet`` (what the
     README's download command would bring); where ``../shared/datasets/magnetic_tile`` exists,
     the copy's ``../shared/datasets/magnetic_tile`` links a sample of it (eight images of each
-    test folder, forty of train/good) so that the README's real-data command runs on real images at a test's size. Commands run there with ``PYTHONPATH`` on the copy,
-    so its package, not the original checkout, is what the notebooks import.
+    test folder, forty of train/good) so that the README's real-data command runs on real
+    images at a test's size. Commands run there with ``PYTHONPATH`` on the copy, so its
+    package, not the original checkout, is what the notebooks import.
     """
     base = tmp_path_factory.mktemp("fresh")
     root = base / "repo"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(root)], check=True,
+                   capture_output=True)
     for name in tracked_files(ROOT):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, root / name)
+    deleted = subprocess.run(["git", "ls-files", "--deleted", "-z"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, deleted):
+        (root / name).unlink(missing_ok=True)
     (root / ".venv").symlink_to(ROOT / ".venv")
     # make in the copy must find the shared .venv up to date: an install there would point
     # the checkout's editable install at this temporary copy.
@@ -133,15 +145,61 @@ def shell(command: str, root: Path, timeout: int = 900, **popen) -> subprocess.C
                           text=True, timeout=timeout, **popen)
 
 
+# The README's commands that no other command depends on; they start with the session.
+MAKE_RUN = "make run"
+RERUN = ".venv/bin/python -m anomaly_utils run --epochs 50 -p ae1.variant vae"
+PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
+          "--data-dir ../shared/datasets/magnetic_tile")
+TINY_RUN = " --quiet " + " ".join(tiny_pairs())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request) -> dict[str, subprocess.Popen]:
+    """The README's independent full runs, started in the background when the session starts.
+
+    A tiny chain keeps about one core busy (kernel start-ups, imports and figures are single
+    threaded), and so do most unit tests; running the chains beside them fills a 2-core
+    machine. Started only when a collected test needs them; ``finished_run`` and the README
+    tests wait for them.
+    """
+    needed = {name for item in request.session.items
+              for name in getattr(item, "fixturenames", ())}
+    commands = {}
+    if "finished_run" in needed:
+        commands[MAKE_RUN] = f'{MAKE_RUN} RUN_ARGS="{TINY_RUN}"'
+    if "readme_runs" in needed:
+        commands[RERUN] = RERUN + TINY_RUN
+        if (ROOT.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
+            commands[PRESET] = PRESET + TINY_RUN
+    started: dict[str, subprocess.Popen] = {}
+    if commands:
+        root = request.getfixturevalue("fresh_root")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root)}
+        for key, command in commands.items():
+            started[key] = subprocess.Popen(["bash", "-c", command], cwd=root, env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True, start_new_session=True)
+    yield started
+    for process in started.values():
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
+def finished(process: subprocess.Popen, root: Path) -> tuple[Path, str, str]:
+    """Wait for a background run: its folder (as its closing summary names it), stdout, stderr."""
+    out, err = process.communicate(timeout=1200)
+    assert process.returncode == 0, out[-2000:] + err[-3000:]
+    match = re.search(r"^Run (\S+)  \(", out, flags=re.M)
+    assert match, out[-2000:]
+    return root / "runs" / match.group(1), out, err
+
+
 @pytest.fixture(scope="session")
-def finished_run(fresh_root: Path) -> Path:
+def finished_run(fresh_root: Path, background) -> Path:
     """``make run`` in a fresh copy, training shortened to TINY: the reference run."""
-    tiny = " ".join(tiny_pairs())
-    result = shell(f'make run RUN_ARGS="--quiet {tiny}"', fresh_root)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "ae2" in result.stdout and "img AUROC" in result.stdout  # the summary
+    run, out, err = finished(background[MAKE_RUN], fresh_root)
+    assert "ae2" in out and "img AUROC" in out  # the summary
     # The kernels' sockets are encrypted (pipeline.kernel_config), so ipykernel stays quiet.
-    assert "without encryption" not in result.stderr, result.stderr[-3000:]
-    runs = [d for d in (fresh_root / "runs").iterdir() if d.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
+    assert "without encryption" not in err, err[-3000:]
+    return run

@@ -103,7 +103,8 @@ def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(
     """
     clone_run(finished_run, tmp_path / "r", unfinished=(NOTEBOOKS[4],))
     original = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
-    victim = next((tiny_data / "test" / "color").iterdir())
+    data_dir = Path(read_json(finished_run / "params.json")["notebooks"][NOTEBOOKS[4]]["data_dir"])
+    victim = next((data_dir / "test" / "color").iterdir())
     saved = victim.read_bytes()
     victim.unlink()
     try:
@@ -183,3 +184,15 @@ def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: 
     result = cli("score", "--run", str(broken), str(tiny_data / "test" / "good"))
     assert result.returncode == 2 and "incomplete" in result.stderr
     assert "thresholds.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_data: Path,
+                                                                   tmp_path: Path, monkeypatch):
+    from anomaly_utils import pipeline
+
+    monkeypatch.setattr(pipeline, "new_run_id", lambda prefix="": "20261201-120000")
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda *args, **kwargs: None)
+    first, second = (run_pipeline({"data_dir": str(tiny_data)}, runs_dir=tmp_path,
+                                  log=lambda *_: None) for _ in range(2))
+    assert (first.name, second.name) == ("20261201-120000", "20261201-120000-2")
+    assert read_json(second / "params.json")["run_id"] == second.name

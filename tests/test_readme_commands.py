@@ -24,17 +24,24 @@ import pandas as pd
 import pytest
 
 from anomaly_utils.artifacts import read_json
+from anomaly_utils.errors import LabError
 from anomaly_utils.pipeline import NOTEBOOKS
-from tests.conftest import ROOT, TINY, shell, tiny_pairs
+from tests.conftest import (
+    MAKE_RUN,
+    PRESET,
+    RERUN,
+    ROOT,
+    TINY,
+    TINY_RUN,
+    finished,
+    shell,
+    tiny_pairs,
+)
 
-MAKE_RUN = "make run"
 MAKE_TEST = "make test"
 DOWNLOAD = "python -m anomaly_utils download --category carpet --dest data/"
 CHECK_DATA = ".venv/bin/python -m anomaly_utils check-data data/carpet"
 OWN_DATA = ".venv/bin/python -m anomaly_utils run --data-dir data/carpet"
-PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
-          "--data-dir ../shared/datasets/magnetic_tile")
-RERUN = ".venv/bin/python -m anomaly_utils run --epochs 50 -p ae1.variant vae"
 RESUME = ".venv/bin/python -m anomaly_utils run --resume 20261129-181500"
 SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.bottleneck spatial unet --jobs 2"
 PAPERMILL = (".venv/bin/papermill notebooks/03_train_ae2.ipynb out.ipynb -p epochs 100 "
@@ -50,7 +57,6 @@ NOT_RUN = {
     DOWNLOAD: "needs the network (the downloader is tested against archives served on "
               "loopback in test_download.py); data/carpet here is the tiny carpet instead",
 }
-TINY_RUN = " --quiet " + " ".join(tiny_pairs())
 
 
 def readme_commands(text: str) -> list[str]:
@@ -62,6 +68,12 @@ def readme_commands(text: str) -> list[str]:
             if command and not command.startswith("#"):
                 commands.append(command)
     return commands
+
+
+@pytest.fixture(scope="module")
+def readme_runs(background) -> dict[str, subprocess.Popen]:
+    """The README's runs that conftest.background started with the session."""
+    return background
 
 
 def test_every_readme_command_is_run():
@@ -85,6 +97,13 @@ def _run_ids(root: Path) -> set[str]:
     return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
 
 
+def _data_dir(run: Path) -> str | None:
+    try:
+        return read_json(run / "params.json")["notebooks"]["03_train_ae2"]["data_dir"]
+    except (LabError, KeyError):  # not written yet
+        return None
+
+
 def test_make_run_writes_a_complete_run(finished_run: Path):
     """``make run`` (the ``finished_run`` fixture) found the carpet and ran all five notebooks."""
     assert list(read_json(finished_run / "status.json")) == list(NOTEBOOKS)
@@ -100,15 +119,17 @@ def test_own_data_check_run_kill_and_resume(fresh_root: Path, finished_run: Path
     assert '"fingerprint"' in checked.stdout  # the dataset summary, as JSON
     before = _run_ids(fresh_root)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(fresh_root)}
+    carpet = str((fresh_root / "data" / "carpet").resolve())
     process = subprocess.Popen(["bash", "-c", OWN_DATA + TINY_RUN], cwd=fresh_root, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 600
     history = None
     while time.monotonic() < deadline and process.poll() is None:
-        new = _run_ids(fresh_root) - before
-        if new:
-            history = fresh_root / "runs" / new.pop() / "ae2" / "history.csv"
+        ours = [r for r in _run_ids(fresh_root) - before  # the background runs start too
+                if _data_dir(fresh_root / "runs" / r) == carpet]
+        if ours:
+            history = fresh_root / "runs" / ours[0] / "ae2" / "history.csv"
             if history.is_file() and len(history.read_text().splitlines()) >= 3:  # 2 epochs
                 break
         time.sleep(0.2)
@@ -128,14 +149,10 @@ def test_own_data_check_run_kill_and_resume(fresh_root: Path, finished_run: Path
     np.testing.assert_allclose(losses, ref, rtol=1e-5)
 
 
-def test_preset_real_on_magnetic_tile(fresh_root: Path):
-    if not (fresh_root.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
+def test_preset_real_on_magnetic_tile(fresh_root: Path, readme_runs):
+    if PRESET not in readme_runs:
         pytest.skip("../shared/datasets/magnetic_tile is absent on this machine")
-    before = _run_ids(fresh_root)
-    result = shell(PRESET + TINY_RUN, fresh_root)
-    _ok(result)
-    (run_id,) = _run_ids(fresh_root) - before
-    run = fresh_root / "runs" / run_id
+    run, _, _ = finished(readme_runs[PRESET], fresh_root)
     params = read_json(run / "params.json")["notebooks"]
     assert params["03_train_ae2"]["color_mode"] == "grayscale"
     assert params["03_train_ae2"]["ensemble_size"] == 3  # the preset's, kept under TINY
@@ -148,14 +165,11 @@ def test_preset_real_on_magnetic_tile(fresh_root: Path):
     assert 0.0 <= metrics["ae2"]["pixel_auroc"] <= 1.0
 
 
-def test_rerun_with_other_settings(fresh_root: Path):
-    before = _run_ids(fresh_root)
-    result = shell(RERUN + TINY_RUN, fresh_root)
-    _ok(result)
-    (run_id,) = _run_ids(fresh_root) - before
-    params = read_json(fresh_root / "runs" / run_id / "params.json")["notebooks"]
+def test_rerun_with_other_settings(fresh_root: Path, readme_runs):
+    run, _, _ = finished(readme_runs[RERUN], fresh_root)
+    params = read_json(run / "params.json")["notebooks"]
     assert params["02_train_ae1"]["variant"] == "vae"
-    assert read_json(fresh_root / "runs" / run_id / "ae1" / "scoring.json")["vae_samples"] > 0
+    assert read_json(run / "ae1" / "scoring.json")["vae_samples"] > 0
 
 
 def test_sweep_reuses_work_and_compares(fresh_root: Path):
