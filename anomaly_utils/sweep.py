@@ -9,7 +9,10 @@
 3. Within a wave, up to ``jobs`` executions run in parallel (each a separate kernel) with the
    CPU's threads split between them.
 4. ``comparison.csv`` and an executed ``comparison.ipynb`` (table, each metric against each
-   swept parameter, the best configuration by AE-2's image AUROC) close the sweep.
+   swept parameter, the best configuration) close the sweep. The best configuration is the
+   one with the highest AE-2 image AUROC on the pseudo-labelled validation set (validation
+   normals with pasted synthetic anomalies, ``scores_val_pseudo.npz``); the test columns are
+   reported beside it and never used to choose.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", "figures/01_*"),
            NOTEBOOKS[3]: ("thresholds.json", "metrics.json", "figures/04_*"),
            NOTEBOOKS[4]: ("figures/05_*",)}
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+VALIDATION_METRICS = ("val_image_auroc", "val_pixel_auroc")
+SELECT_BY = "ae2_val_image_auroc"
 
 
 def config_name(values: dict[str, Any]) -> str:
@@ -152,10 +157,42 @@ def comparison_table(sweep_dir: str | os.PathLike):
         metrics = read_json(sweep_dir / name / "metrics.json")
         row = {"config": name, **values}
         for model in ("ae1", "ae2"):
+            row.update({f"{model}_{k}": v for k, v in
+                        validation_metrics(sweep_dir / name / model).items()})
+        for model in ("ae1", "ae2"):
             for metric in METRICS:
                 row[f"{model}_{metric}"] = metrics.get(model, {}).get(metric)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def validation_metrics(model_dir: Path) -> dict[str, float | None]:
+    """Image and pixel AUROC of one model on its run's pseudo-labelled validation set.
+
+    Reads ``model_dir/scores_val_pseudo.npz`` (validation normals and the same images with
+    pasted synthetic anomalies, written by the training notebook); the pixel AUROC is None
+    when the file holds no anomalous pixel.
+    """
+    from .experiment import load_scores
+    from .metrics import image_auroc, pixel_auroc
+
+    scores = load_scores(model_dir / "scores_val_pseudo.npz")
+    masks = scores["masks"].astype(bool)
+    return {"val_image_auroc": image_auroc(scores["labels"], scores["scores"]),
+            "val_pixel_auroc": pixel_auroc(masks, scores["maps"]) if masks.any() else None}
+
+
+def best_configuration(table, by: str = SELECT_BY):
+    """The row of ``table`` (:func:`comparison_table`) with the highest validation ``by``.
+
+    Raises:
+        ParameterError: ``by`` is not a validation column: a sweep never chooses on test.
+    """
+    if "_val_" not in by or by not in table.columns:
+        columns = [c for c in table.columns if "_val_" in c]
+        raise ParameterError(f"a sweep chooses on a validation column, not {by!r}",
+                             fix=f"use one of {columns}")
+    return table.loc[table[by].astype(float).idxmax()]
 
 
 def write_comparison_notebook(sweep_dir: Path) -> Path:
@@ -165,16 +202,20 @@ def write_comparison_notebook(sweep_dir: Path) -> Path:
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     cells = [
-        new_markdown_cell("# Sweep comparison\n\nEach configuration's metrics on the test set "
-                          "(threshold-free metrics; thresholds come from validation data)."),
+        new_markdown_cell("# Sweep comparison\n\nEach configuration's threshold-free metrics: "
+                          "`*_val_*` on the pseudo-labelled validation set (validation normals "
+                          "and the same images with pasted synthetic anomalies), the others on "
+                          "the test set. The best configuration is chosen on validation only; "
+                          "its test columns are the report."),
         new_code_cell(f"sweep_dir = {str(sweep_dir.resolve())!r}", metadata={
             "tags": ["parameters"]}),
         new_code_cell("from anomaly_utils.sweep import comparison_table, plot_comparison\n"
                       "table = comparison_table(sweep_dir)\ntable.round(3)"),
         new_markdown_cell("## Each metric against each swept parameter"),
         new_code_cell("plot_comparison(table, sweep_dir);"),
-        new_markdown_cell("## Best configuration (by AE-2 image AUROC)"),
-        new_code_cell("table.sort_values('ae2_image_auroc', ascending=False).head(1).T"),
+        new_markdown_cell("## Best configuration (by AE-2 image AUROC on validation)"),
+        new_code_cell("from anomaly_utils.sweep import best_configuration\n"
+                      "best_configuration(table).to_frame()"),
     ]
     notebook = new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",

@@ -186,6 +186,7 @@ def test_sweep_reuses_work_and_compares(fresh_root: Path):
     table = pd.read_csv(sweep / "comparison.csv")
     assert sorted(table["ae2.bottleneck"].tolist()) == ["spatial", "unet"]
     assert table["ae1_image_auroc"].nunique() == 1  # AE-1 trained once, shared
+    assert table["ae2_val_image_auroc"].notna().all()  # the column the best is chosen by
     assert (sweep / "comparison.ipynb").is_file() and (sweep / "comparison.png").is_file()
     unet = sweep / "ae2-bottleneck=unet" / "ae2"
     assert read_json(unet / "scoring.json")["inpaint_cells"] == [2, 4, 8]  # patch 32

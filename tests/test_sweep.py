@@ -1,0 +1,63 @@
+"""A sweep's comparison: validation columns beside test columns, the best chosen on validation.
+
+The sweep folders here are written by hand (score files and metrics, no training), so the
+validation and test rankings can be made to disagree on purpose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_utils.artifacts import write_json
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.experiment import ScoreResult, save_scores
+from anomaly_utils.sweep import best_configuration, comparison_table
+
+
+def _validation(folder: Path, model: str, separation: float) -> None:
+    """A pseudo-labelled validation score file: 4 normals, 4 anomalies ``separation`` apart."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = (rng.normal(0, 1, 8) + separation * labels).astype(np.float32)
+    masks = np.zeros((8, 4, 4), bool)
+    masks[4:, :2, :2] = True
+    maps = (rng.normal(0, 1, (8, 4, 4)) + separation * masks).astype(np.float32)
+    folder.mkdir(parents=True)
+    save_scores(folder / "scores_val_pseudo.npz", ScoreResult(scores, maps, np.zeros(8)),
+                labels=labels, types=np.where(labels, "pseudo", "good"), masks=masks,
+                has_mask=labels.astype(bool), paths=[], fingerprint="f", model=model)
+
+
+def _sweep(tmp_path: Path, runs: dict[str, tuple[float, float]]) -> Path:
+    """``{config: (validation separation, test image AUROC)}`` as a finished sweep folder."""
+    configs = {}
+    for name, (separation, test_auroc) in runs.items():
+        for model in ("ae1", "ae2"):
+            _validation(tmp_path / name / model, model, separation)
+        write_json(tmp_path / name / "metrics.json",
+                   {m: {"image_auroc": test_auroc, "pixel_auroc": 0.5, "aupro": 0.3,
+                        "f1_max": 0.6} for m in ("ae1", "ae2")})
+        configs[name] = {"ae2.epochs": name}
+    write_json(tmp_path / "sweep.json", {"grid": {"ae2.epochs": list(runs)}, "fixed": {},
+                                         "configs": configs})
+    return tmp_path
+
+
+def test_best_configuration_is_chosen_on_validation_where_test_disagrees(tmp_path: Path):
+    # "5" separates validation anomalies well and does worse on test; "50" the other way.
+    table = comparison_table(_sweep(tmp_path, {"5": (4.0, 0.60), "50": (0.2, 0.90)}))
+    assert table.loc[table["config"] == "5", "ae2_val_image_auroc"].item() == 1.0
+    assert table.loc[table["config"] == "50", "ae2_val_image_auroc"].item() < 1.0
+    assert table["ae2_val_pixel_auroc"].notna().all()
+    best = best_configuration(table)
+    assert best["config"] == "5"  # by validation
+    assert table.loc[table["ae2_image_auroc"].idxmax(), "config"] == "50"  # test would say 50
+
+
+def test_best_configuration_refuses_a_test_column(tmp_path: Path):
+    table = comparison_table(_sweep(tmp_path, {"5": (4.0, 0.6), "50": (0.2, 0.9)}))
+    with pytest.raises(ParameterError, match="validation column"):
+        best_configuration(table, by="ae2_image_auroc")
