@@ -151,6 +151,17 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(y, s))
 
 
+def shown(value: float | None, digits: int = 2) -> str:
+    """A metric as the notebooks print it: rounded to ``digits``, or "n/a" when it could not
+    be computed (for example a pixel metric on a dataset without masks).
+
+    Example:
+        >>> shown(0.8765), shown(None)
+        ('0.88', 'n/a')
+    """
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def pixel_auroc(masks: np.ndarray | None, maps: np.ndarray) -> float | None:
     """Exact AUROC over all pixels of all images.
 

@@ -13,11 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from anomaly_utils.artifacts import read_json, write_json
+from anomaly_utils.errors import LabError
 from anomaly_utils.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +116,9 @@ def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
                     "(make test does) before running the tests directly")
     shutil.copytree(tiny_data, root / "data" / "synthetic_carpet")
     shutil.copytree(tiny_data, root / "data" / "carpet")
+    # An image-labelled set (defect images, no masks), as industry often has.
+    shutil.copytree(tiny_data, root / "data" / "image_only",
+                    ignore=shutil.ignore_patterns("ground_truth"))
     real = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
     if real.is_dir():
         link_sample(real, base / "shared" / "datasets" / "magnetic_tile", train=40, test=8)
@@ -147,59 +153,157 @@ def shell(command: str, root: Path, timeout: int = 900, **popen) -> subprocess.C
 
 # The README's commands that no other command depends on; they start with the session.
 MAKE_RUN = "make run"
+CHECK_DATA = ".venv/bin/python -m anomaly_utils check-data data/carpet"
+OWN_DATA = ".venv/bin/python -m anomaly_utils run --data-dir data/carpet"
+RESUME = ".venv/bin/python -m anomaly_utils run --resume 20261129-181500"
 RERUN = ".venv/bin/python -m anomaly_utils run --epochs 50 -p ae1.variant vae"
 PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
           "--data-dir ../shared/datasets/magnetic_tile")
+SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.bottleneck spatial unet --jobs 2"
 TINY_RUN = " --quiet " + " ".join(tiny_pairs())
+IMAGE_ONLY = (".venv/bin/python -m anomaly_utils run --data-dir data/image_only "
+              "-p allow_missing_masks true")
+BACKGROUND_WORKERS = 3  # jobs at once: fills 2 cores beside the tests, within memory
+
+
+class Background:
+    """Jobs (whole runs, in a fresh copy) that run in threads beside the tests.
+
+    A tiny chain keeps about one core busy on average (kernel start-ups, imports and figures
+    are single threaded), and so do most unit tests; running the chains beside them fills a
+    2-core machine. Each job's processes are registered so that the session can end them.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.pool = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="background")
+        self.jobs: dict[str, Future] = {}
+        self.processes: list[subprocess.Popen] = []
+
+    def spawn(self, command: str) -> subprocess.Popen:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(self.root)}
+        process = subprocess.Popen(["bash", "-c", command], cwd=self.root, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def run(self, command: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+        process = self.spawn(command)
+        out, err = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+    def submit(self, key: str, job, *args) -> None:
+        self.jobs[key] = self.pool.submit(job, *args)
+
+    def result(self, key: str, timeout: int = 1800):
+        return self.jobs[key].result(timeout=timeout)
+
+    def close(self) -> None:
+        for future in self.jobs.values():
+            future.cancel()
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.pool.shutdown(wait=True)
+
+
+def run_ids(root: Path) -> set[str]:
+    runs = root / "runs"
+    return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
+
+
+def run_data_dir(run: Path) -> str | None:
+    """The data_dir a run was made for (None while its params.json is not written yet)."""
+    try:
+        return read_json(run / "params.json")["notebooks"]["03_train_ae2"]["data_dir"]
+    except (LabError, KeyError):
+        return None
+
+
+def kill_and_resume(bg: Background) -> dict:
+    """The README's own-data flow: check-data, a run killed while AE-2 trains, ``--resume``.
+
+    Returns the check-data and resume results, the killed run's folder and how many AE-2
+    epochs had finished when it was killed.
+    """
+    root = bg.root
+    checked = bg.run(CHECK_DATA)
+    carpet = str((root / "data" / "carpet").resolve())
+    before = run_ids(root)
+    process = bg.spawn(OWN_DATA + TINY_RUN)
+    deadline, history = time.monotonic() + 900, None
+    while time.monotonic() < deadline and process.poll() is None:
+        ours = [r for r in run_ids(root) - before if run_data_dir(root / "runs" / r) == carpet]
+        if ours:
+            history = root / "runs" / ours[0] / "ae2" / "history.csv"
+            if history.is_file() and len(history.read_text().splitlines()) >= 3:  # 2 epochs
+                break
+        time.sleep(0.2)
+    alive = process.poll() is None
+    if alive:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    if not alive or history is None:
+        return {"checked": checked, "killed": False}
+    run = history.parent.parent
+    done = len(history.read_text().splitlines()) - 1
+    resumed = bg.run(RESUME.replace("20261129-181500", run.name) + " --quiet")
+    return {"checked": checked, "killed": True, "run": run, "done_at_kill": done,
+            "resumed": resumed}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def background(request) -> dict[str, subprocess.Popen]:
-    """The README's independent full runs, started in the background when the session starts.
-
-    A tiny chain keeps about one core busy (kernel start-ups, imports and figures are single
-    threaded), and so do most unit tests; running the chains beside them fills a 2-core
-    machine. Started only when a collected test needs them; ``finished_run`` and the README
-    tests wait for them.
-    """
+def background(request) -> Background | None:
+    """The README's independent runs, started when the session starts (only those that a
+    collected test needs); ``finished_run`` and the README tests wait for their results."""
     needed = {name for item in request.session.items
               for name in getattr(item, "fixturenames", ())}
-    commands = {}
+    jobs = []
     if "finished_run" in needed:
-        commands[MAKE_RUN] = f'{MAKE_RUN} RUN_ARGS="{TINY_RUN}"'
+        jobs.append((MAKE_RUN, f'{MAKE_RUN} RUN_ARGS="{TINY_RUN}"'))
     if "readme_runs" in needed:
-        commands[RERUN] = RERUN + TINY_RUN
+        jobs.append((OWN_DATA, kill_and_resume))
+        fixed = " ".join(tiny_pairs("--set", skip=("ae2.epochs",)))
+        jobs.append((SWEEP, f"{SWEEP} --sweep-id s {fixed}"))
+        jobs.append((RERUN, RERUN + TINY_RUN))
         if (ROOT.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
-            commands[PRESET] = PRESET + TINY_RUN
-    started: dict[str, subprocess.Popen] = {}
-    if commands:
-        root = request.getfixturevalue("fresh_root")
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root)}
-        for key, command in commands.items():
-            started[key] = subprocess.Popen(["bash", "-c", command], cwd=root, env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            text=True, start_new_session=True)
-    yield started
-    for process in started.values():
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+            jobs.append((PRESET, PRESET + TINY_RUN))
+    if "image_only_run" in needed:
+        jobs.append((IMAGE_ONLY, IMAGE_ONLY + TINY_RUN))
+    if not jobs:
+        yield None
+        return
+    bg = Background(request.getfixturevalue("fresh_root"))
+    for key, job in jobs:
+        if callable(job):
+            bg.submit(key, job, bg)
+        else:
+            bg.submit(key, bg.run, job)
+    yield bg
+    bg.close()
 
 
-def finished(process: subprocess.Popen, root: Path) -> tuple[Path, str, str]:
-    """Wait for a background run: its folder (as its closing summary names it), stdout, stderr."""
-    out, err = process.communicate(timeout=1200)
-    assert process.returncode == 0, out[-2000:] + err[-3000:]
-    match = re.search(r"^Run (\S+)  \(", out, flags=re.M)
-    assert match, out[-2000:]
-    return root / "runs" / match.group(1), out, err
+def finished(result: subprocess.CompletedProcess, root: Path) -> Path:
+    """The folder of a finished run, as its closing summary names it."""
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    match = re.search(r"^Run (\S+)  \(", result.stdout, flags=re.M)
+    assert match, result.stdout[-2000:]
+    return root / "runs" / match.group(1)
 
 
 @pytest.fixture(scope="session")
-def finished_run(fresh_root: Path, background) -> Path:
+def finished_run(fresh_root: Path, background: Background) -> Path:
     """``make run`` in a fresh copy, training shortened to TINY: the reference run."""
-    run, out, err = finished(background[MAKE_RUN], fresh_root)
-    assert "ae2" in out and "img AUROC" in out  # the summary
+    result = background.result(MAKE_RUN)
+    run = finished(result, fresh_root)
+    assert "ae2" in result.stdout and "img AUROC" in result.stdout  # the summary
     # The kernels' sockets are encrypted (pipeline.kernel_config), so ipykernel stays quiet.
-    assert "without encryption" not in err, err[-3000:]
+    assert "without encryption" not in result.stderr, result.stderr[-3000:]
     return run
+
+
+@pytest.fixture(scope="session")
+def image_only_run(fresh_root: Path, background: Background) -> Path:
+    """A full tiny run on a dataset whose defect images have no masks."""
+    return finished(background.result(IMAGE_ONLY), fresh_root)

@@ -5,6 +5,8 @@ Each command is typed as the README shows it; the only additions are the tiny co
 (``<id>``, ``path/to/images/``, a run id), the value from the run made before it. A README
 command that no test here runs fails ``test_every_readme_command_is_run``; the few that cannot
 run here are listed in ``NOT_RUN`` with the reason, which the test prints when it skips them.
+The long runs start in threads when the session starts (``Background`` in conftest.py) and
+run beside the other tests; the tests here wait for their results.
 """
 
 from __future__ import annotations
@@ -24,26 +26,24 @@ import pandas as pd
 import pytest
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.errors import LabError
 from anomaly_utils.pipeline import NOTEBOOKS
 from tests.conftest import (
+    CHECK_DATA,
     MAKE_RUN,
+    OWN_DATA,
     PRESET,
     RERUN,
+    RESUME,
     ROOT,
+    SWEEP,
     TINY,
-    TINY_RUN,
+    Background,
     finished,
     shell,
-    tiny_pairs,
 )
 
 MAKE_TEST = "make test"
 DOWNLOAD = "python -m anomaly_utils download --category carpet --dest data/"
-CHECK_DATA = ".venv/bin/python -m anomaly_utils check-data data/carpet"
-OWN_DATA = ".venv/bin/python -m anomaly_utils run --data-dir data/carpet"
-RESUME = ".venv/bin/python -m anomaly_utils run --resume 20261129-181500"
-SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.bottleneck spatial unet --jobs 2"
 PAPERMILL = (".venv/bin/papermill notebooks/03_train_ae2.ipynb out.ipynb -p epochs 100 "
              "--cwd notebooks")
 SCORE = (".venv/bin/python -m anomaly_utils score --run runs/<id> --model ae2 path/to/images/ "
@@ -59,6 +59,12 @@ NOT_RUN = {
 }
 
 
+@pytest.fixture(scope="module")
+def readme_runs(background: Background) -> Background:
+    """The README's runs, started by conftest's ``background`` when the session started."""
+    return background
+
+
 def readme_commands(text: str) -> list[str]:
     """The commands of the README's ``bash`` blocks, comments stripped, in order."""
     commands = []
@@ -68,12 +74,6 @@ def readme_commands(text: str) -> list[str]:
             if command and not command.startswith("#"):
                 commands.append(command)
     return commands
-
-
-@pytest.fixture(scope="module")
-def readme_runs(background) -> dict[str, subprocess.Popen]:
-    """The README's runs that conftest.background started with the session."""
-    return background
 
 
 def test_every_readme_command_is_run():
@@ -92,18 +92,6 @@ def _ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
 
-def _run_ids(root: Path) -> set[str]:
-    runs = root / "runs"
-    return {d.name for d in runs.iterdir() if d.is_dir()} if runs.is_dir() else set()
-
-
-def _data_dir(run: Path) -> str | None:
-    try:
-        return read_json(run / "params.json")["notebooks"]["03_train_ae2"]["data_dir"]
-    except (LabError, KeyError):  # not written yet
-        return None
-
-
 def test_make_run_writes_a_complete_run(finished_run: Path):
     """``make run`` (the ``finished_run`` fixture) found the carpet and ran all five notebooks."""
     assert list(read_json(finished_run / "status.json")) == list(NOTEBOOKS)
@@ -111,35 +99,17 @@ def test_make_run_writes_a_complete_run(finished_run: Path):
     assert Path(params["02_train_ae1"]["data_dir"]).parts[-2:] == ("data", "synthetic_carpet")
 
 
-def test_own_data_check_run_kill_and_resume(fresh_root: Path, finished_run: Path):
+def test_own_data_check_run_kill_and_resume(readme_runs: Background, finished_run: Path):
     """check-data, a run on data/carpet killed while AE-2 trains, then ``--resume`` of it: the
     resumed run equals the uninterrupted ``make run`` on the same images."""
-    checked = shell(CHECK_DATA, fresh_root)
-    _ok(checked)
-    assert '"fingerprint"' in checked.stdout  # the dataset summary, as JSON
-    before = _run_ids(fresh_root)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(fresh_root)}
-    carpet = str((fresh_root / "data" / "carpet").resolve())
-    process = subprocess.Popen(["bash", "-c", OWN_DATA + TINY_RUN], cwd=fresh_root, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 600
-    history = None
-    while time.monotonic() < deadline and process.poll() is None:
-        ours = [r for r in _run_ids(fresh_root) - before  # the background runs start too
-                if _data_dir(fresh_root / "runs" / r) == carpet]
-        if ours:
-            history = fresh_root / "runs" / ours[0] / "ae2" / "history.csv"
-            if history.is_file() and len(history.read_text().splitlines()) >= 3:  # 2 epochs
-                break
-        time.sleep(0.2)
-    assert process.poll() is None and history is not None, "the run ended before the kill"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    run_id = history.parent.parent.name
-    resumed = shell(RESUME.replace("20261129-181500", run_id) + " --quiet", fresh_root)
-    _ok(resumed)
-    assert "02_train_ae1: completed earlier, reused" in resumed.stdout
+    flow = readme_runs.result(OWN_DATA)
+    _ok(flow["checked"])
+    assert '"fingerprint"' in flow["checked"].stdout  # the dataset summary, as JSON
+    assert flow["killed"], "the run ended before it could be killed"
+    assert flow["done_at_kill"] >= 2
+    _ok(flow["resumed"])
+    assert "02_train_ae1: completed earlier, reused" in flow["resumed"].stdout
+    history = flow["run"] / "ae2" / "history.csv"
     rows = history.read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(int(TINY["ae2.epochs"])))
     reference = (finished_run / "ae2" / "history.csv").read_text().splitlines()[1:]
@@ -150,9 +120,9 @@ def test_own_data_check_run_kill_and_resume(fresh_root: Path, finished_run: Path
 
 
 def test_preset_real_on_magnetic_tile(fresh_root: Path, readme_runs):
-    if PRESET not in readme_runs:
+    if PRESET not in readme_runs.jobs:
         pytest.skip("../shared/datasets/magnetic_tile is absent on this machine")
-    run, _, _ = finished(readme_runs[PRESET], fresh_root)
+    run = finished(readme_runs.result(PRESET), fresh_root)
     params = read_json(run / "params.json")["notebooks"]
     assert params["03_train_ae2"]["color_mode"] == "grayscale"
     assert params["03_train_ae2"]["ensemble_size"] == 3  # the preset's, kept under TINY
@@ -166,17 +136,16 @@ def test_preset_real_on_magnetic_tile(fresh_root: Path, readme_runs):
 
 
 def test_rerun_with_other_settings(fresh_root: Path, readme_runs):
-    run, _, _ = finished(readme_runs[RERUN], fresh_root)
+    run = finished(readme_runs.result(RERUN), fresh_root)
     params = read_json(run / "params.json")["notebooks"]
     assert params["02_train_ae1"]["variant"] == "vae"
     assert read_json(run / "ae1" / "scoring.json")["vae_samples"] > 0
 
 
-def test_sweep_reuses_work_and_compares(fresh_root: Path):
+def test_sweep_reuses_work_and_compares(fresh_root: Path, readme_runs: Background):
     """The README's sweep over AE-2's bottleneck: AE-1 trained once and shared, the U-Net
     variant scored by inpainting through the whole papermill chain."""
-    fixed = " ".join(tiny_pairs("--set", skip=("ae2.epochs",)))
-    result = shell(f"{SWEEP} --sweep-id s {fixed}", fresh_root)
+    result = readme_runs.result(SWEEP)
     _ok(result)
     sweep = fresh_root / "runs" / "s"
     assert "02_train_ae1: 1 execution(s) for 2 configuration(s)" in result.stdout

@@ -433,4 +433,5 @@ def test_sigkill_during_notebook_04_then_resume_reruns_only_04_and_05(tmp_path: 
                  for run in (runs / "k", finished_run))
     for model in ("ae1", "ae2"):
         for key in ("image_auroc", "pixel_auroc", "aupro", "image_threshold"):
-            assert ours[model][key] == ref[model][key], (model, key)
+            # Same score files, another process: numpy's kernels agree, stated to 1e-7.
+            assert ours[model][key] == pytest.approx(ref[model][key], rel=1e-7), (model, key)
