@@ -34,10 +34,18 @@ data: $(DATA)/README.md
 run: $(STAMP) data
 	$(PY) -m anomaly_utils run --data-dir $(DATA) $(RUN_ARGS)
 
+# nbval (notebooks/) runs in a second pytest process beside the tests: each keeps about one
+# core busy, and together they fill a 2-core machine. Its report follows the tests' report.
+NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
 test: $(STAMP) data
 	rm -rf runs/notebooks
-	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg \
-		--nbval-cell-timeout=900 --durations=30
+	@mkdir -p runs
+	@$(PY) -m pytest notebooks $(NBVAL) -p no:cacheprovider --durations=10 \
+		> runs/nbval.log 2>&1 & nbval=$$!; \
+	$(PY) -m pytest tests --durations=30; tests=$$?; \
+	wait $$nbval; notebooks=$$?; \
+	echo "----- nbval over notebooks/ (log: runs/nbval.log) -----"; cat runs/nbval.log; \
+	test $$tests -eq 0 && test $$notebooks -eq 0
 
 notebooks: $(STAMP) data
 	rm -rf runs/notebooks

@@ -68,10 +68,16 @@ def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
     (["-p", "no_such_knob", "1"], ["'no_such_knob' is not declared", "02_train_ae1"]),
     (["-p", "zz.epochs", "1"], ["unknown scope 'zz'"]),
 ])
-def test_bad_parameters_fail_before_any_run(tmp_path: Path, params, fragments):
+def test_bad_parameters_fail_before_any_run(tmp_path: Path, params, fragments, capsys):
+    # In this process (the CLI's own entry point, main): the checks need no subprocess, and
+    # test_run_refuses_a_missing_data_dir_before_creating_the_run runs the real command.
+    from anomaly_utils.cli import main
+
     root = make_dataset(tmp_path / "cat")
-    result = cli("run", "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs"), *params)
-    assert_clean_error(result, *fragments)
+    code = main(["run", "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs"), *params])
+    captured = capsys.readouterr()
+    assert_clean_error(subprocess.CompletedProcess([], code, captured.out, captured.err),
+                       *fragments)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
