@@ -9,6 +9,7 @@ where they need a run in another state.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,13 @@ def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(
     """
     clone_run(finished_run, tmp_path / "r", unfinished=(NOTEBOOKS[4],))
     original = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
-    data_dir = Path(read_json(finished_run / "params.json")["notebooks"][NOTEBOOKS[4]]["data_dir"])
+    # A private copy of the run's data: other runs read the original at the same time.
+    params = read_json(tmp_path / "r" / "params.json")
+    data_dir = shutil.copytree(params["notebooks"][NOTEBOOKS[4]]["data_dir"], tmp_path / "data")
+    for notebook_params in params["notebooks"].values():
+        if "data_dir" in notebook_params:
+            notebook_params["data_dir"] = str(data_dir)
+    write_json(tmp_path / "r" / "params.json", params)
     victim = next((data_dir / "test" / "color").iterdir())
     saved = victim.read_bytes()
     victim.unlink()
