@@ -112,10 +112,7 @@ def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
                     "anomaly_utils.params, anomaly_utils.metrics, anomaly_utils.thresholds; "
                     "print('tensorflow' in sys.modules)")
     assert light.stdout.strip() == "False", light.stderr  # --help, parameter and data checks
+    # TF_CPP_MIN_LOG_LEVEL is unset here: the package's own default (errors only) applies.
     heavy = _python("import sys, anomaly_utils.models, keras; print('tensorflow' in sys.modules)")
     assert heavy.stdout.strip() == "True", heavy.stderr
     assert heavy.stderr == ""
-    control = _python("import tensorflow")
-    if not control.stderr.strip():
-        pytest.skip("this TensorFlow prints nothing at import, so there is nothing to hide")
-    assert control.returncode == 0 and ("absl" in control.stderr or "oneDNN" in control.stderr)

@@ -145,7 +145,7 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path
     run = clone_run(finished_run, tmp_path / "e", unfinished=tuple(NOTEBOOKS[2:]))
     params = read_json(run / "params.json")
     ae2 = params["notebooks"]["03_train_ae2"]
-    ae2.update(ensemble_size=2, epochs=2)
+    ae2.update(ensemble_size=2, epochs=1)
     write_json(run / "params.json", params)
     run_pipeline({}, run_id="e", runs_dir=tmp_path, resume=True, until="03", progress=False,
                  log=lambda *_: None)

@@ -400,11 +400,15 @@ def test_sigkill_during_notebook_04_then_resume_reruns_only_04_and_05(tmp_path: 
             break
         time.sleep(0.1)
     assert process.poll() is None, process.stderr.read().decode()[-3000:]
-    time.sleep(2.0)  # let the kernel get into the notebook's cells
     # The kernel runs in a session of its own (jupyter_client), so killpg misses it; it must
-    # notice its parent died and exit by itself.
-    kernels = psutil.Process(process.pid).children(recursive=True)
+    # notice its parent died and exit by itself. Under load it may take seconds to start.
+    kernels = []
+    while process.poll() is None and time.monotonic() < deadline and not kernels:
+        kernels = psutil.Process(process.pid).children(recursive=True)
+        time.sleep(0.2)
     assert kernels, "no kernel process found under the pipeline"
+    time.sleep(2.0)  # let the kernel get into the notebook's cells
+    kernels = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     process.stderr.close()
