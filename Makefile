@@ -34,18 +34,25 @@ data: $(DATA)/README.md
 run: $(STAMP) data
 	$(PY) -m anomaly_utils run --data-dir $(DATA) $(RUN_ARGS)
 
-# nbval (notebooks/) runs in a second pytest process beside the tests: each keeps about one
-# core busy, and together they fill a 2-core machine. Its report follows the tests' report.
+# Three pytest processes side by side, so that a 2-core machine stays busy to the end: nbval
+# over notebooks/, the tests that run the notebook chain (they share the runs that conftest.py
+# starts in the background), and every other test. Their reports follow one another.
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
+CHAIN_TESTS := tests/test_pipeline.py tests/test_reliability.py tests/test_readme_commands.py \
+	tests/test_jupyterlab.py
+UNIT_TESTS := $(filter-out $(CHAIN_TESTS),$(sort $(wildcard tests/test_*.py)))
 test: $(STAMP) data
 	rm -rf runs/notebooks
 	@mkdir -p runs
 	@$(PY) -m pytest notebooks $(NBVAL) -p no:cacheprovider --durations=10 \
 		> runs/nbval.log 2>&1 & nbval=$$!; \
-	$(PY) -m pytest tests --durations=30; tests=$$?; \
-	wait $$nbval; notebooks=$$?; \
+	$(PY) -m pytest $(UNIT_TESTS) -p no:cacheprovider --durations=15 \
+		> runs/unit-tests.log 2>&1 & units=$$!; \
+	$(PY) -m pytest $(CHAIN_TESTS) --durations=20; chain=$$?; \
+	wait $$units; units=$$?; wait $$nbval; notebooks=$$?; \
+	echo "----- the other tests (log: runs/unit-tests.log) -----"; cat runs/unit-tests.log; \
 	echo "----- nbval over notebooks/ (log: runs/nbval.log) -----"; cat runs/nbval.log; \
-	test $$tests -eq 0 && test $$notebooks -eq 0
+	test $$chain -eq 0 && test $$units -eq 0 && test $$notebooks -eq 0
 
 notebooks: $(STAMP) data
 	rm -rf runs/notebooks

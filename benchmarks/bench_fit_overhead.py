@@ -4,7 +4,7 @@ AE-1 (64x64 RGB, 70.7 M parameters) trains for a few epochs on 216 random images
 synthetic carpet's training split) three ways:
 
 - ``plain``: ``model.fit`` with the lab's ``tf.data`` pipeline and no callbacks,
-- ``lab, backup every epoch``: :func:`anomaly_utils.training.fit_autoencoder` with
+- ``lab, backup every epoch``: :func:`anomaly_utils.training.fit.fit_autoencoder` with
   ``backup_overhead=1.0`` (the resume backup of weights + Adam state, ~810 MB, every epoch;
   what the lab did before the backup budget),
 - ``lab, default``: ``fit_autoencoder`` with its default 10 % backup budget.
@@ -37,12 +37,14 @@ from benchmarks.common import BENCH_DIR, table, write_result  # noqa: E402
 def _epoch_seconds(mode: str, epochs: int, n_images: int) -> list[float]:
     import keras
 
-    from anomaly_utils import models, training
+    from anomaly_utils.models.ae1 import build_ae1
+    from anomaly_utils.training.datasets import image_dataset
+    from anomaly_utils.training.fit import fit_autoencoder
 
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (n_images, 64, 64, 3), dtype=np.uint8)
     val = rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8)
-    model = models.build_ae1(image_size=64, channels=3, latent_dim=1024, seed=0)
+    model = build_ae1(image_size=64, channels=3, latent_dim=1024, seed=0)
     times: list[float] = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -54,13 +56,13 @@ def _epoch_seconds(mode: str, epochs: int, n_images: int) -> list[float]:
 
     if mode == "plain":
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-        model.fit(training.image_dataset(train, 32, shuffle=True, seed=0),
-                  validation_data=training.image_dataset(val, 32, shuffle=False),
+        model.fit(image_dataset(train, 32, shuffle=True, seed=0),
+                  validation_data=image_dataset(val, 32, shuffle=False),
                   epochs=epochs, verbose=0, callbacks=[EpochTimer()])
     else:
         BENCH_DIR.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=BENCH_DIR) as model_dir:
-            training.fit_autoencoder(model, train, val, model_dir, epochs=epochs,
+            fit_autoencoder(model, train, val, model_dir, epochs=epochs,
                                      learning_rate=1e-3, seed=0, verbose=0,
                                      backup_overhead=1.0 if mode == "every" else 0.1,
                                      callbacks=[EpochTimer()])

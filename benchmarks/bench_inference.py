@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomaly_utils.scoring import (  # noqa: E402
+from anomaly_utils.scoring.reconstruction import (  # noqa: E402
     naive_sliding_window_reconstruct,
     sliding_window_reconstruct,
 )
@@ -41,7 +41,7 @@ def make_model(patch_size: int, channels: int):
     import keras
 
     try:
-        from anomaly_utils.models import build_ae2
+        from anomaly_utils.models.ae2 import build_ae2
     except ImportError:
         build_ae2 = None
     if build_ae2 is not None:

@@ -18,17 +18,19 @@ def measure(epochs: int = 3, batch_size: int = 32) -> dict:
     import keras
     import tensorflow as tf
 
-    from anomaly_utils import data, models
+    from anomaly_utils.data.layout import scan_dataset
+    from anomaly_utils.data.loading import file_dataset, load_images
+    from anomaly_utils.models.ae1 import build_ae1
 
-    index = data.scan_dataset(DATA)
+    index = scan_dataset(DATA)
     paths = [s.path for s in index.train]
-    arrays, _, _ = data.load_images(paths, 64, "rgb")
+    arrays, _, _ = load_images(paths, 64, "rgb")
     memory = tf.data.Dataset.from_tensor_slices(arrays.astype("float32") / 255.0)
     memory = memory.batch(batch_size).map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
-    disk = data.file_dataset(paths, 64, "rgb", batch_size).map(lambda x: (x, x))
+    disk = file_dataset(paths, 64, "rgb", batch_size).map(lambda x: (x, x))
     results = {}
     for name, dataset in (("memory", memory), ("disk", disk)):
-        model = models.build_ae1(image_size=64, channels=3, latent_dim=1024, seed=0)
+        model = build_ae1(image_size=64, channels=3, latent_dim=1024, seed=0)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
         model.fit(dataset, epochs=1, verbose=0)  # warm-up: tracing, file cache
         start = time.perf_counter()

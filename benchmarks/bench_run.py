@@ -14,7 +14,7 @@ import time
 import psutil
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.pipeline import new_run_id
+from anomaly_utils.pipeline.runs import new_run_id
 from benchmarks.common import ROOT, table, write_result
 
 

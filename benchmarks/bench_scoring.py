@@ -14,9 +14,10 @@ from benchmarks.common import best_time, table, write_result
 
 
 def measure(n_images: int = 32) -> list[dict]:
-    from anomaly_utils import models
-    from anomaly_utils.data import resize_image
-    from anomaly_utils.experiment import Scorer, ScoringConfig
+    from anomaly_utils.data.loading import resize_image
+    from anomaly_utils.models.ae1 import build_ae1
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.scoring.scorer import Scorer, ScoringConfig
 
     rng = np.random.default_rng(0)
     full = rng.integers(0, 255, (n_images, 256, 256, 3), dtype=np.uint8)
@@ -28,26 +29,26 @@ def measure(n_images: int = 32) -> list[dict]:
 
     setups = {
         "AE-1 (64x64 RGB, squared error, mean)": (
-            models.build_ae1(), ScoringConfig(model="ae1", image_size=64, map_kind="l2",
+            build_ae1(), ScoringConfig(model="ae1", image_size=64, map_kind="l2",
                                               score_method="mean", eval_size=128), 3),
         "AE-2 default (128x128 RGB, patches 64 stride 16, SSIM+GMS+low-pass, sigma 8, normalised)": (
-            models.build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
+            build_ae2(patch_size=64, channels=3, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=128, map_kind="0.5*ssim+0.5*gms+1*lowpass",
                           score_method="max",
                           smooth_sigma=8.0, patch_size=64, stride=16, eval_size=128,
                           **normalised(128)), 3),
         "AE-2 real preset (64x64 gray whole tiles, GMS+L1, sigma 1, normalised, max)": (
-            models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
+            build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
                           map_kind="gms+l1", score_method="max", smooth_sigma=1.0,
                           patch_size=64, stride=16, eval_size=128, **normalised(64)), 1),
         "AE-2 the same with session 3's map (1-SSIM+L1, sigma 2, top-1 %)": (
-            models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
+            build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
                           map_kind="ssim+l1", score_method="topk", smooth_sigma=2.0,
                           patch_size=64, stride=16, eval_size=128, **normalised(64)), 1),
         "AE-2 256x256 gray, patches 64 stride 16, L2, sigma 4, normalised (earlier preset)": (
-            models.build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
+            build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=256, color_mode="grayscale", map_kind="l2",
                           score_method="topk", smooth_sigma=4.0, patch_size=64, stride=16,
                           eval_size=128, **normalised(256)), 1),

@@ -33,7 +33,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomaly_utils.scoring import ssim_map  # noqa: E402
+from anomaly_utils.models.similarity import ssim_map  # noqa: E402
 from benchmarks.common import best_time, table, write_result  # noqa: E402
 
 

@@ -28,7 +28,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from anomaly_utils.artifacts import write_json  # noqa: E402
-from anomaly_utils.models import build_ae1, build_ae2, default_loss  # noqa: E402
+from anomaly_utils.models.ae1 import build_ae1
+from anomaly_utils.models.ae2 import build_ae2
+from anomaly_utils.models.losses import default_loss
 
 OUT = Path(__file__).resolve().parent.parent / "runs" / "bench" / "training.json"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from anomaly_utils.artifacts import read_json, write_json
+from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError
-from anomaly_utils.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 # AE-2 trains 6 epochs so that a run killed after two of them has work left to resume.

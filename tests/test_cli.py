@@ -71,7 +71,7 @@ def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
 def test_bad_parameters_fail_before_any_run(tmp_path: Path, params, fragments, capsys):
     # In this process (the CLI's own entry point, main): the checks need no subprocess, and
     # test_run_refuses_a_missing_data_dir_before_creating_the_run runs the real command.
-    from anomaly_utils.cli import main
+    from anomaly_utils.pipeline.cli import main
 
     root = make_dataset(tmp_path / "cat")
     code = main(["run", "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs"), *params])
@@ -92,9 +92,9 @@ def test_run_refuses_a_missing_data_dir_before_creating_the_run(tmp_path: Path):
                                           (Path(__file__).resolve().parent.parent / "notebooks"
                                            / "params").glob("*.yaml")))
 def test_every_preset_resolves_to_valid_parameters(preset: str):
-    from anomaly_utils import params
-    from anomaly_utils.cli import _preset_overrides
-    from anomaly_utils.pipeline import resolve_parameters
+    from anomaly_utils.pipeline import parameters as params
+    from anomaly_utils.pipeline.cli import _preset_overrides
+    from anomaly_utils.pipeline.parameters import resolve_parameters
 
     overrides = _preset_overrides(preset)
     assert overrides, f"preset {preset} is empty"
@@ -108,11 +108,13 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
-    light = _python("import sys, anomaly_utils.cli, anomaly_utils.pipeline, anomaly_utils.data, "
-                    "anomaly_utils.params, anomaly_utils.metrics, anomaly_utils.thresholds; "
+    light = _python("import sys, anomaly_utils.pipeline.cli, anomaly_utils.pipeline.runs, "
+                    "anomaly_utils.pipeline.sweep, anomaly_utils.data.loading, "
+                    "anomaly_utils.pipeline.parameters, anomaly_utils.evaluation.metrics, "
+                    "anomaly_utils.evaluation.thresholds, anomaly_utils.scoring.stored; "
                     "print('tensorflow' in sys.modules)")
     assert light.stdout.strip() == "False", light.stderr  # --help, parameter and data checks
     # TF_CPP_MIN_LOG_LEVEL is unset here: the package's own default (errors only) applies.
-    heavy = _python("import sys, anomaly_utils.models, keras; print('tensorflow' in sys.modules)")
+    heavy = _python("import sys, anomaly_utils.models.ae2, keras; print('tensorflow' in sys.modules)")
     assert heavy.stdout.strip() == "True", heavy.stderr
     assert heavy.stderr == ""

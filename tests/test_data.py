@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_utils import data
+from anomaly_utils.data.images import read_image, read_mask
+from anomaly_utils.data.layout import dataset_summary, fingerprint, scan_dataset, split_train_val
+from anomaly_utils.data.loading import file_dataset, load_dataset
 from anomaly_utils.errors import DataError, ParameterError
-from anomaly_utils.images import read_image, read_mask
 
 RNG = np.random.default_rng(0)
 
@@ -56,7 +57,7 @@ def dataset(tmp_path: Path) -> Path:
 # --- valid layouts --------------------------------------------------------------------------
 
 def test_scan_pairs_images_with_masks(dataset: Path):
-    index = data.scan_dataset(dataset)
+    index = scan_dataset(dataset)
     assert len(index.train) == 6
     assert [s.defect_type for s in index.test].count("scratch") == 2
     assert index.defect_types == ["scratch"]
@@ -68,7 +69,7 @@ def test_scan_pairs_images_with_masks(dataset: Path):
 
 
 def test_load_dataset_shapes_and_split(dataset: Path):
-    ds = data.load_dataset(dataset, image_size=16, color_mode="grayscale", val_fraction=0.34,
+    ds = load_dataset(dataset, image_size=16, color_mode="grayscale", val_fraction=0.34,
                            seed=1, mask_size=8)
     assert ds.train_images.shape == (3, 16, 16, 1) and ds.val_images.shape == (3, 16, 16, 1)
     assert ds.test_images.shape == (4, 16, 16, 1)
@@ -80,27 +81,27 @@ def test_load_dataset_shapes_and_split(dataset: Path):
 
 
 def test_validation_split_is_deterministic_and_disjoint(dataset: Path):
-    index = data.scan_dataset(dataset)
-    a_train, a_val = data.split_train_val(index.train, 0.5, seed=3)
-    b_train, b_val = data.split_train_val(list(reversed(index.train)), 0.5, seed=3)
+    index = scan_dataset(dataset)
+    a_train, a_val = split_train_val(index.train, 0.5, seed=3)
+    b_train, b_val = split_train_val(list(reversed(index.train)), 0.5, seed=3)
     assert [s.path for s in a_val] == [s.path for s in b_val]
     assert not {s.path for s in a_train} & {s.path for s in a_val}
     assert len(a_train) + len(a_val) == len(index.train)
-    _, other_val = data.split_train_val(index.train, 0.5, seed=4)
+    _, other_val = split_train_val(index.train, 0.5, seed=4)
     assert len(other_val) == len(a_val)
     with pytest.raises(ParameterError, match="val_fraction"):
-        data.split_train_val(index.train, 1.0, seed=0)
+        split_train_val(index.train, 1.0, seed=0)
 
 
 def test_fingerprint_changes_with_content(dataset: Path):
-    before = data.fingerprint(data.scan_dataset(dataset))
-    assert before == data.fingerprint(data.scan_dataset(dataset))
+    before = fingerprint(scan_dataset(dataset))
+    assert before == fingerprint(scan_dataset(dataset))
     _png(dataset / "train" / "good" / "000.png", np.zeros((32, 32, 3), np.uint8))
-    assert data.fingerprint(data.scan_dataset(dataset)) != before
+    assert fingerprint(scan_dataset(dataset)) != before
 
 
 def test_summary_counts_sizes_and_coverage(dataset: Path):
-    summary = data.dataset_summary(data.scan_dataset(dataset))
+    summary = dataset_summary(scan_dataset(dataset))
     assert summary["counts"] == {"test/good": 2, "test/scratch": 2, "train/good": 6}
     assert summary["image_sizes"]["height"]["max"] == 32
     assert summary["mask_coverage"]["scratch"] == pytest.approx(64 / 1024)
@@ -115,15 +116,15 @@ def test_accepts_jpeg_bmp_tiff_and_varying_sizes(tmp_path: Path):
         root / "train" / "good" / "101.bmp")
     Image.fromarray(RNG.integers(0, 255, (33, 33, 3), dtype=np.uint8)).save(
         root / "train" / "good" / "102.tiff")
-    ds = data.load_dataset(root, image_size=24, val_fraction=0.0)
+    ds = load_dataset(root, image_size=24, val_fraction=0.0)
     assert ds.train_images.shape == (9, 24, 24, 3)
 
 
 def test_file_dataset_reads_from_disk(dataset: Path):
     import tensorflow as tf
 
-    paths = [s.path for s in data.scan_dataset(dataset).train]
-    batches = list(data.file_dataset(paths, 16, "rgb", batch_size=4))
+    paths = [s.path for s in scan_dataset(dataset).train]
+    batches = list(file_dataset(paths, 16, "rgb", batch_size=4))
     assert [b.shape[0] for b in batches] == [4, 2]
     assert batches[0].dtype == tf.float32
     assert float(tf.reduce_min(batches[0])) >= 0.0 and float(tf.reduce_max(batches[0])) <= 1.0
@@ -177,8 +178,8 @@ def test_bad_file_in_dataset_stops_or_is_listed_when_skipping(dataset: Path, cas
     build, expected = ERROR_CASES[case]
     path = build(dataset / "train" / "good" / "bad.png")
     with pytest.raises(DataError, match=expected.split(" (")[0]):
-        data.load_dataset(dataset, image_size=16)
-    ds = data.load_dataset(dataset, image_size=16, val_fraction=0.0, skip_unreadable=True)
+        load_dataset(dataset, image_size=16)
+    ds = load_dataset(dataset, image_size=16, val_fraction=0.0, skip_unreadable=True)
     assert [p for p, _ in ds.skipped] == [path]
     assert len(ds.train_images) == 6
 
@@ -223,7 +224,7 @@ def test_mask_of_a_different_size_is_refused(dataset: Path):
     mask = dataset / "ground_truth" / "scratch" / "000_mask.png"
     _png(mask, np.zeros((20, 20), np.uint8))
     with pytest.raises(DataError, match="000_mask.png' is 20x20 but its image") as info:
-        data.load_dataset(dataset, image_size=16)
+        load_dataset(dataset, image_size=16)
     assert "regenerate the mask" in str(info.value)
 
 
@@ -237,9 +238,9 @@ def test_mask_with_noisy_values_is_binarised_at_127(tmp_path: Path):
 def test_defect_without_mask_is_an_error_or_image_level_only(dataset: Path):
     (dataset / "ground_truth" / "scratch" / "001_mask.png").unlink()
     with pytest.raises(DataError, match="have no mask") as info:
-        data.scan_dataset(dataset)
+        scan_dataset(dataset)
     assert "001.png" in str(info.value) and "allow_missing_masks" in str(info.value)
-    ds = data.load_dataset(dataset, image_size=16, allow_missing_masks=True)
+    ds = load_dataset(dataset, image_size=16, allow_missing_masks=True)
     missing = [i for i, p in enumerate(ds.test_paths) if p.name == "001.png"
                and ds.test_types[i] == "scratch"]
     assert ds.test_has_mask[missing].tolist() == [False]
@@ -249,17 +250,17 @@ def test_defect_without_mask_is_an_error_or_image_level_only(dataset: Path):
 def test_mask_without_image_is_refused(dataset: Path):
     _png(dataset / "ground_truth" / "scratch" / "007_mask.png", np.zeros((32, 32), np.uint8))
     with pytest.raises(DataError, match="007_mask.png' has no image"):
-        data.scan_dataset(dataset)
+        scan_dataset(dataset)
 
 
 def test_non_utf8_file_name_is_read_and_shown_escaped(dataset: Path):
     name = os.fsdecode(b"caf\xe9.png")
     _png(dataset / "train" / "good" / name, np.zeros((32, 32, 3), np.uint8))
-    ds = data.load_dataset(dataset, image_size=16, val_fraction=0.0)
+    ds = load_dataset(dataset, image_size=16, val_fraction=0.0)
     assert len(ds.train_images) == 7
     (dataset / "train" / "good" / name).write_bytes(b"")
     with pytest.raises(DataError) as info:
-        data.load_dataset(dataset, image_size=16)
+        load_dataset(dataset, image_size=16)
     assert "caf\\xe9.png" in str(info.value)
     str(info.value).encode("utf-8")  # printable: no lone surrogates
 
@@ -268,35 +269,35 @@ def test_symlink_loop_is_named(dataset: Path):
     loop = dataset / "train" / "good" / "loop.png"
     os.symlink(loop, loop)
     with pytest.raises(DataError, match="loop.png") as info:
-        data.scan_dataset(dataset)
+        scan_dataset(dataset)
     assert "Fix:" in str(info.value)
 
 
 def test_empty_category_folder_is_refused(dataset: Path):
     (dataset / "test" / "crack").mkdir()
     with pytest.raises(DataError, match="crack' holds no images"):
-        data.scan_dataset(dataset)
+        scan_dataset(dataset)
 
 
 def test_missing_data_dir_and_train_folder(tmp_path: Path):
     with pytest.raises(DataError, match="does not exist") as info:
-        data.scan_dataset(tmp_path / "nope")
+        scan_dataset(tmp_path / "nope")
     assert "make data" in str(info.value)
     (tmp_path / "cat" / "test").mkdir(parents=True)
     with pytest.raises(DataError, match="train/good"):
-        data.scan_dataset(tmp_path / "cat")
+        scan_dataset(tmp_path / "cat")
 
 
 def test_non_image_files_are_listed_not_silently_dropped(dataset: Path):
     (dataset / "train" / "good" / "notes.txt").write_text("hello")
     (dataset / "test" / "README").write_text("hello")
-    index = data.scan_dataset(dataset)
+    index = scan_dataset(dataset)
     assert {p.name for p in index.ignored} == {"notes.txt", "README"}
-    assert data.dataset_summary(index)["ignored"]
+    assert dataset_summary(index)["ignored"]
 
 
 def test_bad_color_mode_and_image_size(dataset: Path):
     with pytest.raises(ParameterError, match="color_mode"):
-        data.load_dataset(dataset, color_mode="cmyk")
+        load_dataset(dataset, color_mode="cmyk")
     with pytest.raises(ParameterError, match="image_size"):
-        data.load_dataset(dataset, image_size=2)
+        load_dataset(dataset, image_size=2)

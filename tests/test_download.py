@@ -1,4 +1,4 @@
-"""Tests for anomaly_utils.download against a local HTTP server (no internet).
+"""Tests for anomaly_utils.data.download against a local HTTP server (no internet).
 
 The server serves tiny MVTec-like ``.tar.xz`` archives built here, honours ``Range``
 (or ignores it, to mimic servers without resume support) and can cut a transfer midway.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_utils import download as dl
-from anomaly_utils.download import (
+from anomaly_utils.data import download as dl
+from anomaly_utils.data.download import (
     ARCHIVES,
     LOCK_NAME,
     MVTEC_CATEGORIES,

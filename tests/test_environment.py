@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +45,27 @@ def test_gitignore_keeps_generated_files_out():
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     for entry in (".venv/", "data/*", "!data/README.md", "runs/"):
         assert entry in ignored
+
+
+def test_pyproject_dependencies_are_the_pinned_ones():
+    """Every dependency pyproject.toml declares (extras included) is pinned in
+    requirements.txt at a version inside the declared range, and every pin is declared."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"]]
+    declared += [Requirement(r) for extra in project["optional-dependencies"].values()
+                 for r in extra]
+    # The CPU build of TensorFlow is pinned under its own distribution name.
+    pins = {canonicalize_name(name.replace("tensorflow-cpu", "tensorflow")): version
+            for name, _, version in (line.partition("==") for line in _requirements())}
+    for requirement in declared:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"pyproject.toml declares {requirement} but requirements.txt has no pin"
+        assert requirement.specifier.contains(pins[name]), \
+            f"requirements.txt pins {name}=={pins[name]}, outside pyproject's {requirement}"
+    undeclared = set(pins) - {canonicalize_name(r.name) for r in declared}
+    assert not undeclared, f"pinned in requirements.txt but not declared in pyproject.toml: " \
+                           f"{sorted(undeclared)}"

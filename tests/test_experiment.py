@@ -6,13 +6,16 @@ import keras
 import numpy as np
 import pytest
 
-from anomaly_utils import models, scoring
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.experiment import Scorer, ScoringConfig, training_sample
+from anomaly_utils.models.ae1 import build_ae1
+from anomaly_utils.scoring.maps import absolute_error_map, anomaly_map, squared_error_map
+from anomaly_utils.scoring.reconstruction import inpaint_reconstruct, sliding_window_reconstruct
+from anomaly_utils.scoring.scorer import Scorer, ScoringConfig, training_sample
+from anomaly_utils.training.masks import GRID_SETS
 
 
 def tiny_vae():
-    return models.build_ae1(image_size=16, channels=3, latent_dim=4, variant="vae",
+    return build_ae1(image_size=16, channels=3, latent_dim=4, variant="vae",
                             encoder_filters=(4, 4, 4), decoder_filters=(4, 4), seed=0)
 
 
@@ -33,7 +36,7 @@ def test_vae_maps_average_the_samples_and_sample_once(monkeypatch):
     assert calls == [3]
     x = images.astype(np.float32) / 255
     samples = np.asarray(original(x, 3, 0))
-    expected = np.mean([scoring.squared_error_map(x, s) for s in samples], axis=0)
+    expected = np.mean([squared_error_map(x, s) for s in samples], axis=0)
     np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(result.recons, samples.mean(axis=0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(result.scores, expected.reshape(3, -1).mean(axis=1), rtol=1e-5)
@@ -65,9 +68,9 @@ def test_normalised_maps_are_z_scores_against_the_fitted_normals():
                                         map_kind="l2", score_method="max", eval_size=8,
                                         normalize=True))
     scorer.fit_normalization(normals)
-    plain = scoring.squared_error_map(normals / 255.0, np.full(normals.shape, 0.5, np.float32))
+    plain = squared_error_map(normals / 255.0, np.full(normals.shape, 0.5, np.float32))
     mean, std = plain.mean(axis=0), plain.std(axis=0) + 1e-3 * plain.std() + 1e-6
-    raw = scoring.squared_error_map(test / 255.0, np.full(test.shape, 0.5, np.float32))
+    raw = squared_error_map(test / 255.0, np.full(test.shape, 0.5, np.float32))
     result = scorer.score(test)
     np.testing.assert_allclose(result.maps, (raw - mean) / std, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(result.scores, result.maps.reshape(2, -1).max(axis=1), rtol=1e-6)
@@ -82,15 +85,15 @@ def test_inpainting_scorer_averages_the_cell_sizes_and_saves_its_settings(tmp_pa
                            inpaint_cells=[2, 4], seed=3)
     result = Scorer(blur, config).score(images)
     x = images / np.float32(255)
-    recons = [scoring.inpaint_reconstruct(blur, x, cell, seed=3) for cell in (2, 4)]
-    expected = np.mean([scoring.absolute_error_map(x, r) for r in recons], axis=0)
+    recons = [inpaint_reconstruct(blur, x, cell, seed=3) for cell in (2, 4)]
+    expected = np.mean([absolute_error_map(x, r) for r in recons], axis=0)
     np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result.recons, np.mean(recons, axis=0), rtol=1e-5, atol=1e-6)
     (tmp_path / "ae2").mkdir()
     Scorer(blur, config).save_config(tmp_path)
     from anomaly_utils.artifacts import read_json
     saved = ScoringConfig(**read_json(tmp_path / "ae2" / "scoring.json"))
-    assert saved.inpaint_cells == [2, 4] and saved.inpaint_sets == scoring.GRID_SETS
+    assert saved.inpaint_cells == [2, 4] and saved.inpaint_sets == GRID_SETS
 
 
 def constant_model(value: float, size: int = 8) -> keras.Model:
@@ -112,7 +115,7 @@ def test_an_ensemble_maps_the_error_of_its_members_mean_reconstruction(tmp_path)
     members_mean = np.mean([np.abs(x - 0.2), np.abs(x - 0.8)], axis=0)[..., 0]
     assert np.abs(result.maps - members_mean).max() > 0.1
 
-    from anomaly_utils.experiment import member_dir
+    from anomaly_utils.scoring.scorer import member_dir
 
     for k, model in enumerate((dark, bright)):
         member_dir(tmp_path / "ae2", k).mkdir(parents=True, exist_ok=True)
@@ -148,8 +151,8 @@ def test_padding_maps_the_mirrored_image_and_crops_back():
     plain = Scorer(blur, ScoringConfig(**config))
     recons, maps = padded.reconstruct_with_maps(images)
     x = np.pad(images / np.float32(255), ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
-    expected_recons = scoring.sliding_window_reconstruct(blur, x, 8, 4)
-    expected_maps = scoring.anomaly_map(x, expected_recons, "0.5*ssim+1*lowpass",
+    expected_recons = sliding_window_reconstruct(blur, x, 8, 4)
+    expected_maps = anomaly_map(x, expected_recons, "0.5*ssim+1*lowpass",
                                         smooth_sigma=2.0)
     assert recons.shape == (2, 24, 24, 3) and maps.shape == (2, 24, 24)
     np.testing.assert_allclose(recons, expected_recons[:, 4:-4, 4:-4], atol=1e-6)

@@ -1,4 +1,4 @@
-"""Tests for anomaly_utils.metrics: each metric against scikit-learn, a hand-computed example or a
+"""Tests for anomaly_utils.evaluation.metrics: each metric against scikit-learn, a hand-computed example or a
 slow, obviously-correct reference, plus the edge cases that must give None or a clear error."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sklearn.metrics import (
 )
 
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.metrics import (
+from anomaly_utils.evaluation.metrics import (
     _rank_auroc,
     aupro,
     average_precision,

@@ -9,16 +9,10 @@ import pytest
 import tensorflow as tf
 
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.models import (
-    AE2Loss,
-    VariationalAutoencoder,
-    build_ae1,
-    build_ae2,
-    gms_loss,
-    make_ae2_loss,
-    ssim_loss,
-)
-from anomaly_utils.scoring import ssim_map
+from anomaly_utils.models.ae1 import VariationalAutoencoder, build_ae1
+from anomaly_utils.models.ae2 import build_ae2
+from anomaly_utils.models.losses import AE2Loss, gms_loss, make_ae2_loss, ssim_loss
+from anomaly_utils.models.similarity import ssim_map
 
 
 def conv(k, c_in, c_out):

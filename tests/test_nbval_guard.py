@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_utils.synthetic import generate_dataset
+from anomaly_utils.data.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "01_data_exploration.ipynb"

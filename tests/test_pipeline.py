@@ -17,7 +17,8 @@ import pytest
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import LabError
-from anomaly_utils.pipeline import NOTEBOOKS, declared_parameters, run_pipeline, summary
+from anomaly_utils.pipeline.parameters import NOTEBOOKS, declared_parameters
+from anomaly_utils.pipeline.runs import run_pipeline, summary
 from tests.conftest import cli, clone_run, tiny_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,8 +140,10 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path
     """Notebook 03 with ``ensemble_size`` 2: member 1 is trained with seed + 1 into
     ``ae2/member1/``, and the run's stored maps are those of the members' mean
     reconstruction."""
-    from anomaly_utils import data, scoring
-    from anomaly_utils.experiment import Scorer, ScoringConfig, load_scores
+    from anomaly_utils.data.loading import load_dataset
+    from anomaly_utils.scoring.maps import anomaly_map
+    from anomaly_utils.scoring.scorer import Scorer, ScoringConfig
+    from anomaly_utils.scoring.stored import load_scores
 
     run = clone_run(finished_run, tmp_path / "e", unfinished=tuple(NOTEBOOKS[2:]))
     params = read_json(run / "params.json")
@@ -153,14 +156,14 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path
     assert read_json(run / "ae2" / "member1" / "config.json")["training"]["seed"] == 1
     ensemble = Scorer.load(run, "ae2")
     assert ensemble.config.ensemble_size == 2 and len(ensemble.members) == 2
-    ds = data.load_dataset(ae2["data_dir"], image_size=ae2["image_size"],
+    ds = load_dataset(ae2["data_dir"], image_size=ae2["image_size"],
                            color_mode=ae2["color_mode"], val_fraction=ae2["val_fraction"],
                            seed=ae2["seed"], mask_size=ae2["eval_size"])
     single = ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1, "normalize": False})
     recons = [Scorer(m, single).reconstruct(ds.test_images) for m in ensemble.members]
     assert not np.allclose(recons[0], recons[1])                 # two different models
     unnormalised = Scorer(ensemble.members, ScoringConfig(**{**vars(single), "ensemble_size": 2}))
-    expected = scoring.anomaly_map(ds.test_images / np.float32(255), np.mean(recons, axis=0),
+    expected = anomaly_map(ds.test_images / np.float32(255), np.mean(recons, axis=0),
                                    kind=single.map_kind, smooth_sigma=single.smooth_sigma)
     np.testing.assert_allclose(unnormalised.reconstruct_with_maps(ds.test_images)[1], expected,
                                rtol=1e-5, atol=1e-6)
@@ -195,10 +198,12 @@ def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: 
 
 def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_data: Path,
                                                                    tmp_path: Path, monkeypatch):
-    from anomaly_utils import pipeline
 
-    monkeypatch.setattr(pipeline, "new_run_id", lambda prefix="": "20261201-120000")
-    monkeypatch.setattr(pipeline, "run_notebooks", lambda *args, **kwargs: None)
+
+    from anomaly_utils.pipeline import runs
+
+    monkeypatch.setattr(runs, "new_run_id", lambda prefix="": "20261201-120000")
+    monkeypatch.setattr(runs, "run_notebooks", lambda *args, **kwargs: None)
     first, second = (run_pipeline({"data_dir": str(tiny_data)}, runs_dir=tmp_path,
                                   log=lambda *_: None) for _ in range(2))
     assert (first.name, second.name) == ("20261201-120000", "20261201-120000-2")

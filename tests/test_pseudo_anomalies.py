@@ -1,4 +1,4 @@
-"""Tests for pasted pseudo-anomalies (anomaly_utils.pseudo_anomalies)."""
+"""Tests for pasted pseudo-anomalies (anomaly_utils.data.pseudo_anomalies)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from anomaly_utils.errors import ParameterError
-from anomaly_utils.pseudo_anomalies import (
+from anomaly_utils.data.pseudo_anomalies import (
     ALL_KINDS,
     PSEUDO_ANOMALY_KINDS,
     add_pseudo_anomaly,
@@ -17,6 +16,7 @@ from anomaly_utils.pseudo_anomalies import (
     shading_band,
     stain,
 )
+from anomaly_utils.errors import ParameterError
 
 
 def _texture(seed: int, size: int = 64) -> np.ndarray:

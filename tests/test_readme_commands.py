@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.pipeline import NOTEBOOKS
+from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from tests.conftest import (
     CHECK_DATA,
     MAKE_RUN,

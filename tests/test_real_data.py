@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_utils import data
+from anomaly_utils.data.layout import dataset_summary, scan_dataset
+from anomaly_utils.data.loading import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 MAGNETIC_TILE = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
@@ -22,12 +23,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_magnetic_tile_loads_with_noisy_masks_and_varying_sizes():
-    index = data.scan_dataset(MAGNETIC_TILE)
+    index = scan_dataset(MAGNETIC_TILE)
     assert set(index.defect_types) == {"blowhole", "break", "crack", "fray", "uneven"}
     assert index.masks_missing == []
-    summary = data.dataset_summary(index, with_masks=False)
+    summary = dataset_summary(index, with_masks=False)
     assert summary["image_sizes"]["distinct"] > 10  # sizes vary; all get resized
-    ds = data.load_dataset(MAGNETIC_TILE, image_size=64, color_mode="grayscale",
+    ds = load_dataset(MAGNETIC_TILE, image_size=64, color_mode="grayscale",
                            val_fraction=0.1, seed=0)
     assert ds.train_images.shape[1:] == (64, 64, 1)
     assert len(ds.train_images) + len(ds.val_images) == len(index.train)

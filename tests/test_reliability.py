@@ -25,8 +25,9 @@ import pytest
 
 from anomaly_utils.artifacts import atomic_path, load_npz, read_json, save_npz, write_json
 from anomaly_utils.errors import ArtifactError, LabError
-from anomaly_utils.experiment import Scorer, ScoreResult, ScoringConfig, load_scores, save_scores
-from anomaly_utils.pipeline import NOTEBOOKS
+from anomaly_utils.pipeline.parameters import NOTEBOOKS
+from anomaly_utils.scoring.scorer import Scorer, ScoringConfig
+from anomaly_utils.scoring.stored import ScoreResult, load_scores, save_scores
 from tests.conftest import cli, clone_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +66,9 @@ def _compiled(model):
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory) -> Path:
     """A minimal finished run: tiny AE-1/AE-2 models, scoring.json, thresholds.json."""
-    from anomaly_utils.models import build_ae1, build_ae2
-    from anomaly_utils.training import save_inference_model
+    from anomaly_utils.models.ae1 import build_ae1
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.models.storage import save_inference_model
 
     run = tmp_path_factory.mktemp("runs") / "fake"
     ae1 = _compiled(build_ae1(image_size=16, latent_dim=8, encoder_filters=(8, 8, 8),
@@ -350,8 +352,8 @@ def small_disk(tmp_path: Path):
 
 def test_full_disk_is_a_lab_error_naming_the_file_and_keeps_earlier_artifacts(
         small_disk: Path):
-    from anomaly_utils.models import build_ae2
-    from anomaly_utils.training import save_inference_model
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.models.storage import save_inference_model
 
     write_json(small_disk / "metrics.json", {"auroc": 0.9})
     save_npz(small_disk / "scores.npz", scores=np.arange(100.0))

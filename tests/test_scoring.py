@@ -13,22 +13,33 @@ import tensorflow as tf
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from anomaly_utils import scoring
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.scoring import (
+from anomaly_utils.models.similarity import (
+    _blur_matrix,
+    _blur_matrix_tf,
+    _gaussian_kernel,
+    _matmul,
+    _split_tf32,
+    ssim_map,
+)
+from anomaly_utils.scoring.map_kinds import map_components
+from anomaly_utils.scoring.maps import (
     absolute_error_map,
     anomaly_map,
     gms_error_map,
     image_scores,
     lowpass_error_map,
-    map_components,
+    resize_maps,
+    squared_error_map,
+)
+from anomaly_utils.scoring.reconstruction import (
+    _window_starts,
+    inpaint_reconstruct,
     naive_sliding_window_reconstruct,
     reconstruct,
-    resize_maps,
     sliding_window_reconstruct,
-    squared_error_map,
-    ssim_map,
 )
+from anomaly_utils.training.masks import grid_cells, grid_mask_sets
 
 TOL = 1e-4
 
@@ -64,10 +75,10 @@ def structured_pair(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[n
 
 @pytest.mark.parametrize("n", [1, 3, 5, 6, 11, 37])
 def test_blur_matrix_is_scipy_reflect_gaussian(n):
-    taps = scoring._gaussian_kernel(1.5, 5)
+    taps = _gaussian_kernel(1.5, 5)
     expected = ndimage.correlate1d(np.eye(n), taps, axis=0, mode="reflect")
-    np.testing.assert_allclose(scoring._blur_matrix(n, 1.5, 5), expected, atol=1e-7)
-    dynamic = scoring._blur_matrix_tf(tf.constant(n), 1.5, 5).numpy()
+    np.testing.assert_allclose(_blur_matrix(n, 1.5, 5), expected, atol=1e-7)
+    dynamic = _blur_matrix_tf(tf.constant(n), 1.5, 5).numpy()
     np.testing.assert_allclose(dynamic, expected, atol=1e-7)
 
 
@@ -75,7 +86,7 @@ def test_gaussian_taps_match_scipy():
     impulse = np.zeros(21)
     impulse[10] = 1.0
     scipy_taps = ndimage.gaussian_filter1d(impulse, 1.5, truncate=3.5)[5:16]
-    np.testing.assert_allclose(scoring._gaussian_kernel(1.5, 5), scipy_taps, atol=1e-12)
+    np.testing.assert_allclose(_gaussian_kernel(1.5, 5), scipy_taps, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(3, 37, 50, 3), (2, 37, 50, 1), (2, 64, 64, 1),
@@ -213,12 +224,12 @@ def test_works_as_keras_loss():
 def test_tf32_split_is_exact_and_precise_matmul_agrees():
     rng = np.random.default_rng(11)
     t = tf.constant(rng.random((64, 64), dtype=np.float32))
-    hi, lo = scoring._split_tf32(t)
+    hi, lo = _split_tf32(t)
     assert (tf.bitcast(hi, tf.int32).numpy() & 8191 == 0).all()
     np.testing.assert_array_equal((hi + lo).numpy(), t.numpy())
-    m = tf.constant(scoring._blur_matrix(64, 1.5, 5))
-    np.testing.assert_allclose(scoring._matmul(m, t, precise=True).numpy(),
-                               scoring._matmul(m, t, precise=False).numpy(), atol=1e-6)
+    m = tf.constant(_blur_matrix(64, 1.5, 5))
+    np.testing.assert_allclose(_matmul(m, t, precise=True).numpy(),
+                               _matmul(m, t, precise=False).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [{"win_size": 10}, {"win_size": 1}, {"win_size": 11.0},
@@ -469,9 +480,9 @@ def test_sliding_window_identity_reassembles_input(size, patch, stride):
 
 
 def test_window_starts_cover_the_border():
-    assert scoring._window_starts(37, 16, 7) == [0, 7, 14, 21]
-    assert scoring._window_starts(32, 16, 8) == [0, 8, 16]
-    assert scoring._window_starts(16, 16, 1) == [0]
+    assert _window_starts(37, 16, 7) == [0, 7, 14, 21]
+    assert _window_starts(32, 16, 8) == [0, 8, 16]
+    assert _window_starts(16, 16, 1) == [0]
 
 
 def test_sliding_window_averages_overlaps():
@@ -526,7 +537,7 @@ def test_reconstruct_rejects_bad_input():
 @pytest.mark.parametrize(("height", "width", "cell", "sets"), [(16, 16, 4, 3), (13, 20, 3, 2),
                                                                (8, 8, 8, 4)])
 def test_grid_mask_sets_partition_the_image_into_whole_cells(height, width, cell, sets):
-    masks = scoring.grid_mask_sets(height, width, cell, sets, seed=1)
+    masks = grid_mask_sets(height, width, cell, sets, seed=1)
     assert masks.shape == (sets, height, width) and masks.dtype == np.float32
     np.testing.assert_array_equal(masks.sum(axis=0), 1.0)       # every pixel hidden once
     for mask in masks:                                          # constant inside each cell
@@ -534,18 +545,18 @@ def test_grid_mask_sets_partition_the_image_into_whole_cells(height, width, cell
             for left in range(0, width, cell):
                 block = mask[top:top + cell, left:left + cell]
                 assert block.min() == block.max()
-    np.testing.assert_array_equal(masks, scoring.grid_mask_sets(height, width, cell, sets, 1))
+    np.testing.assert_array_equal(masks, grid_mask_sets(height, width, cell, sets, 1))
 
 
 def test_grid_mask_sets_hide_about_one_share_each_and_depend_on_seed():
-    masks = scoring.grid_mask_sets(256, 256, 4, 3, seed=0)
+    masks = grid_mask_sets(256, 256, 4, 3, seed=0)
     np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1 / 3, atol=0.03)
-    assert not np.array_equal(masks, scoring.grid_mask_sets(256, 256, 4, 3, seed=1))
+    assert not np.array_equal(masks, grid_mask_sets(256, 256, 4, 3, seed=1))
 
 
 def test_grid_cells_scale_with_the_patch():
-    assert scoring.grid_cells(64) == (4, 8, 16)
-    assert scoring.grid_cells(128) == (8, 16, 32)
+    assert grid_cells(64) == (4, 8, 16)
+    assert grid_cells(128) == (8, 16, 32)
 
 
 def whole_image_identity(channels: int) -> keras.Model:
@@ -556,7 +567,7 @@ def test_inpaint_reconstruct_never_lets_a_pixel_see_itself():
     # A model that copies its input can only return the zeros it was given where a pixel
     # was hidden, so an inpainted reconstruction of the identity is all zeros.
     images = np.random.default_rng(3).random((2, 16, 16, 3), dtype=np.float32) + 0.1
-    out = scoring.inpaint_reconstruct(whole_image_identity(3), images, cell=4)
+    out = inpaint_reconstruct(whole_image_identity(3), images, cell=4)
     assert out.shape == images.shape and out.dtype == np.float32
     np.testing.assert_array_equal(out, 0.0)
 
@@ -567,9 +578,9 @@ def test_inpaint_reconstruct_keeps_each_pass_inside_its_mask():
     blur = keras.Sequential([keras.Input((None, None, 1)),
                              keras.layers.AveragePooling2D(3, 1, "same")])
     images = np.random.default_rng(4).random((1, 12, 12, 1), dtype=np.float32)
-    masks = scoring.grid_mask_sets(12, 12, 4, 3, seed=0)[..., None]
+    masks = grid_mask_sets(12, 12, 4, 3, seed=0)[..., None]
     expected = sum(np.asarray(blur(images * (1 - m)), np.float32) * m for m in masks)
-    out = scoring.inpaint_reconstruct(blur, images, cell=4, sets=3, seed=0)
+    out = inpaint_reconstruct(blur, images, cell=4, sets=3, seed=0)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
 
 
@@ -577,9 +588,9 @@ def test_inpaint_reconstruct_keeps_each_pass_inside_its_mask():
 def test_inpaint_reconstruct_rejects_bad_arguments(kwargs):
     args = {"cell": 4, "sets": 3, **kwargs}
     with pytest.raises(ParameterError):
-        scoring.inpaint_reconstruct(whole_image_identity(1), np.zeros((1, 8, 8, 1)), **args)
+        inpaint_reconstruct(whole_image_identity(1), np.zeros((1, 8, 8, 1)), **args)
 
 
 def test_inpaint_reconstruct_refuses_a_fixed_size_patch_model():
     with pytest.raises(ParameterError, match="fully convolutional"):
-        scoring.inpaint_reconstruct(identity_model(8, 1), np.zeros((1, 16, 16, 1)), cell=4)
+        inpaint_reconstruct(identity_model(8, 1), np.zeros((1, 16, 16, 1)), cell=4)

@@ -13,8 +13,8 @@ import pytest
 
 from anomaly_utils.artifacts import write_json
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.experiment import ScoreResult, save_scores
-from anomaly_utils.sweep import best_configuration, comparison_table
+from anomaly_utils.pipeline.sweep import best_configuration, comparison_table
+from anomaly_utils.scoring.stored import ScoreResult, save_scores
 
 
 def _validation(folder: Path, model: str, separation: float) -> None:

@@ -1,4 +1,4 @@
-"""Tests for the procedural carpet dataset (anomaly_utils.synthetic)."""
+"""Tests for the procedural carpet dataset (anomaly_utils.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from anomaly_utils import synthetic
+from anomaly_utils.data import synthetic
+from anomaly_utils.data.synthetic import DEFECT_TYPES, add_defect, generate_dataset, render_carpet
 from anomaly_utils.errors import LabError, ParameterError
-from anomaly_utils.synthetic import DEFECT_TYPES, add_defect, generate_dataset, render_carpet
 
 SMALL = {"size": 48, "n_train": 3, "n_test_good": 2, "n_per_defect": 2}
 

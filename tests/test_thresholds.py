@@ -1,4 +1,4 @@
-"""Tests for anomaly_utils.thresholds: every strategy against numpy or a brute-force reference,
+"""Tests for anomaly_utils.evaluation.thresholds: every strategy against numpy or a brute-force reference,
 the refusal of the F1-optimal strategy without labelled defects, segmentation and the
 dispatcher."""
 
@@ -9,8 +9,8 @@ import pytest
 from skimage.measure import label
 
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.metrics import f1_max
-from anomaly_utils.thresholds import (
+from anomaly_utils.evaluation.metrics import f1_max
+from anomaly_utils.evaluation.thresholds import (
     STRATEGIES,
     f1_optimal_threshold,
     max_threshold,
@@ -25,7 +25,7 @@ from anomaly_utils.thresholds import (
 REFUSAL = (
     "F1-optimal threshold needs a labelled validation set with defects.*choose "
     "percentile/mean_std/max/target_fpr, or pass labelled validation data "
-    r"\(e\.g\. anomaly_utils\.pseudo_anomalies\)"
+    r"\(e\.g\. anomaly_utils\.data\.pseudo_anomalies\)"
 )
 
 

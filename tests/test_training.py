@@ -17,17 +17,16 @@ import pytest
 import tensorflow as tf
 
 from anomaly_utils.errors import ArtifactError, DataError, LabError, ParameterError
-from anomaly_utils.models import build_ae1
-from anomaly_utils.training import (
-    AtomicBackupAndRestore,
-    fit_autoencoder,
+from anomaly_utils.models.ae1 import build_ae1
+from anomaly_utils.models.storage import load_model
+from anomaly_utils.training.callbacks import AtomicBackupAndRestore, read_history_csv
+from anomaly_utils.training.datasets import (
     image_dataset,
-    load_model,
     patch_dataset,
-    read_history_csv,
     set_dataset_epoch,
     val_patch_dataset,
 )
+from anomaly_utils.training.fit import fit_autoencoder
 
 WORKER = Path(__file__).with_name("train_worker.py")
 

@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from anomaly_utils.models import build_ae1, build_ae2  # noqa: E402
-from anomaly_utils.training import fit_autoencoder, patch_dataset, val_patch_dataset  # noqa: E402
+from anomaly_utils.models.ae1 import build_ae1
+from anomaly_utils.models.ae2 import build_ae2
+from anomaly_utils.training.datasets import patch_dataset, val_patch_dataset
+from anomaly_utils.training.fit import fit_autoencoder
 
 
 class _Delay(keras.callbacks.Callback):

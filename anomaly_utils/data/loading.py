@@ -1,0 +1,242 @@
+"""The data layer: any folder in the MVTec AD layout, as numpy arrays and tf.data pipelines.
+
+The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
+
+    DATA_DIR/train/good/*.png            defect-free training images
+    DATA_DIR/test/good/*.png             defect-free test images
+    DATA_DIR/test/<defect>/*.png         defective test images, one folder per defect type
+    DATA_DIR/ground_truth/<defect>/<stem>_mask.png   pixel masks (0/255, binarised at > 127)
+
+Steps:
+
+1. :func:`scan_dataset` walks the folders and pairs images with masks; problems are
+   reported up front with the path and the fix (nothing is silently dropped: files that
+   are not images are listed in ``DatasetIndex.ignored``).
+2. :func:`split_train_val` holds out a deterministic fraction of ``train/good`` as the
+   validation set for thresholds and early stopping; the test set is never used for it.
+3. :func:`load_dataset` decodes, converts and resizes everything to arrays.
+
+Example:
+    >>> ds = load_dataset("data/synthetic_carpet", image_size=64)   # doctest: +SKIP
+    >>> ds.train_images.shape, ds.test_masks.shape                    # doctest: +SKIP
+    ((216, 64, 64, 3), (105, 64, 64))
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomaly_utils.data.images import (
+    channels_for,
+    display_path,
+    image_size_of,
+    read_image,
+    read_mask,
+)
+from anomaly_utils.data.layout import (
+    DatasetIndex,
+    Sample,
+    fingerprint,
+    scan_dataset,
+    split_train_val,
+)
+from anomaly_utils.errors import DataError, ParameterError
+
+_LOAD_THREADS = max(2, min(8, os.cpu_count() or 2))
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize (H, W, C) uint8 to (size, size, C): area averaging down, bilinear up."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (size, size), interpolation=interpolation)
+    return resized.reshape(size, size, image.shape[2])
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a bool (H, W) mask to (size, size): area fraction >= 0.5 stays a defect."""
+    if mask.shape == (size, size):
+        return mask
+    fraction = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return fraction >= 0.5
+
+
+def load_images(paths: list[Path], image_size: int, color_mode: str = "rgb",
+                skip_unreadable: bool = False) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """Decode and resize image files.
+
+    Args:
+        paths: image files.
+        image_size: output side length in pixels (images are resized to a square).
+        color_mode: "rgb" or "grayscale".
+        skip_unreadable: if True, unreadable files are left out and reported in the third
+            return value instead of raising.
+
+    Returns:
+        ``(images, original_sizes, skipped)``: uint8 (N, S, S, C); int (N, 2) of the
+        original (height, width); list of ``(path, reason)`` for skipped files.
+    """
+    channels = channels_for(color_mode)
+    if not isinstance(image_size, int | np.integer) or image_size < 8:
+        raise ParameterError(f"image_size must be an integer >= 8, got {image_size!r}",
+                             fix="pass e.g. -p image_size 256")
+
+    def load_one(path: Path):
+        try:
+            image = read_image(path, color_mode)
+        except DataError as exc:
+            if skip_unreadable:
+                return None, str(exc)
+            raise
+        return image, None
+
+    with ThreadPoolExecutor(_LOAD_THREADS) as pool:
+        results = list(pool.map(load_one, paths))
+    images, sizes, skipped = [], [], []
+    for path, (image, reason) in zip(paths, results, strict=True):
+        if image is None:
+            skipped.append((path, reason))
+            continue
+        sizes.append(image.shape[:2])
+        images.append(resize_image(image, image_size))
+    stacked = (np.stack(images) if images
+               else np.zeros((0, image_size, image_size, channels), np.uint8))
+    return stacked, np.array(sizes, dtype=np.int64).reshape(-1, 2), skipped
+
+
+def load_masks(samples: list[Sample], mask_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of ``samples`` at ``mask_size``; good images get an empty mask.
+
+    Returns:
+        ``(masks, has_mask)``: bool (N, mask_size, mask_size) and bool (N,), where
+        ``has_mask`` is False for defect images without a ground-truth mask.
+
+    Raises:
+        DataError: a mask's size differs from its image's.
+    """
+
+    def load_one(sample: Sample) -> np.ndarray:
+        if sample.mask_path is None:
+            return np.zeros((mask_size, mask_size), bool)
+        mask = read_mask(sample.mask_path)
+        image_shape = image_size_of(sample.path)
+        if mask.shape != image_shape:
+            raise DataError(
+                f"mask '{display_path(sample.mask_path)}' is {mask.shape[1]}x{mask.shape[0]} but "
+                f"its image '{display_path(sample.path)}' is {image_shape[1]}x{image_shape[0]}",
+                fix="regenerate the mask at the image's size",
+            )
+        return resize_mask(mask, mask_size)
+
+    with ThreadPoolExecutor(_LOAD_THREADS) as pool:
+        masks = list(pool.map(load_one, samples))
+    has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples], bool)
+    stacked = np.stack(masks) if masks else np.zeros((0, mask_size, mask_size), bool)
+    return stacked, has_mask
+
+
+@dataclass
+class AnomalyDataset:
+    """A dataset loaded into memory, split into train / validation / test.
+
+    Images are uint8 (N, S, S, C) with S = ``image_size``; test masks are bool
+    (N, M, M) with M = ``mask_size``. ``test_labels`` is int (N,) with 1 = defective;
+    ``test_types`` is str (N,) with "good" for normals.
+    """
+
+    index: DatasetIndex
+    image_size: int
+    color_mode: str
+    mask_size: int
+    train_images: np.ndarray
+    val_images: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    test_types: np.ndarray
+    test_masks: np.ndarray
+    test_has_mask: np.ndarray
+    test_paths: list[Path]
+    test_original_sizes: np.ndarray
+    skipped: list[tuple] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.index)
+
+
+def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode: str = "rgb",
+                 val_fraction: float = 0.1, seed: int = 0, mask_size: int | None = None,
+                 allow_missing_masks: bool = False,
+                 skip_unreadable: bool = False) -> AnomalyDataset:
+    """Scan, split and load a dataset in the MVTec AD layout.
+
+    Args:
+        data_dir: the category folder.
+        image_size: side length of the loaded images, pixels.
+        color_mode: "rgb" or "grayscale".
+        val_fraction: fraction of ``train/good`` held out for validation (thresholds,
+            early stopping); the test set is never used for either.
+        seed: seeds the validation split.
+        mask_size: side length of the loaded masks (default: ``image_size``).
+        allow_missing_masks: keep defect images without a mask (image-level metrics only).
+        skip_unreadable: leave out unreadable images and list them in ``skipped`` instead
+            of raising.
+    """
+    index = scan_dataset(data_dir, allow_missing_masks)
+    mask_size = mask_size or image_size
+    train, val = split_train_val(index.train, val_fraction, seed)
+    train_images, _, skipped_train = load_images([s.path for s in train], image_size, color_mode,
+                                                 skip_unreadable)
+    val_images, _, skipped_val = load_images([s.path for s in val], image_size, color_mode,
+                                             skip_unreadable)
+    test_images, test_sizes, skipped_test = load_images([s.path for s in index.test], image_size,
+                                                        color_mode, skip_unreadable)
+    skipped_paths = {path for path, _ in skipped_test}
+    test = [s for s in index.test if s.path not in skipped_paths]
+    masks, has_mask = load_masks(test, mask_size)
+    if len(train_images) == 0:
+        raise DataError(f"no readable training images in '{display_path(index.root)}'",
+                        fix="check the files listed above")
+    return AnomalyDataset(
+        index=index, image_size=image_size, color_mode=color_mode, mask_size=mask_size,
+        train_images=train_images, val_images=val_images, test_images=test_images,
+        test_labels=np.array([s.label for s in test], np.int64),
+        test_types=np.array([s.defect_type for s in test], dtype=str),
+        test_masks=masks, test_has_mask=has_mask, test_paths=[s.path for s in test],
+        test_original_sizes=test_sizes,
+        skipped=skipped_train + skipped_val + skipped_test,
+    )
+
+
+def file_dataset(paths: list[Path], image_size: int, color_mode: str = "rgb",
+                 batch_size: int = 32, shuffle: bool = False, seed: int = 0):
+    """A tf.data pipeline that reads images from disk: (B, S, S, C) float32 in [0, 1].
+
+    Files are decoded with ``tf.io.decode_image`` in parallel and prefetched, so training
+    from disk runs at the speed of training from memory (see benchmarks/bench_pipeline.py).
+    Order is deterministic (shuffled with ``seed`` when ``shuffle``).
+    """
+    import tensorflow as tf
+
+    channels = channels_for(color_mode)
+    names = [os.fsdecode(p) for p in paths]
+
+    def decode(path):
+        raw = tf.io.read_file(path)
+        image = tf.io.decode_image(raw, channels=channels, expand_animations=False)
+        image = tf.image.resize(image, (image_size, image_size), method="area", antialias=True)
+        return tf.cast(image, tf.float32) / 255.0
+
+    ds = tf.data.Dataset.from_tensor_slices(names)
+    if shuffle:
+        ds = ds.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

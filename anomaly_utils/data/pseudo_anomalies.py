@@ -1,0 +1,473 @@
+"""Synthetic anomalies pasted into defect-free images, for a labelled validation set.
+
+When a dataset has no labelled defects (e.g. only good magnetic-tile photographs), model
+selection and threshold choice still need anomalous examples. This module makes them from the
+normal images themselves:
+
+1. :func:`cut_paste`: a patch of the image's own texture (rectangular or irregular, optionally
+   rotated and brightness-jittered) pasted elsewhere (CutPaste, Li et al., CVPR 2021);
+2. :func:`stain`: a smooth blob of changed intensity (gray) or colour (RGB) with soft edges;
+3. :func:`scratch`: a thin random curve of darker or brighter pixels;
+4. :func:`shading_band`: a wide straight band of changed brightness across the image, an
+   area defect (uneven grinding, a wash-out) that the small kinds above never produce; not
+   in the default mix (:data:`ALL_KINDS` has it);
+5. :func:`make_labelled_validation`: copies a stack of normal images, keeps some clean and adds
+   one random anomaly to each of the others.
+
+Every function accepts uint8 or float images shaped (H, W), (H, W, 1) or (H, W, 3), returns an
+image of the same shape and dtype plus a bool (H, W) mask, and changes no pixel outside the
+mask. Sizes are fractions of the image side; contrast is drawn from a range that includes faint
+anomalies. Float images in [0, 1] are kept in [0, 1]; other float images are kept within their
+own minimum and maximum.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> normals = rng.integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    >>> images, labels, masks, kinds = make_labelled_validation(normals, 0)
+    >>> images.shape, labels.tolist(), bool(masks[labels == 0].any())
+    ((4, 64, 64), [0, 0, 1, 1], False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from anomaly_utils.errors import ParameterError
+
+PSEUDO_ANOMALY_KINDS: tuple[str, ...] = ("cut_paste", "stain", "scratch")
+
+
+ALL_KINDS: tuple[str, ...] = (*PSEUDO_ANOMALY_KINDS, "shading")
+
+
+NORMAL_KIND = "good"
+
+
+def blob_mask(shape: tuple[int, int], rng: np.random.Generator, center: Sequence[float],
+              radius: float, aspect: float = 1.0,
+              irregularity: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """An irregular, rotated ellipse-like blob.
+
+    Args:
+        shape: (H, W) of the canvas in pixels.
+        rng: source of the rotation and the boundary wobble.
+        center: (x, y) in pixels.
+        radius: mean radius along the major axis in pixels.
+        aspect: minor/major axis ratio in (0, 1].
+        irregularity: amplitude of the boundary wobble (0 = ellipse, ~0.6 = lumpy).
+
+    Returns:
+        ``(mask, depth)``: bool (H, W) and float32 (H, W) in [0, 1], 0 at and outside the edge
+        rising to 1 at the centre.
+
+    Example:
+        >>> m, d = blob_mask((32, 32), np.random.default_rng(0), (16, 16), 8)
+        >>> bool(m[16, 16]), bool(m[0, 0])
+        (True, False)
+    """
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    dx, dy = x - np.float32(center[0]), y - np.float32(center[1])
+    ca, sa = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    px, py = dx * ca + dy * sa, (-dx * sa + dy * ca) / np.float32(aspect)
+    theta = np.arctan2(py, px)
+    r_edge = np.ones_like(theta)
+    for k in range(2, 7):
+        r_edge += irregularity / k**1.5 * rng.normal() * np.cos(k * theta + rng.uniform(0, 6.3))
+    r_edge = np.float32(radius) * np.clip(r_edge, 0.5, None)
+    depth = 1 - np.hypot(px, py) / r_edge
+    return depth > 0, np.clip(depth, 0, 1)
+
+
+def random_curve(rng: np.random.Generator, start: Sequence[float], length: float,
+                 steps: int = 60, bend: float = 0.1) -> np.ndarray:
+    """Points of a smooth random curve.
+
+    Args:
+        rng: source of the heading and the turns.
+        start: (x, y) of the first point in pixels.
+        length: arc length in pixels.
+        steps: number of points.
+        bend: standard deviation of the heading change per step, radians.
+
+    Returns:
+        float64 (steps, 2) array of (x, y) pixel coordinates (may leave the canvas).
+
+    Example:
+        >>> random_curve(np.random.default_rng(0), (5, 5), 20, steps=10).shape
+        (10, 2)
+    """
+    heading = rng.uniform(0, 2 * np.pi)
+    turn = np.convolve(np.cumsum(rng.normal(0, bend, steps)), np.ones(5) / 5, mode="same")
+    angles = heading + turn
+    offsets = np.cumsum(np.stack([np.cos(angles), np.sin(angles)], 1) * (length / steps), 0)
+    return np.asarray(start, np.float64) + np.vstack([[0.0, 0.0], offsets])[:-1]
+
+
+def distance_to_curve(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float32 (H, W): Euclidean distance in pixels from each pixel to the polyline ``points``."""
+    canvas = np.full(shape, 255, np.uint8)
+    cv2.polylines(canvas, [np.rint(points).astype(np.int32)], False, 0, 1, cv2.LINE_8)
+    return cv2.distanceTransform(canvas, cv2.DIST_L2, 5)
+
+
+def _as_work(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Validate ``image``; return float32 (H, W, C) plus the value range to stay within."""
+    if not isinstance(image, np.ndarray):
+        raise ParameterError(f"image must be a numpy array, got {type(image).__name__}",
+                             fix="pass an (H, W), (H, W, 1) or (H, W, 3) array")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise ParameterError(f"image must be shaped (H, W), (H, W, 1) or (H, W, 3), got "
+                             f"{image.shape}", fix="pass one image, not a batch")
+    if min(image.shape[:2]) < 8:
+        raise ParameterError(f"image must be at least 8x8 pixels, got {image.shape[:2]}",
+                             fix="use larger images")
+    if image.dtype == np.uint8:
+        lo, hi = 0.0, 255.0
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ParameterError("image contains NaN or inf values",
+                                 fix="clean or re-load the image")
+        lo, hi = float(image.min()), float(image.max())
+        if lo >= 0 and hi <= 1:
+            lo, hi = 0.0, 1.0
+        elif hi - lo < 1e-6:
+            hi = lo + 1.0
+    else:
+        raise ParameterError(f"image dtype must be uint8 or float, got {image.dtype}",
+                             fix="convert with image.astype(np.float32) / 255")
+    work = image.astype(np.float32)
+    return (work[..., None] if image.ndim == 2 else work), lo, hi
+
+
+def _finish(image: np.ndarray, new: np.ndarray, mask: np.ndarray, lo: float,
+            hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Copy ``new`` into ``image`` inside ``mask`` only, in ``image``'s dtype and shape."""
+    new = np.clip(new, lo, hi)
+    if image.dtype == np.uint8:
+        new = np.rint(new)
+    new = new.reshape(image.shape[:2] + (-1,)).astype(image.dtype)
+    out = image.copy()
+    out[mask] = new[mask] if image.ndim == 3 else new[mask][:, 0]
+    return out, mask
+
+
+def _range(name: str, value: Sequence[float], upper: float | None = None) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a (min, max) pair, got {value!r}",
+                             fix=f"pass e.g. {name}=(0.05, 0.2)") from None
+    if not (0 < a <= b) or (upper is not None and b > upper):
+        limit = f" and max <= {upper}" if upper is not None else ""
+        raise ParameterError(f"{name} must satisfy 0 < min <= max{limit}, got {value!r}",
+                             fix=f"pass e.g. {name}=(0.05, 0.2)")
+    return a, b
+
+
+def _signed_delta(rng: np.random.Generator, region: np.ndarray, lo: float, hi: float,
+                  strength: float) -> float:
+    """A change of ``strength`` * range, usually towards the side with more headroom."""
+    mean = float(region.mean()) if region.size else (lo + hi) / 2
+    toward_bright = (hi - mean) > (mean - lo)
+    if rng.random() < 0.2 and min(hi - mean, mean - lo) > 0.25 * (hi - lo):
+        toward_bright = not toward_bright
+    return (1.0 if toward_bright else -1.0) * strength * (hi - lo)
+
+
+def _ensure_nonempty(mask: np.ndarray, center: Sequence[float]) -> np.ndarray:
+    if not mask.any():
+        h, w = mask.shape
+        cx = int(np.clip(round(center[0]), 1, w - 2))
+        cy = int(np.clip(round(center[1]), 1, h - 2))
+        mask[cy - 1:cy + 2, cx - 1:cx + 2] = True
+    return mask
+
+
+def cut_paste(image: np.ndarray, rng: np.random.Generator,
+              area: tuple[float, float] = (0.01, 0.08), max_rotation: float = 45.0,
+              brightness: tuple[float, float] = (0.01, 0.12),
+              irregular_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a patch of the image's own texture at another location (CutPaste).
+
+    Args:
+        image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
+        rng: source of every random choice.
+        area: range of the patch area as a fraction of H * W.
+        max_rotation: the patch is rotated by up to this many degrees either way.
+        brightness: range of the brightness shift, fraction of the value range (random sign).
+        irregular_probability: chance that the patch is a blob instead of a rectangle.
+
+    Returns:
+        ``(image_with_anomaly, mask)``: same shape and dtype as ``image``; bool (H, W) mask,
+        non-empty; pixels outside the mask are unchanged.
+
+    Example:
+        >>> img = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
+        >>> out, mask = cut_paste(img, np.random.default_rng(0))
+        >>> out.dtype, bool((out[~mask] == img[~mask]).all())
+        (dtype('float32'), True)
+    """
+    work, lo, hi = _as_work(image)
+    a_lo, a_hi = _range("area", area, upper=0.5)
+    b_lo, b_hi = _range("brightness", brightness, upper=1.0)
+    h, w = work.shape[:2]
+    frac = rng.uniform(a_lo, a_hi)
+    aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
+    ph = int(np.clip(round(np.sqrt(frac * h * w * aspect)), 2, h // 2))
+    pw = int(np.clip(round(np.sqrt(frac * h * w / aspect)), 2, w // 2))
+    # Cut a square that still covers the patch after rotation, then crop its centre.
+    side = int(np.ceil(np.hypot(ph, pw))) + 2
+    if side >= min(h, w):
+        side = max(ph, pw)
+        angle = 0.0
+    else:
+        angle = rng.uniform(-max_rotation, max_rotation)
+    sy, sx = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    square = np.ascontiguousarray(work[sy:sy + side, sx:sx + side])
+    if angle:
+        rot = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), angle, 1.0)
+        square = cv2.warpAffine(square, rot, (side, side), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REFLECT)
+        square = square.reshape(side, side, -1)
+    oy, ox = (side - ph) // 2, (side - pw) // 2
+    patch = square[oy:oy + ph, ox:ox + pw]
+    patch = patch + rng.choice([-1.0, 1.0]) * rng.uniform(b_lo, b_hi) * (hi - lo)
+
+    if rng.random() < irregular_probability:
+        shape_mask, _ = blob_mask((ph, pw), rng, ((pw - 1) / 2, (ph - 1) / 2),
+                                  max(ph, pw) / 2, min(ph, pw) / max(ph, pw), 0.4)
+        shape_mask = _ensure_nonempty(shape_mask, ((pw - 1) / 2, (ph - 1) / 2))
+    else:
+        shape_mask = np.ones((ph, pw), bool)
+    # Paste away from the source so the patch shows displaced texture, not the same texture.
+    for _ in range(10):
+        dy, dx = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+        if abs(dy - (sy + oy)) > ph // 2 or abs(dx - (sx + ox)) > pw // 2:
+            break
+    new = work.copy()
+    mask = np.zeros((h, w), bool)
+    mask[dy:dy + ph, dx:dx + pw] = shape_mask
+    new[dy:dy + ph, dx:dx + pw] = patch
+    return _finish(image, new, mask, lo, hi)
+
+
+def stain(image: np.ndarray, rng: np.random.Generator,
+          radius: tuple[float, float] = (0.03, 0.15),
+          strength: tuple[float, float] = (0.06, 0.4)) -> tuple[np.ndarray, np.ndarray]:
+    """Add a smooth blob of changed intensity (gray) or colour (RGB) with soft edges.
+
+    The change fades from full strength in the middle to about 40 % at the blob's edge, so the
+    edge is soft yet every mask pixel is changed (barring clipping at the value range).
+
+    Args:
+        image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
+        rng: source of every random choice.
+        radius: range of the blob radius as a fraction of min(H, W).
+        strength: range of the peak change as a fraction of the value range.
+
+    Returns:
+        ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
+
+    Example:
+        >>> img = np.full((64, 64), 100, np.uint8)
+        >>> out, mask = stain(img, np.random.default_rng(0))
+        >>> bool((out[mask] != 100).all()), bool((out[~mask] == 100).all())
+        (True, True)
+    """
+    work, lo, hi = _as_work(image)
+    r_lo, r_hi = _range("radius", radius, upper=1.0)
+    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    h, w, channels = work.shape
+    r = max(1.5, rng.uniform(r_lo, r_hi) * min(h, w))
+    centre = (rng.uniform(0, w - 1), rng.uniform(0, h - 1))
+    mask, depth = blob_mask((h, w), rng, centre, r, rng.uniform(0.4, 1.0), rng.uniform(0, 0.6))
+    mask = _ensure_nonempty(mask, centre)
+    alpha = 0.4 + 0.6 * np.clip(depth * rng.uniform(1.5, 4.0), 0, 1)
+    delta = _signed_delta(rng, work[mask], lo, hi, rng.uniform(s_lo, s_hi))
+    if channels == 3:
+        # Mostly a brightness change, tinted towards a random colour.
+        hue = rng.normal(0, 1, 3)
+        direction = 0.6 + 0.4 * hue / np.abs(hue).max()
+        change = delta * direction.astype(np.float32)
+    else:
+        change = np.array([delta], np.float32)
+    new = work + alpha[..., None] * change
+    return _finish(image, new, mask, lo, hi)
+
+
+def scratch(image: np.ndarray, rng: np.random.Generator,
+            length: tuple[float, float] = (0.15, 0.7),
+            width: tuple[float, float] = (0.004, 0.015),
+            strength: tuple[float, float] = (0.08, 0.5)) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a thin random curve of darker or brighter pixels.
+
+    Args:
+        image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
+        rng: source of every random choice.
+        length: range of the curve length as a fraction of min(H, W).
+        width: range of the line width as a fraction of min(H, W) (at least 1 pixel).
+        strength: range of the change at the line's centre, fraction of the value range.
+
+    Returns:
+        ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
+
+    Example:
+        >>> img = np.zeros((64, 64, 3), np.float32)
+        >>> out, mask = scratch(img, np.random.default_rng(0))
+        >>> bool(mask.any()), bool((out[~mask] == 0).all())
+        (True, True)
+    """
+    work, lo, hi = _as_work(image)
+    l_lo, l_hi = _range("length", length, upper=3.0)
+    w_lo, w_hi = _range("width", width, upper=0.2)
+    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    h, w = work.shape[:2]
+    side = min(h, w)
+    start = (rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
+    points = random_curve(rng, start, rng.uniform(l_lo, l_hi) * side, 80, rng.uniform(0.02, 0.1))
+    half = max(0.5, rng.uniform(w_lo, w_hi) * side / 2)
+    dist = distance_to_curve(points, (h, w))
+    mask = _ensure_nonempty(dist <= half, start)
+    profile = 1 - 0.5 * np.clip(dist / (half + 0.5), 0, 1)
+    delta = _signed_delta(rng, work[mask], lo, hi, rng.uniform(s_lo, s_hi))
+    new = work + (profile * delta)[..., None]
+    return _finish(image, new, mask, lo, hi)
+
+
+def shading_band(image: np.ndarray, rng: np.random.Generator,
+                 width: tuple[float, float] = (0.1, 0.4),
+                 strength: tuple[float, float] = (0.05, 0.3)) -> tuple[np.ndarray, np.ndarray]:
+    """Brighten or darken a wide straight band across the image, at a random angle.
+
+    The change is full in the band's middle and falls to 40 % at its edges, so the edge is
+    soft yet every mask pixel is changed (barring clipping). Unlike the other kinds it
+    covers up to 40 % of the image, the way an uneven ground or washed-out area does.
+
+    Args:
+        image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
+        rng: source of every random choice.
+        width: range of the band width as a fraction of min(H, W).
+        strength: range of the change in the band's middle, fraction of the value range
+            (the same in every channel: a change of brightness, not of colour).
+
+    Returns:
+        ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
+
+    Example:
+        >>> img = np.full((64, 64), 0.5, np.float32)
+        >>> out, mask = shading_band(img, np.random.default_rng(0))
+        >>> bool((out[mask] != 0.5).all()), bool((out[~mask] == 0.5).all()), bool(mask.mean() > 0.05)
+        (True, True, True)
+    """
+    work, lo, hi = _as_work(image)
+    w_lo, w_hi = _range("width", width, upper=1.0)
+    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    h, w = work.shape[:2]
+    side = min(h, w)
+    angle = rng.uniform(0, np.pi)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    # signed distance of each pixel along the band's normal, from the image centre, in pixels
+    along = np.cos(angle) * (cols - (w - 1) / 2) + np.sin(angle) * (rows - (h - 1) / 2)
+    centre = rng.uniform(-0.3, 0.3) * side
+    half = max(1.0, rng.uniform(w_lo, w_hi) * side / 2)
+    offset = np.abs(along - centre)
+    mask = _ensure_nonempty(offset <= half, ((w - 1) / 2, (h - 1) / 2))
+    profile = 1.0 - 0.6 * np.clip(offset / half, 0, 1) ** 2
+    delta = _signed_delta(rng, work[mask], lo, hi, rng.uniform(s_lo, s_hi))
+    new = work + (profile * delta)[..., None]
+    return _finish(image, new, mask, lo, hi)
+
+
+_KIND_FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch,
+                   "shading": shading_band}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _KIND_FUNCTIONS:
+        raise ParameterError(f"kind '{kind}' is unknown",
+                             fix=f"use one of {', '.join(ALL_KINDS)}")
+
+
+def add_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator,
+                       kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Add one pseudo-anomaly of ``kind`` (or of a kind drawn uniformly at random).
+
+    Args:
+        image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
+        rng: source of every random choice.
+        kind: one of :data:`ALL_KINDS`, or None for a random one of
+            :data:`PSEUDO_ANOMALY_KINDS`.
+
+    Returns:
+        ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
+
+    Example:
+        >>> img = np.full((32, 32), 0.5, np.float32)
+        >>> out, mask = add_pseudo_anomaly(img, np.random.default_rng(0), "stain")
+        >>> out.shape, mask.shape
+        ((32, 32), (32, 32))
+    """
+    if kind is None:
+        kind = PSEUDO_ANOMALY_KINDS[rng.integers(len(PSEUDO_ANOMALY_KINDS))]
+    _check_kind(kind)
+    return _KIND_FUNCTIONS[kind](image, rng)
+
+
+def make_labelled_validation(
+    normals: np.ndarray, rng_or_seed: np.random.Generator | int,
+    fraction_anomalous: float = 0.5, kinds: Sequence[str] = PSEUDO_ANOMALY_KINDS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Turn defect-free images into a labelled validation set with pseudo-anomalies.
+
+    ``round(fraction_anomalous * N)`` randomly chosen images get one anomaly each (kind drawn
+    uniformly from ``kinds``); the others stay exact copies. ``normals`` is not modified.
+
+    Args:
+        normals: (N, H, W) or (N, H, W, C) uint8 or float stack of defect-free images, N >= 1.
+        rng_or_seed: a Generator or an integer seed (same seed, same result).
+        fraction_anomalous: in [0, 1].
+        kinds: the kinds to draw from, a non-empty subset of :data:`ALL_KINDS`.
+
+    Returns:
+        ``(images, labels, masks, kinds)``: images like ``normals``; labels int64 (N,), 1 for
+        anomalous; masks bool (N, H, W), empty exactly where the label is 0; kinds a list of N
+        names, ``"good"`` for the clean images.
+
+    Example:
+        >>> normals = np.zeros((3, 32, 32, 1), np.float32)
+        >>> _, labels, masks, kinds = make_labelled_validation(normals, 1, 1.0, ["scratch"])
+        >>> labels.tolist(), kinds
+        ([1, 1, 1], ['scratch', 'scratch', 'scratch'])
+    """
+    normals = np.asarray(normals)
+    if normals.ndim not in (3, 4) or normals.shape[0] < 1:
+        raise ParameterError(f"normals must be shaped (N, H, W) or (N, H, W, C) with N >= 1, "
+                             f"got {normals.shape}", fix="stack the images along axis 0")
+    if isinstance(fraction_anomalous, bool) or not 0 <= float(fraction_anomalous) <= 1:
+        raise ParameterError(f"fraction_anomalous must be in [0, 1], got {fraction_anomalous!r}",
+                             fix="pass e.g. fraction_anomalous=0.5")
+    kinds = tuple(kinds)
+    if not kinds:
+        raise ParameterError("kinds is empty", fix=f"pick from {ALL_KINDS}")
+    for kind in kinds:
+        _check_kind(kind)
+    rng = np.random.default_rng(rng_or_seed)
+    n = normals.shape[0]
+    n_anomalous = int(round(float(fraction_anomalous) * n))
+    chosen = np.sort(rng.choice(n, size=n_anomalous, replace=False))
+
+    images = normals.copy()
+    labels = np.zeros(n, np.int64)
+    masks = np.zeros(normals.shape[:3], bool)
+    names = [NORMAL_KIND] * n
+    for i in chosen:
+        kind = kinds[rng.integers(len(kinds))]
+        images[i], masks[i] = _KIND_FUNCTIONS[kind](normals[i], rng)
+        labels[i] = 1
+        names[i] = kind
+    return images, labels, masks, names

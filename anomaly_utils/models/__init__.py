@@ -1,0 +1,9 @@
+"""Stage 2, models: the autoencoders and their losses (TensorFlow/Keras).
+
+- ``building``: argument checks and seeded initialisers every builder shares.
+- ``ae1``: AE-1, the baseline (dense latent) and its VAE.
+- ``ae2``: AE-2, the patch autoencoder and the inpainting U-Net.
+- ``similarity``: SSIM and GMS constants, shared by the losses and the anomaly maps.
+- ``losses``: the training losses.
+- ``storage``: saving and safe loading of ``model.keras``.
+"""

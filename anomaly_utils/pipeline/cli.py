@@ -1,0 +1,219 @@
+"""Command line: ``python -m anomaly_utils COMMAND ...``.
+
+Commands: ``make-synthetic``, ``check-data``, ``run``, ``score``, ``sweep``, ``download``,
+``refresh-notebooks``, ``figures``. A problem the user can fix prints one readable
+message and exits with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from anomaly_utils.data.download import download_mvtec
+from anomaly_utils.data.layout import dataset_summary
+from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.synthetic import generate_dataset
+from anomaly_utils.errors import LabError, ParameterError
+from anomaly_utils.pipeline.parameters import NOTEBOOK_DIR
+from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
+from anomaly_utils.pipeline.sweep import run_sweep
+from anomaly_utils.visualization.readme_figures import refresh_readme_figures
+
+
+def _parameter_pairs(pairs: list[list[str]] | None) -> dict[str, str]:
+    return {name: value for name, value in (pairs or [])}
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+
+    out = generate_dataset(args.out, seed=args.seed, size=args.size, n_train=args.n_train,
+                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect,
+                           overwrite=args.overwrite)
+    print(f"synthetic carpet written to {out}")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    import json
+
+
+    ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
+                      val_fraction=0.0, allow_missing_masks=args.allow_missing_masks,
+                      skip_unreadable=args.skip_unreadable)
+    summary = dataset_summary(ds.index)
+    summary["skipped"] = [f"{path}: {reason}" for path, reason in ds.skipped]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _preset_overrides(name: str | None) -> dict[str, str]:
+    if not name:
+        return {}
+    import yaml
+
+    path = NOTEBOOK_DIR / "params" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ParameterError(f"preset '{name}' does not exist ({path})",
+                             fix=f"use one of {available}")
+    return {str(k): v for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+
+    overrides: dict = _preset_overrides(args.preset)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.epochs is not None:
+        overrides["epochs"] = str(args.epochs)
+    overrides.update(_parameter_pairs(args.param))
+    if args.resume:
+        if overrides:
+            raise ParameterError("a resumed run keeps the parameters in its params.json",
+                                 fix="drop the -p/--epochs/--data-dir/--preset options")
+        run_dir = run_pipeline({}, run_id=args.resume, runs_dir=args.runs_dir, resume=True,
+                               until=args.until, progress=not args.quiet)
+    else:
+        run_dir = run_pipeline(overrides, run_id=args.run_id, runs_dir=args.runs_dir,
+                               until=args.until, progress=not args.quiet)
+    print()
+    print(summary(run_dir))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+
+    grid = {name: values for name, *values in args.param}
+    fixed = _preset_overrides(args.preset)
+    if args.data_dir:
+        fixed["data_dir"] = args.data_dir
+    fixed.update(_parameter_pairs(args.fixed))
+    sweep_dir = run_sweep(grid, fixed, sweep_id=args.sweep_id, runs_dir=args.runs_dir,
+                          jobs=args.jobs)
+    print(f"sweep written to {sweep_dir} (comparison.csv, comparison.ipynb)")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from anomaly_utils.pipeline.score_images import score_paths  # loads TensorFlow
+
+    score_paths(Path(args.run), args.model, [Path(p) for p in args.paths],
+                out_dir=Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+
+    folders = download_mvtec(args.category, Path(args.dest), base_url=args.base_url,
+                             progress=not args.quiet)
+    for folder in folders:
+        print(f"ready: {folder}")
+    return 0
+
+
+def cmd_refresh_notebooks(args: argparse.Namespace) -> int:
+
+    refresh_notebooks()
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+
+    for path in refresh_readme_figures(Path(args.dest), run_dir=args.run):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m anomaly_utils", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-synthetic", help="write the procedural synthetic carpet dataset")
+    p.add_argument("out", help="output folder (MVTec AD layout)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image side length in pixels")
+    p.add_argument("--n-train", type=int, default=240)
+    p.add_argument("--n-test-good", type=int, default=30)
+    p.add_argument("--n-per-defect", type=int, default=15)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("check-data", help="load every file of a dataset and print its summary")
+    p.add_argument("data_dir")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--color-mode", default="rgb")
+    p.add_argument("--allow-missing-masks", action="store_true")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave unreadable images out and list them instead of stopping")
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("run", help="run notebooks 01-05 with papermill into runs/<id>/")
+    p.add_argument("--data-dir")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a notebook parameter (NAME, or ae1.NAME / ae2.NAME for one model)")
+    p.add_argument("--preset", help="a parameter set from notebooks/params/NAME.yaml")
+    p.add_argument("--run-id")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    p.add_argument("--until", metavar="NOTEBOOK", help="stop after this notebook (e.g. 03)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run every combination of parameter values")
+    p.add_argument("-p", "--param", nargs="+", action="append", required=True,
+                   metavar="NAME VALUE", help="a swept parameter and its values")
+    p.add_argument("--set", dest="fixed", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a parameter fixed for every configuration")
+    p.add_argument("--data-dir")
+    p.add_argument("--preset")
+    p.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
+    p.add_argument("--sweep-id")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("score", help="score new images with a trained run")
+    p.add_argument("--run", required=True, help="a finished run directory")
+    p.add_argument("--model", choices=("ae1", "ae2"), default="ae2")
+    p.add_argument("--out", help="write a heatmap overlay per image here")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("download", help="download MVTec AD categories (verified)")
+    p.add_argument("--category", required=True, help="a category name or 'all'")
+    p.add_argument("--dest", default="data")
+    p.add_argument("--base-url", help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("refresh-notebooks", help="re-execute the notebooks in place (nbval)")
+    p.set_defaults(func=cmd_refresh_notebooks)
+
+    p = sub.add_parser("figures", help="refresh the README figures in Images/")
+    p.add_argument("--dest", default="Images")
+    p.add_argument("--run", help="run directory (default: the latest under runs/)")
+    p.set_defaults(func=cmd_figures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

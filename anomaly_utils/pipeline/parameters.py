@@ -1,0 +1,272 @@
+"""The notebooks' parameters: what each notebook declares in its ``parameters`` cell (name,
+default, type), the allowed range of each value, and how command-line overrides are
+resolved and converted for a run.
+
+``NAME`` applies to every notebook that declares it; ``ae1.NAME`` / ``ae2.NAME`` (or
+``02.NAME``) to one notebook only. An unknown name is an error that lists the notebooks and
+what they accept; values are converted to the type of the notebook's default and checked
+against :data:`RULES` before anything runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anomaly_utils.data.images import COLOR_MODES
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.scoring.map_kinds import map_components
+from anomaly_utils.training.masks import CORRUPT_MODES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+NOTEBOOKS = (
+    "01_data_exploration",
+    "02_train_ae1",
+    "03_train_ae2",
+    "04_threshold_selection",
+    "05_results_gallery",
+)
+
+
+SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": NOTEBOOKS[1],
+          "03": NOTEBOOKS[2], "ae2": NOTEBOOKS[2], "04": NOTEBOOKS[3], "05": NOTEBOOKS[4]}
+
+
+PATH_PARAMETERS = ("data_dir", "run_dir")
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A parameter as declared in a notebook's ``parameters`` cell."""
+
+    name: str
+    default: Any
+    help: str
+
+
+def declared_parameters(notebook: str | Path) -> dict[str, Declared]:
+    """Parameters declared by a notebook's cell tagged ``parameters``, with their defaults."""
+    import papermill
+
+    path = Path(notebook)
+    if not path.suffix:
+        path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    declared = {}
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        try:
+            default = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            default = info["default"]
+        declared[name] = Declared(name, default, info.get("help", ""))
+    return declared
+
+
+def coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a command-line string ``value`` to the type of the notebook's ``default``."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if value.lower() in ("none", "null"):
+        return None
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    if isinstance(default, bool):
+        if isinstance(parsed, bool):
+            return parsed
+        if value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif isinstance(default, int):
+        if isinstance(parsed, int) and not isinstance(parsed, bool):
+            return parsed
+    elif isinstance(default, float):
+        if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+            return float(parsed)
+    elif default is None or isinstance(default, list | tuple | dict):
+        return parsed
+    raise ParameterError(
+        f"parameter '{name}' expects a {type(default).__name__} (default {default!r}), "
+        f"got {value!r}", fix=f"pass e.g. -p {name} {default!r}")
+
+
+def _notebook_default(name: str, default: Any) -> Any:
+    """A declared default as the run uses it: relative paths are taken from ``notebooks/``.
+
+    The parameters cells are written for a kernel whose working directory is ``notebooks/``
+    (``"../data/synthetic_carpet"``), while paths given on the command line are taken from
+    the caller's working directory; both are made absolute so that the pre-flight checks and
+    the notebooks see the same folder wherever the command was typed.
+    """
+    if name in PATH_PARAMETERS and isinstance(default, str) and default:
+        return str((NOTEBOOK_DIR / Path(default).expanduser()).resolve())
+    return default
+
+
+def resolve_parameters(overrides: dict[str, Any],
+                       notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+    """Each notebook's effective parameters: its declared defaults, then ``overrides``.
+
+    Raises:
+        ParameterError: a name no notebook declares, an unknown scope, or a wrong type.
+    """
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    effective = {nb: {name: _notebook_default(name, d.default) for name, d in params.items()}
+                 for nb, params in declared.items()}
+    for key, value in overrides.items():
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in SCOPES:
+            raise ParameterError(f"unknown scope '{scope}' in parameter '{key}'",
+                                 fix=f"use one of {sorted(SCOPES)} (e.g. ae2.epochs)")
+        targets = [SCOPES[scope]] if scope else list(notebooks)
+        hits = [nb for nb in targets if nb in declared and name in declared[nb]]
+        if not hits:
+            accepted = "; ".join(f"{nb}: {', '.join(declared[nb])}" for nb in targets
+                                 if nb in declared)
+            where = f"notebook {targets[0]}" if scope else "any notebook"
+            raise ParameterError(f"parameter '{key}' is not declared by {where} ({accepted})",
+                                 fix="check the spelling against the parameters cells")
+        for nb in hits:
+            value_here = value
+            if name in PATH_PARAMETERS and isinstance(value, str) and value:
+                value_here = str(Path(value).expanduser().resolve())
+            effective[nb][name] = coerce(key, value_here, declared[nb][name].default)
+    return effective
+
+
+Rule = Callable[[Any], str | None]
+
+
+# How AE-2's training inputs are corrupted (training.patch_dataset), here so that the
+# parameter check needs no TensorFlow.
+
+
+def _positive_int(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        return "must be a positive integer"
+    return None
+
+
+def _non_negative_int(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return "must be an integer >= 0"
+    return None
+
+
+def _non_negative(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return "must be a number >= 0"
+    return None
+
+
+def _positive(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        return "must be a number > 0"
+    return None
+
+
+def _fraction(value: Any) -> str | None:
+    if not isinstance(value, int | float) or not 0 < value < 1:
+        return "must be strictly between 0 and 1"
+    return None
+
+
+def _percent(value: Any) -> str | None:
+    if not isinstance(value, int | float) or not 0 < value <= 100:
+        return "must be in (0, 100]"
+    return None
+
+
+def _unit_interval(value: Any) -> str | None:
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        return "must be in [0, 1]"
+    return None
+
+
+def _multiple_of(n: int) -> Rule:
+    def rule(value: Any) -> str | None:
+        if _positive_int(value) or value % n:
+            return f"must be a positive multiple of {n} (the model's total stride)"
+        return None
+    return rule
+
+
+def _map_kind(value: Any) -> str | None:
+
+    try:
+        map_components(value)
+    except ParameterError as error:
+        return f"is not a valid map kind ({error.message}; {error.fix})"
+    return None
+
+
+def _one_of(*choices: str) -> Rule:
+    def rule(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {choices}"
+    return rule
+
+
+COMMON: dict[str, Rule] = {
+    "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
+    "val_fraction": _fraction, "eval_size": _multiple_of(8), "seed": _non_negative,
+    "color_mode": _one_of(*COLOR_MODES), "early_stopping_patience": _non_negative,
+    "latent_dim": _positive_int, "map_kind": _map_kind,
+}
+
+
+RULES: dict[str, dict[str, Rule]] = {
+    "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
+                            "color_mode": COMMON["color_mode"], "seed": _non_negative},
+    "02_train_ae1": {**COMMON, "image_size": _multiple_of(8), "variant": _one_of("ae", "vae"),
+                     "vae_samples": _non_negative},
+    "03_train_ae2": {**COMMON, "image_size": _multiple_of(16), "patch_size": _multiple_of(16),
+                     "patches_per_epoch": _positive_int, "stride": _positive_int,
+                     "ssim_weight": _non_negative, "l1_weight": _non_negative,
+                     "gms_weight": _non_negative,
+                     "smooth_sigma": _non_negative, "topk_percent": _percent,
+                     "score_method": _one_of("max", "mean", "topk"),
+                     "bottleneck": _one_of("global", "spatial", "unet"),
+                     "corrupt": _unit_interval,
+                     "corrupt_mode": _one_of("auto", *CORRUPT_MODES),
+                     "ensemble_size": _positive_int, "pad": _non_negative_int},
+    "04_threshold_selection": {
+        "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
+        "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
+        "pixel_percentile": _percent, "min_defect_area": _non_negative,
+        "n_bootstrap": _positive_int},
+    "05_results_gallery": {"per_defect": _positive_int, "rows_per_figure": _positive_int},
+}
+
+
+def validate(notebook: str, params: dict[str, Any]) -> None:
+    """Check ``params`` of ``notebook`` against its rules.
+
+    Raises:
+        ParameterError: naming the parameter, the notebook, the value and the valid range.
+    """
+    for name, rule in RULES.get(notebook, {}).items():
+        if name in params and (problem := rule(params[name])):
+            raise ParameterError(f"parameter '{name}' of {notebook} {problem}, got "
+                                 f"{params[name]!r}", fix=f"pass a valid value with -p {name} ...")
+    sizes = {"patch_size", "image_size"} <= params.keys()
+    if notebook == "03_train_ae2" and sizes and params["patch_size"] > params["image_size"]:
+        raise ParameterError(
+            f"parameter 'patch_size' ({params['patch_size']}) of {notebook} is larger "
+            f"than image_size ({params['image_size']})",
+            fix="use a patch_size <= image_size")
+    if notebook == "03_train_ae2" and params.get("pad", 0) >= params.get("image_size", 1 << 30):
+        raise ParameterError(
+            f"parameter 'pad' ({params['pad']}) of {notebook} must be smaller than image_size "
+            f"({params['image_size']})", fix="use a pad of a few patches' strides, e.g. 16")
+    if notebook == "03_train_ae2" and params.get("pad") and params.get("bottleneck") == "unet":
+        raise ParameterError(
+            f"parameter 'pad' ({params['pad']}) of {notebook} needs sliding-window scoring, "
+            "but the unet bottleneck is scored by inpainting whole images",
+            fix="use -p pad 0 with -p bottleneck unet")

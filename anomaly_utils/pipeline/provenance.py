@@ -1,0 +1,161 @@
+"""What a run records about where it ran (``env.json``: packages, git commit, data
+fingerprint, hardware), and the check a resumed run makes against it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from anomaly_utils.artifacts import read_json, write_json
+from anomaly_utils.data.layout import fingerprint, scan_dataset
+from anomaly_utils.errors import LabError
+from anomaly_utils.pipeline.parameters import REPO_ROOT
+
+
+@functools.lru_cache(maxsize=1)
+def visible_gpus() -> list[str] | None:
+    """Names of the GPUs TensorFlow sees, or None if that could not be found out.
+
+    Asked in a child process, so the pipeline's own process never loads TensorFlow (about
+    0.5 GB that would otherwise sit idle while the notebooks' kernels do the work); asked
+    once per process, since a sweep creates one run per configuration. Without an NVIDIA
+    driver on the machine TensorFlow can see no GPU, so that child (several seconds of
+    importing TensorFlow) is skipped.
+    """
+    if not Path("/proc/driver/nvidia/version").exists() and shutil.which("nvidia-smi") is None:
+        return []
+    code = ("import json, tensorflow as tf; "
+            "print(json.dumps([d.name for d in tf.config.list_physical_devices('GPU')]))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+
+
+def software_info() -> dict:
+    """Python version, package versions, git commit and dirty flag of this process."""
+    from importlib import metadata
+
+    packages = {}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "scikit-learn", "scikit-image",
+                 "opencv-python-headless", "papermill", "nbval", "matplotlib", "seaborn"):
+        try:
+            packages[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"python": sys.version.split()[0], "packages": packages,
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status)}
+
+
+def kernel_config():
+    """traitlets configuration for the kernels that execute notebooks.
+
+    The kernel's sockets are encrypted with CurveZMQ where the kernel supports it ("auto":
+    ipykernel >= 7.3 declares it), which also stops ipykernel from warning on every
+    notebook that it runs over TCP without encryption. Without CurveZMQ in pyzmq the
+    configuration is empty and kernels start as before.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    if not zmq.has("curve"):
+        return Config()
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
+
+
+def environment_info(data_fingerprint: str | None) -> dict:
+    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU."""
+    software = software_info()
+    return {
+        "python": software["python"],
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": visible_gpus(),
+        "packages": software["packages"],
+        "git_commit": software["git_commit"],
+        "git_dirty": software["git_dirty"],
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+def data_fingerprint(effective: dict[str, dict[str, Any]]) -> str | None:
+    """The fingerprint of the dataset the notebooks' ``data_dir`` names (None: no data_dir)."""
+    data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
+    if not data_dir:
+        return None
+
+    return fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+
+
+def check_resumed_environment(run_dir: Path, log=print) -> dict[str, Any]:
+    """Compare the software and data a resumed run will use with its ``env.json``.
+
+    A run resumed with other package versions, another commit or changed data mixes
+    results from two set-ups. That is allowed (a crash should not cost the finished
+    notebooks), but never silent: each difference is logged as a warning and appended to
+    ``env.json`` under ``"resumes"``, so the run's record says which numbers came from what.
+    (Score files carry the data fingerprint, so notebook 04 still refuses scores made from
+    other data.)
+
+    Returns:
+        ``{key: {"then": ..., "now": ...}}`` for each differing key among python,
+        git_commit, git_dirty and data_fingerprint, and ``{"packages": {name: {"then",
+        "now"}}}`` for differing package versions; empty when nothing changed.
+    """
+    path = run_dir / "env.json"
+    if not path.is_file():
+        log(f"warning: run '{run_dir.name}' has no env.json, so its environment cannot be "
+            "compared with this one")
+        return {}
+    saved = read_json(path)
+    effective = read_json(run_dir / "params.json")["notebooks"]
+    try:
+        fingerprint = data_fingerprint(effective)
+    except LabError as exc:  # the notebook that reads the data will stop with this error
+        log(f"warning: the dataset could not be fingerprinted: {exc}")
+        fingerprint = None
+    now = {**software_info(), "data_fingerprint": fingerprint}
+    differences: dict[str, Any] = {}
+    for key in ("python", "git_commit", "git_dirty", "data_fingerprint"):
+        if saved.get(key) != now[key]:
+            differences[key] = {"then": saved.get(key), "now": now[key]}
+    then_packages = saved.get("packages") or {}
+    packages = {name: {"then": then_packages.get(name), "now": now["packages"].get(name)}
+                for name in sorted(set(then_packages) | set(now["packages"]))
+                if then_packages.get(name) != now["packages"].get(name)}
+    if packages:
+        differences["packages"] = packages
+    if differences:
+        changes = [f"{name} {v['then']} -> {v['now']}" for name, v in packages.items()]
+        changes += [f"{key} {v['then']} -> {v['now']}" for key, v in differences.items()
+                    if key != "packages"]
+        log(f"warning: run '{run_dir.name}' was started with another environment; the "
+            f"notebooks it finished then keep their results: {'; '.join(changes)} "
+            f"(recorded in {path})")
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        saved.setdefault("resumes", []).append({"at": stamp, "differences": differences})
+        write_json(path, saved)
+    return differences

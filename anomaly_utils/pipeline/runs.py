@@ -1,0 +1,276 @@
+"""Headless runs of the notebook chain with papermill.
+
+A run executes ``notebooks/01_*.ipynb`` to ``05_*.ipynb`` in order into ``runs/<run-id>/``:
+
+1. Parameters are checked against what the notebooks declare in their ``parameters`` cell
+   (an unknown name is an error that lists the notebooks and what they accept; values are
+   converted to the type of the notebook's default). ``NAME`` applies to every notebook that
+   declares it; ``ae1.NAME`` / ``ae2.NAME`` (or ``02.NAME``) to one notebook only.
+2. ``params.json`` (every effective parameter) and ``env.json`` (versions, git commit, data
+   fingerprint, hardware) are written before anything runs.
+3. Each notebook runs with papermill; ``status.json`` records which ones completed, so
+   ``--resume`` continues from the first that did not (training itself resumes from its
+   last finished epoch). A failing cell stops the run with the notebook and cell named, and
+   the partially executed notebook stays in the run directory. A resumed run first
+   compares its packages, commit and data with ``env.json``; a difference is a warning,
+   and it is recorded in ``env.json`` under ``"resumes"``.
+
+Example:
+    >>> run_pipeline({"data_dir": "data/synthetic_carpet", "epochs": 2})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from anomaly_utils.artifacts import read_json, write_json, write_text
+from anomaly_utils.errors import LabError, ParameterError
+from anomaly_utils.pipeline.parameters import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    SCOPES,
+    resolve_parameters,
+    validate,
+)
+from anomaly_utils.pipeline.provenance import (
+    check_resumed_environment,
+    data_fingerprint,
+    environment_info,
+    kernel_config,
+)
+
+
+class RunExistsError(LabError):
+    """The run directory is taken: a run never overwrites another."""
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A fresh, sortable run id: ``YYYYmmdd-HHMMSS`` (UTC) plus an optional prefix."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}{stamp}"
+
+
+def _status_path(run_dir: Path) -> Path:
+    return run_dir / "status.json"
+
+
+def read_status(run_dir: Path) -> dict:
+    path = _status_path(run_dir)
+    return read_json(path) if path.exists() else {}
+
+
+def mark_status(run_dir: Path, notebook: str, state: str, seconds: float | None = None) -> None:
+    status = read_status(run_dir)
+    status[notebook] = {"state": state, "seconds": seconds}
+    write_json(_status_path(run_dir), status)
+
+
+def _failure_message(notebook: str, exc: Exception) -> str:
+    cell = getattr(exc, "exec_count", None)
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    where = f"cell [{cell}]" if cell is not None else "a cell"
+    return f"notebook {notebook} failed in {where}: {ename}: {evalue}"
+
+
+def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: bool = True,
+                     kernel_name: str | None = None) -> float:
+    """Run one notebook with papermill into ``run_dir/<notebook>.ipynb``; return seconds.
+
+    Raises:
+        LabError: a cell failed; the message names the notebook and the cell, and the
+            partially executed notebook stays at ``run_dir/<notebook>.ipynb``.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    start = time.perf_counter()
+    # Absolute: papermill changes the working directory to notebooks/ while it executes, and
+    # a sweep runs several notebooks at once in threads of this one process.
+    output = run_dir.resolve() / f"{notebook}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
+            cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
+            request_save_on_cell_execute=True, config=kernel_config(),
+        )
+    except PapermillExecutionError as exc:
+        raise LabError(_failure_message(notebook, exc),
+                       fix=f"read the traceback in '{output}', fix the cause, then rerun with "
+                           f"--resume {run_dir.name}") from exc
+    return time.perf_counter() - start
+
+
+def create_run(overrides: dict[str, Any], run_dir: Path,
+               notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+    """Check parameters and data, then create ``run_dir`` with params.json and env.json.
+
+    Everything that can be checked is checked before the folder exists, so a typo never
+    leaves an empty run behind. Returns each notebook's effective parameters.
+    """
+    if run_dir.exists():
+        raise RunExistsError(f"run directory '{run_dir}' already exists; a run never overwrites "
+                       "another", fix=f"choose another --run-id or continue it with "
+                                      f"--resume {run_dir.name}")
+    overrides = {**overrides, "run_dir": str(run_dir.resolve())}
+    effective = resolve_parameters(overrides, notebooks)
+    for notebook, params in effective.items():
+        validate(notebook, params)
+    fingerprint = data_fingerprint(effective)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:  # another run took the name since the check above
+        raise RunExistsError(f"run directory '{run_dir}' already exists; a run never overwrites "
+                       "another", fix="choose another --run-id") from None
+    write_json(run_dir / "params.json", {"run_id": run_dir.name, "overrides": overrides,
+                                         "notebooks": effective})
+    write_json(run_dir / "env.json", environment_info(fingerprint))
+    return effective
+
+
+def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path,
+                            attempts: int = 100) -> Path:
+    """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
+    another run started in the same second took the name."""
+    stamp = new_run_id()
+    for attempt in range(1, attempts + 1):
+        run_dir = runs_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        if run_dir.exists():
+            continue
+        try:
+            create_run(overrides, run_dir)
+        except RunExistsError:
+            continue  # another run started in the same second
+        return run_dir
+    raise LabError(f"no free run id under '{runs_dir}' for {stamp}", fix="pass --run-id")
+
+
+def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
+                  progress: bool = True, log=print) -> None:
+    """Execute the notebooks of an existing run that have not completed yet, in order."""
+    effective = read_json(run_dir / "params.json")["notebooks"]
+    for params in effective.values():
+        if "run_dir" in params:  # the folder may have been moved or copied since it was made
+            params["run_dir"] = str(run_dir.resolve())
+    status = read_status(run_dir)
+    for number, notebook in enumerate(notebooks, start=1):
+        tag = f"[{number}/{len(notebooks)}] {notebook}"
+        if status.get(notebook, {}).get("state") == "completed":
+            log(f"{tag}: completed earlier, reused")
+            continue
+        log(f"{tag} ...")
+        mark_status(run_dir, notebook, "running")
+        try:
+            seconds = execute_notebook(notebook, run_dir, effective[notebook], progress)
+        except LabError:
+            mark_status(run_dir, notebook, "failed")
+            raise
+        mark_status(run_dir, notebook, "completed", round(seconds, 1))
+        log(f"{tag} done in {seconds:.0f} s")
+
+
+def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
+                 runs_dir: str | os.PathLike = "runs", resume: bool = False,
+                 until: str | None = None, progress: bool = True, log=print) -> Path:
+    """Execute the notebook chain into ``runs_dir/<run_id>`` and return the run directory.
+
+    Args:
+        overrides: parameter values (``NAME`` or ``scope.NAME``) over the notebooks' defaults.
+        run_id: the run's folder name (default: a UTC timestamp).
+        runs_dir: where run folders live.
+        resume: continue the existing run ``run_id`` from its first unfinished notebook
+            with its saved parameters (``overrides`` must then be empty).
+        until: stop after this notebook (a name or a scope such as "03" or "ae2").
+    """
+    runs_dir = Path(runs_dir)
+    notebooks = NOTEBOOKS
+    if until is not None:
+        last = SCOPES.get(until, until)
+        if last not in NOTEBOOKS:
+            raise ParameterError(f"--until {until!r} is not a notebook",
+                                 fix=f"use one of {sorted(SCOPES)}")
+        notebooks = NOTEBOOKS[:NOTEBOOKS.index(last) + 1]
+    start = time.perf_counter()
+    if resume:
+        if not run_id:
+            raise ParameterError("--resume needs the id of the run to continue",
+                                 fix="pass --resume RUN_ID (a folder under runs/)")
+        run_dir = runs_dir / run_id
+        if not (run_dir / "params.json").is_file():
+            raise LabError(f"run '{run_dir}' has no params.json, so it cannot be resumed",
+                           fix="check the run id (ls runs/) or start a new run")
+        if overrides:
+            raise ParameterError("a resumed run keeps the parameters in its params.json",
+                                 fix="drop the -p/--epochs/--data-dir options, or start a new run")
+        check_resumed_environment(run_dir, log)
+    else:
+        if run_id:
+            run_dir = runs_dir / run_id
+            create_run(overrides, run_dir)
+        else:
+            run_dir = _create_timestamped_run(overrides, runs_dir)
+    run_notebooks(run_dir, notebooks, progress, log)
+    log(f"run {run_dir.name} finished in {time.perf_counter() - start:.0f} s: {run_dir}")
+    return run_dir
+
+
+def summary(run_dir: str | os.PathLike) -> str:
+    """A one-screen summary of a finished run: both models' main metrics and thresholds."""
+    run_dir = Path(run_dir)
+    lines = [f"Run {run_dir.name}  ({run_dir})"]
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        lines.append("  no metrics.json yet (notebook 04 has not completed)")
+        return "\n".join(lines)
+    metrics = read_json(metrics_path)
+
+    def fmt(value):
+        return "  n/a" if value is None else f"{value:5.3f}"
+
+    lines.append(f"  {'model':<6}{'img AUROC':>10}{'px AUROC':>10}{'AUPRO':>8}{'F1max':>8}"
+                 f"{'F1@thr':>8}{'threshold':>12}")
+    for model in ("ae1", "ae2"):
+        m = metrics.get(model)
+        if not m:
+            continue
+        at = m.get("at_threshold") or {}
+        lines.append(f"  {model:<6}{fmt(m.get('image_auroc')):>10}{fmt(m.get('pixel_auroc')):>10}"
+                     f"{fmt(m.get('aupro')):>8}{fmt(m.get('f1_max')):>8}{fmt(at.get('f1')):>8}"
+                     f"{m.get('image_threshold', float('nan')):>12.5g}")
+    gallery = run_dir / "figures"
+    if gallery.is_dir():
+        lines.append(f"  gallery: {gallery}/ ({len([p for p in gallery.glob('*.png') if not p.name.startswith('.')])} figures), "
+                     f"notebook: {run_dir / (NOTEBOOKS[-1] + '.ipynb')}")
+    return "\n".join(lines)
+
+
+def refresh_notebooks(notebooks: tuple[str, ...] = NOTEBOOKS, timeout: int = 1800,
+                      log=print) -> None:
+    """Re-execute the committed notebooks in place with their defaults (``make notebooks``).
+
+    Use it after an intended change of behaviour, so that the outputs nbval compares
+    against are current. Cells run with ``notebooks/`` as the working directory, exactly as
+    nbval runs them; each notebook is replaced atomically once it has run completely.
+    """
+    import nbclient
+    import nbformat
+
+
+    for notebook in notebooks:
+        path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+        log(f"executing {path.name} ...")
+        start = time.perf_counter()
+        nb = nbformat.read(path, as_version=4)
+        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+                                         config=kernel_config())
+        client.execute()
+        for cell in nb.cells:
+            cell.metadata.pop("execution", None)
+        write_text(path, nbformat.writes(nb) + "\n")
+        log(f"  {path.name} done in {time.perf_counter() - start:.0f} s")

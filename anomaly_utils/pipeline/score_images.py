@@ -1,0 +1,124 @@
+"""``python -m anomaly_utils score``: score new images with a finished run.
+
+1. Check the run directory: the model, its scoring settings and the chosen thresholds
+   must all be there and belong together (the model name in each file agrees).
+2. Load the model in Keras' safe mode (no code from the file is ever executed).
+3. Read each image (files, or every image in a folder), score it, print its score and
+   verdict against the run's image threshold, and optionally write a heatmap overlay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_utils.artifacts import atomic_path, read_json
+from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, read_image
+from anomaly_utils.data.loading import resize_image
+from anomaly_utils.errors import ArtifactError, DataError
+from anomaly_utils.scoring.scorer import Scorer
+
+REQUIRED = ("model.keras", "scoring.json")
+
+
+def check_run(run_dir: Path, model: str) -> dict:
+    """Return the run's threshold entry for ``model`` after checking the run's files."""
+    if not run_dir.is_dir():
+        raise ArtifactError(f"run directory '{run_dir}' does not exist",
+                            fix="pass --run runs/<run-id> of a finished run")
+    missing = [str(run_dir / model / name) for name in REQUIRED
+               if not (run_dir / model / name).is_file()]
+    if not (run_dir / "thresholds.json").is_file():
+        missing.append(str(run_dir / "thresholds.json"))
+    if missing:
+        raise ArtifactError(f"run '{run_dir}' is incomplete: missing {', '.join(missing)}",
+                            fix=f"finish the run first (python -m anomaly_utils run --resume "
+                                f"{run_dir.name})")
+    thresholds = read_json(run_dir / "thresholds.json")
+    settings = read_json(run_dir / model / "scoring.json")
+    if model not in thresholds or "image_threshold" not in thresholds[model]:
+        raise ArtifactError(f"'{run_dir / 'thresholds.json'}' has no threshold for {model}",
+                            fix="rerun notebook 04 for this run")
+    if settings.get("model") != model:
+        raise ArtifactError(f"'{run_dir / model / 'scoring.json'}' describes model "
+                            f"{settings.get('model')!r}, not {model}",
+                            fix="the run directory was edited by hand; rerun it")
+    return thresholds[model]
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Image files among ``paths``, expanding folders (sorted); unknown files are an error."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"folder '{display_path(path)}' holds no images",
+                                fix="pass image files or a folder with PNG/JPEG/BMP/TIFF files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"'{display_path(path)}' does not exist",
+                            fix="check the path")
+    return files
+
+
+def score_paths(run_dir: Path, model: str, paths: list[Path], out_dir: Path | None = None,
+                batch: int = 16, log=print) -> list[dict]:
+    """Score image files with the run's model; print and return one dict per image."""
+    entry = check_run(run_dir, model)
+    scorer = Scorer.load(run_dir, model)
+    threshold = float(entry["image_threshold"])
+    c = scorer.config
+    files = collect_images(paths)
+    results = []
+    used_names: set[str] = set()
+    log(f"{model} of run {run_dir.name}: threshold {threshold:.6g} ({entry.get('strategy')})")
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        originals = [read_image(p, c.color_mode) for p in chunk]
+        images = np.stack([resize_image(image, c.image_size) for image in originals])
+        scored = scorer.score(images)
+        for path, original, score, heat in zip(chunk, originals, scored.scores, scored.maps,
+                                               strict=True):
+            verdict = "ANOMALOUS" if score >= threshold else "normal"
+            results.append({"path": str(path), "score": float(score), "verdict": verdict})
+            log(f"{score:12.6g}  {verdict:<9}  {display_path(path)}")
+            if out_dir is not None:
+                name = overlay_name(path, used_names)
+                write_overlay(out_dir / name, original, heat)
+                results[-1]["overlay"] = str(out_dir / name)
+    return results
+
+
+def overlay_name(path: Path, used: set[str]) -> str:
+    """A unique overlay file name for ``path``: ``<folder>_<stem>_heatmap.png``.
+
+    Images from different folders often share a name (``good/000.png``, ``hole/000.png``);
+    a counter keeps any remaining clash from overwriting an earlier overlay.
+    """
+    base = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+    name, counter = f"{base}_heatmap.png", 2
+    while name in used:
+        name, counter = f"{base}_{counter}_heatmap.png", counter + 1
+    used.add(name)
+    return name
+
+
+def write_overlay(path: Path, image: np.ndarray, heat: np.ndarray) -> None:
+    """Write the image with its anomaly map blended over it (JET colour map), atomically."""
+    import cv2
+
+
+    height, width = image.shape[:2]
+    heat = cv2.resize(heat.astype(np.float32), (width, height))
+    low, high = np.percentile(heat, [1, 99.9])
+    scaled = np.clip((heat - low) / max(high - low, 1e-12), 0, 1)
+    colored = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    base = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+    blended = cv2.addWeighted(cv2.cvtColor(base, cv2.COLOR_RGB2BGR), 0.55, colored, 0.45, 0)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), blended):
+            raise ArtifactError(f"could not write '{path}'", fix="check the --out folder")

@@ -1,0 +1,122 @@
+"""A model's scores of each split on disk (``scores_<split>.npz``): written once after
+training, read by threshold selection, the report and the gallery.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from anomaly_utils.artifacts import load_npz, save_npz
+from anomaly_utils.data import pseudo_anomalies
+from anomaly_utils.data.loading import resize_mask
+from anomaly_utils.errors import ArtifactError
+
+if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
+    from anomaly_utils.scoring.scorer import Scorer
+
+
+MODELS = ("ae1", "ae2")  # the run directory's model folders
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N images: ``scores`` (N,) float32, ``maps`` (N, E, E) float32 at
+    ``eval_size``, ``recons`` (N, S, S, C) float32 in [0, 1] at the model's resolution."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    recons: np.ndarray
+
+
+def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndarray,
+                types: np.ndarray, masks: np.ndarray | None, has_mask: np.ndarray | None,
+                paths: list, fingerprint: str, model: str) -> None:
+    """Write a score file (``.npz``, no pickle): scores, labels, types, maps, masks.
+
+    Maps are stored as float16 at the scoring config's ``eval_size``, masks as bool; the
+    dataset fingerprint and model name are stored so a score file from another run or
+    dataset is refused on load.
+    """
+    n = len(result.scores)
+    masks = np.zeros((n, *result.maps.shape[1:]), bool) if masks is None else masks
+    has_mask = np.zeros(n, bool) if has_mask is None else has_mask
+    save_npz(path, scores=result.scores, labels=np.asarray(labels, np.int64),
+             types=np.asarray(types, dtype=str), maps=result.maps.astype(np.float16),
+             masks=masks.astype(bool), has_mask=has_mask.astype(bool),
+             paths=np.asarray([os.fsdecode(p) for p in paths], dtype=str),
+             fingerprint=np.asarray(fingerprint), model=np.asarray(model))
+
+
+def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
+                model: str | None = None) -> dict[str, np.ndarray]:
+    """Load a score file, refusing one from another dataset or model.
+
+    Returns a dict with ``scores`` (N,), ``labels`` (N,), ``types`` (N,), ``maps``
+    (N, E, E) float32, ``masks`` (N, E, E) bool, ``has_mask`` (N,), ``paths`` (N,).
+    """
+    data = load_npz(path)
+    required = {"scores", "labels", "types", "maps", "masks", "has_mask", "fingerprint", "model"}
+    if missing := required - set(data):
+        raise ArtifactError(f"score file '{path}' lacks {sorted(missing)}",
+                            fix="rerun the training notebook that writes it")
+    if fingerprint is not None and str(data["fingerprint"]) != fingerprint:
+        raise ArtifactError(
+            f"score file '{path}' comes from dataset {data['fingerprint']} but this run's "
+            f"dataset is {fingerprint}", fix="use score files from the same run")
+    if model is not None and str(data["model"]) != model:
+        raise ArtifactError(f"score file '{path}' belongs to model {data['model']}, not {model}",
+                            fix="check the run directory's layout")
+    data["maps"] = data["maps"].astype(np.float32)
+    return data
+
+
+@dataclass
+class SplitScores:
+    """What :func:`score_splits` wrote: the results on each split (see :class:`ScoreResult`)."""
+
+    val: ScoreResult
+    val_pseudo: ScoreResult
+    test: ScoreResult
+
+
+def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0) -> SplitScores:
+    """Score a dataset's validation normals, a pseudo-labelled validation set and the test set.
+
+    Writes ``run_dir/<model>/scores_val.npz``, ``scores_val_pseudo.npz`` (the validation
+    normals with pasted synthetic anomalies from :mod:`anomaly_utils.data.pseudo_anomalies`, for
+    an F1-optimal threshold without touching the test set) and ``scores_test.npz``, each
+    stamped with the dataset fingerprint.
+
+    Args:
+        scorer: the trained model and how to score it.
+        ds: an :class:`anomaly_utils.data.loading.AnomalyDataset` loaded at the model's resolution,
+            with masks at ``scorer.config.eval_size``.
+        run_dir: the run directory.
+        seed: seeds the pseudo-anomalies.
+    """
+
+    name = scorer.config.model
+    folder = Path(run_dir) / name
+    fingerprint = ds.fingerprint
+    val = scorer.score(ds.val_images)
+    save_scores(folder / "scores_val.npz", val, labels=np.zeros(len(val.scores), int),
+                types=np.full(len(val.scores), "good"), masks=None, has_mask=None, paths=[],
+                fingerprint=fingerprint, model=name)
+    images, labels, masks, kinds = pseudo_anomalies.make_labelled_validation(ds.val_images, seed)
+    val_pseudo = scorer.score(images)
+    save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=labels,
+                types=np.array(kinds),
+                masks=np.stack([resize_mask(m, scorer.config.eval_size) for m in masks]),
+                has_mask=np.ones(len(labels), bool), paths=[], fingerprint=fingerprint,
+                model=name)
+    test = scorer.score(ds.test_images)
+    save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,
+                masks=ds.test_masks, has_mask=ds.test_has_mask,
+                paths=[p.relative_to(ds.index.root) for p in ds.test_paths],
+                fingerprint=fingerprint, model=name)
+    return SplitScores(val, val_pseudo, test)

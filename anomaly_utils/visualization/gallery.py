@@ -1,0 +1,71 @@
+"""Rows of the results gallery: which test images to show and what each row holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomaly_utils.data.loading import load_images
+from anomaly_utils.evaluation import thresholds
+from anomaly_utils.scoring.scorer import Scorer
+
+
+def verdicts(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """"TP"/"FP"/"FN"/"TN" per image (N,) for ``score >= threshold`` = anomalous."""
+    predicted = scores >= threshold
+    out = np.where(predicted, np.where(labels == 1, "TP", "FP"),
+                   np.where(labels == 1, "FN", "TN"))
+    return out.astype("<U2")
+
+
+VERDICTS = ("TP", "FN", "TN", "FP")
+
+
+def count_verdicts(verdict: np.ndarray) -> dict[str, int]:
+    """How many images got each verdict, every one of :data:`VERDICTS` in that order (0 too).
+
+    Example:
+        >>> count_verdicts(np.array(["TP", "TN", "TP"]))
+        {'TP': 2, 'FN': 0, 'TN': 1, 'FP': 0}
+    """
+    return {v: int(np.count_nonzero(verdict == v)) for v in VERDICTS}
+
+
+def clearest_detections(types: np.ndarray, scores: np.ndarray, verdict: np.ndarray,
+                        per_type: int = 1) -> list[int]:
+    """Indices of the highest-scoring true positives of each defect type."""
+    picks = []
+    for defect in sorted(set(types.tolist()) - {"good"}):
+        members = np.flatnonzero((types == defect) & (verdict == "TP"))
+        picks += members[np.argsort(-scores[members], kind="stable")][:per_type].tolist()
+    return picks
+
+
+def errors(verdict: np.ndarray, scores: np.ndarray, kind: str) -> list[int]:
+    """Indices of every false positive ("FP") or false negative ("FN"), worst first."""
+    members = np.flatnonzero(verdict == kind)
+    order = np.argsort(-scores[members] if kind == "FP" else scores[members], kind="stable")
+    return members[order].tolist()
+
+
+def rows_for(indices: list[int], scorer: Scorer, test: dict, paths: list, threshold: float,
+             pixel_threshold: float, min_area: int, label: str = "") -> list[dict]:
+    """Gallery rows (see :func:`anomaly_utils.visualization.plots.gallery_rows`) for test images ``indices``.
+
+    The images are read again from ``paths`` at the model's resolution and reconstructed, so
+    the score files need not hold reconstructions.
+    """
+    if not indices:
+        return []
+    c = scorer.config
+    images, _, _ = load_images([paths[i] for i in indices], c.image_size, c.color_mode)
+    recons = scorer.reconstruct(images)
+    maps = test["maps"][indices]
+    predicted = thresholds.segment(maps, pixel_threshold, min_area=min_area)
+    verdict = verdicts(test["labels"][indices], test["scores"][indices], threshold)
+    return [{
+        "image": images[k], "recon": recons[k], "map": maps[k],
+        "mask": test["masks"][i] if test["has_mask"][i] else None, "pred": predicted[k],
+        "score": float(test["scores"][i]), "threshold": float(threshold),
+        "verdict": str(verdict[k]), "title": f"{label}{test['types'][i]} #{i}",
+    } for k, i in enumerate(indices)]
