@@ -62,14 +62,8 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )
-
-
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad/downloads"
-
-
 _SHARES = "https://www.mydrive.ch/shares/"
-
-
 ARCHIVES: dict[str, tuple[str, str | None]] = {
     "bottle": (_SHARES + "150452/132a93367fb17cdf968dfb5c4013f6e7/download/"
                "420937370-1629958698/bottle.tar.xz", None),
@@ -106,23 +100,11 @@ ARCHIVES: dict[str, tuple[str, str | None]] = {
             "420938113-1629960298/mvtec_anomaly_detection.tar.xz",
             "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"),
 }
-
-
 LOCK_NAME = "mvtec_ad.lock.json"
-
-
 DOWNLOADS_DIR = ".downloads"
-
-
 _CHUNK = 1 << 20
-
-
 _RETRY_WAIT_S = 1.0
-
-
 _USER_AGENT = "anomaly-utils-download/1.0 (+python urllib)"
-
-
 _GONE = (401, 403, 404, 410)
 
 

@@ -28,14 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from anomaly_utils.errors import DataError, ParameterError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 COLOR_MODES = ("rgb", "grayscale")
-
-
 MIN_SIDE = 8
-
-
 MAX_PIXELS = 40_000_000
 
 

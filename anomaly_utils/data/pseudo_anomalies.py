@@ -38,11 +38,7 @@ import numpy as np
 from anomaly_utils.errors import ParameterError
 
 PSEUDO_ANOMALY_KINDS: tuple[str, ...] = ("cut_paste", "stain", "scratch")
-
-
 ALL_KINDS: tuple[str, ...] = (*PSEUDO_ANOMALY_KINDS, "shading")
-
-
 NORMAL_KIND = "good"
 
 

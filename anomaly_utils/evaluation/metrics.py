@@ -33,18 +33,12 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from anomaly_utils.errors import ParameterError
 
 NORMAL_TYPE = "good"
-
-
 """The defect type that marks a defect-free image (MVTec AD naming)."""
-
 
 # Label each (H, W) slice of an (N, H, W) stack with 8-connectivity, as the MVTec AD evaluation
 # code does, without joining regions across neighbouring images.
 _PER_IMAGE_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
-
-
 _PER_IMAGE_8_CONNECTED[1] = True
-
 
 # Bootstrap resamples are ranked in chunks of at most this many scores to bound memory.
 _BOOTSTRAP_CHUNK_VALUES = 2_000_000

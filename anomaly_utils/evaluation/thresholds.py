@@ -34,15 +34,10 @@ from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.metrics import f1_max
 
 STRATEGIES = ("percentile", "mean_std", "max", "target_fpr", "f1_optimal")
-
-
 """Names accepted by :func:`select_threshold`."""
-
 
 # Components are 8-connected within each (H, W) map and never joined across images.
 _PER_IMAGE_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
-
-
 _PER_IMAGE_8_CONNECTED[1] = True
 
 

@@ -20,11 +20,8 @@ from anomaly_utils.models.building import (
 
 AE2_WIDTHS = (32, 32, 32, 64, 64, 128, 64, 32)
 
-
 # (kernel, stride) of AE-2's eight encoder convolutions before the bottleneck.
 AE2_KERNELS = ((4, 2), (4, 2), (3, 1), (4, 2), (3, 1), (4, 2), (3, 1), (3, 1))
-
-
 UNET_WIDTHS = (16, 32, 64, 128)
 
 

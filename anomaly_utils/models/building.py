@@ -13,11 +13,7 @@ import numpy as np
 from anomaly_utils.errors import ParameterError
 
 PACKAGE = "anomaly_utils"
-
-
 AE1_BUILDER = "build_ae1"
-
-
 AE2_BUILDER = "build_ae2"
 
 

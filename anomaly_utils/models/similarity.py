@@ -21,19 +21,14 @@ from anomaly_utils.errors import ParameterError
 
 _K1, _K2 = 0.01, 0.03
 
-
 # The moment stack of one numpy chunk holds 5 * chunk * H * W * C float32 values; this keeps
 # the peak memory of ssim_map on numpy input to a few hundred MB whatever N is.
 _NUMPY_CHUNK_VALUES = 8_000_000
 
-
 # Gradient magnitude similarity (Xue et al. 2014) as RIAD uses it: its stability constant for
 # images in [0, 1], and the scales (downsampling factors) of the multi-scale map.
 GMS_C = 0.0026
-
-
 GMS_SCALES = (1, 2, 4, 8)
-
 
 # Prewitt's horizontal-gradient kernel, scaled to give 1 per pixel of a unit ramp (transpose:
 # vertical); the map and AE-2's GMS loss share it.

@@ -13,6 +13,10 @@ import keras
 from anomaly_utils.artifacts import atomic_path
 from anomaly_utils.errors import ArtifactError
 
+# The lab's own Keras classes register themselves when their modules are imported; a model file
+# names them, so loading one needs them registered first.
+from anomaly_utils.models import ae1, losses  # noqa: F401
+
 MODEL_FILE = "model.keras"
 
 

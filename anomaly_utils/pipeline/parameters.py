@@ -22,11 +22,7 @@ from anomaly_utils.scoring.map_kinds import map_components
 from anomaly_utils.training.masks import CORRUPT_MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-
-
 NOTEBOOKS = (
     "01_data_exploration",
     "02_train_ae1",
@@ -34,12 +30,8 @@ NOTEBOOKS = (
     "04_threshold_selection",
     "05_results_gallery",
 )
-
-
 SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": NOTEBOOKS[1],
           "03": NOTEBOOKS[2], "ae2": NOTEBOOKS[2], "04": NOTEBOOKS[3], "05": NOTEBOOKS[4]}
-
-
 PATH_PARAMETERS = ("data_dir", "run_dir")
 
 
@@ -219,8 +211,6 @@ COMMON: dict[str, Rule] = {
     "color_mode": _one_of(*COLOR_MODES), "early_stopping_patience": _non_negative,
     "latent_dim": _positive_int, "map_kind": _map_kind,
 }
-
-
 RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
                             "color_mode": COMMON["color_mode"], "seed": _non_negative},

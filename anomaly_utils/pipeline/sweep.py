@@ -44,20 +44,12 @@ from anomaly_utils.scoring.stored import load_scores
 UPSTREAM = {NOTEBOOKS[0]: (), NOTEBOOKS[1]: (), NOTEBOOKS[2]: (),
             NOTEBOOKS[3]: (NOTEBOOKS[1], NOTEBOOKS[2]),
             NOTEBOOKS[4]: (NOTEBOOKS[1], NOTEBOOKS[2], NOTEBOOKS[3])}
-
-
 OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", "figures/01_*"),
            NOTEBOOKS[1]: ("ae1", "figures/02_*"), NOTEBOOKS[2]: ("ae2", "figures/03_*"),
            NOTEBOOKS[3]: ("thresholds.json", "metrics.json", "figures/04_*"),
            NOTEBOOKS[4]: ("figures/05_*",)}
-
-
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
-
-
 VALIDATION_METRICS = ("val_image_auroc", "val_pixel_auroc")
-
-
 SELECT_BY = "ae2_val_image_auroc"
 
 

@@ -32,8 +32,6 @@ from anomaly_utils.scoring.map_kinds import map_components
 # validation sets among 1, 2, 4 and 8 (benchmarks/scoring_probes.py; docs/experiments.md,
 # session 6).
 LOWPASS_SIGMA = 2.0
-
-
 _SCORE_METHODS = ("max", "mean", "topk")
 
 

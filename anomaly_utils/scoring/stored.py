@@ -18,8 +18,6 @@ from anomaly_utils.errors import ArtifactError
 
 if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
     from anomaly_utils.scoring.scorer import Scorer
-
-
 MODELS = ("ae1", "ae2")  # the run directory's model folders
 
 

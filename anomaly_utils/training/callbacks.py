@@ -21,8 +21,6 @@ from anomaly_utils.models.storage import MODEL_FILE, save_inference_model
 from anomaly_utils.training.datasets import set_dataset_epoch
 
 HISTORY_CSV = "history.csv"
-
-
 BACKUP_DIR = "backup"
 
 

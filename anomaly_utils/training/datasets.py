@@ -42,8 +42,6 @@ from anomaly_utils.errors import DataError, ParameterError
 from anomaly_utils.training.masks import CORRUPT_MODES, GRID_SETS, grid_cells, grid_mask_sets
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
 EPOCH_ATTRIBUTE = "lab_epoch_variable"
 
 

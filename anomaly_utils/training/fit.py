@@ -62,8 +62,6 @@ from anomaly_utils.training.callbacks import (
 from anomaly_utils.training.datasets import check_int, image_dataset
 
 HISTORY_JSON = "history.json"
-
-
 CONFIG_FILE = "config.json"
 
 

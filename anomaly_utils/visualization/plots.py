@@ -16,10 +16,7 @@ import seaborn as sns
 from anomaly_utils.artifacts import atomic_path
 
 MODEL_COLORS = {"ae1": "#4c72b0", "ae2": "#dd8452"}
-
-
 sns.set_theme(style="whitegrid", context="notebook")
-
 
 # Inline figures at 72 dpi keep the committed notebooks small; saved figures use save()'s dpi.
 plt.rcParams["figure.dpi"] = 72

@@ -21,11 +21,7 @@ README_FIGURES = {
     "roc_pr.png": "04_roc_pr.png",
     "gallery.jpg": "05_side_by_side.png",
 }
-
-
 MAX_WIDTH = 900
-
-
 JPEG_QUALITY = 82
 
 

@@ -1,0 +1,98 @@
+"""The package's layout rules (docs/architecture.md): stages import only the stages before them,
+evaluation stays pure numpy, intra-package imports sit at module level unless they load a heavy
+library on purpose, and long modules say why they are long."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "anomaly_utils"
+SHARED = {"errors", "artifacts", "seeding"}
+# Each stage and the stages it may import (the shared modules are open to all).
+MAY_IMPORT = {
+    "data": set(),
+    "models": set(),
+    "training": {"models"},
+    "scoring": {"data", "models", "training"},
+    "evaluation": set(),
+    "visualization": {"data", "scoring", "evaluation"},
+    "pipeline": {"data", "models", "training", "scoring", "evaluation", "visualization"},
+}
+# Function-level imports of the package's own modules, each loading a heavy library on purpose.
+LAZY = {
+    ("pipeline/cli.py", "anomaly_utils.pipeline.score_images"): "TensorFlow, only for `score`",
+    ("pipeline/sweep.py", "anomaly_utils.visualization"): "matplotlib, only for the figure",
+}
+LONG_MODULE = 400
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def stage_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0] if len(parts) > 1 else parts[0]
+
+
+def imports(path: Path) -> list[tuple[str, bool]]:
+    """``(module, at_module_level)`` for every import of ``path``."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert node.level == 0, f"{path}: relative import of {node.module}; write it absolute"
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            found += [(n, id(node) in top) for n in names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, id(node) in top) for a in node.names]
+    return found
+
+
+def test_stages_import_only_the_stages_before_them():
+    wrong = []
+    for path in modules():
+        stage = stage_of(path)
+        if stage not in MAY_IMPORT:
+            continue
+        for name, _ in imports(path):
+            parts = name.split(".")
+            if parts[0] != "anomaly_utils" or len(parts) < 2 or parts[1] in SHARED:
+                continue
+            target = parts[1]
+            if target in MAY_IMPORT and target != stage and target not in MAY_IMPORT[stage]:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert not wrong, "imports against the stage order:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_evaluation_and_data_know_no_model():
+    for path in modules():
+        if stage_of(path) in ("evaluation", "data"):
+            heavy = {n.split(".")[0] for n, _ in imports(path)} & {"tensorflow", "keras"}
+            # data.loading builds a tf.data pipeline from files on request (file_dataset).
+            if path.name != "loading.py":
+                assert not heavy, f"{path.relative_to(PACKAGE)} imports {heavy}"
+
+
+def test_own_modules_are_imported_at_module_level():
+    lazy = set()
+    for path in modules():
+        rel = str(path.relative_to(PACKAGE))
+        for name, top in imports(path):
+            if name.startswith("anomaly_utils") and not top:
+                lazy.add((rel, name.rsplit(".", 1)[0] if name.count(".") > 1 else name))
+    unexplained = {item for item in lazy
+                   if not any(item[0] == f and item[1].startswith(m) for f, m in LAZY)}
+    assert not unexplained, f"function-level imports of the package without a reason: {unexplained}"
+
+
+def test_long_modules_say_why():
+    for path in modules():
+        lines = path.read_text().count("\n")
+        if lines > LONG_MODULE:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            assert "One module because" in doc, (
+                f"{path.relative_to(PACKAGE)} has {lines} lines: split it, or say in its "
+                f"docstring why it is one module ('One module because ...')")
