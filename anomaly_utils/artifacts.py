@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, LabError
+from anomaly_utils.errors import ArtifactError, LabError
 
 
 def _process_umask() -> int:

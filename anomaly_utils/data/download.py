@@ -1,5 +1,8 @@
 """Verified, resumable download and safe extraction of the MVTec AD dataset.
 
+One module because fetching, verifying and extracting an archive is one transaction: the
+steps share the partial file, its checksum and the clean-up when any step fails.
+
 The steps, for one category (or ``"all"``, the whole-dataset archive):
 
 1. Skip the category if ``dest/<category>`` already has the MVTec layout.

@@ -1,5 +1,8 @@
 """Synthetic anomalies pasted into defect-free images, for a labelled validation set.
 
+One module because every pasted-anomaly kind draws from the same seeded blending of a
+source patch into a normal image, and the labelled validation set mixes all of them.
+
 When a dataset has no labelled defects (e.g. only good magnetic-tile photographs), model
 selection and threshold choice still need anomalous examples. This module makes them from the
 normal images themselves:

@@ -1,5 +1,8 @@
 """Procedural woven-carpet images with MVTec-AD-style defects and exact masks.
 
+One module because the texture, the five defect painters and the writer share one seeded
+generator and one version number, which together name the dataset that comes out.
+
 The generator stands in for the MVTec AD "carpet" category when the real data is not at hand:
 
 1. :func:`render_carpet` builds a 2/2 twill weave as a height map (per-thread offset, width,

@@ -1,5 +1,8 @@
 """Evaluation metrics for image- and pixel-level anomaly detection.
 
+One module because every metric shares the same input checks and the tie-exact grouping of
+scores; the per-defect table and the summary are compositions of them.
+
 Pure functions over numpy arrays with scikit-learn's argument order ``(y_true, y_score)``.
 Conventions used throughout the lab:
 
