@@ -19,7 +19,7 @@ import tensorflow as tf
 from anomaly_utils.errors import ArtifactError, DataError, LabError, ParameterError
 from anomaly_utils.models.ae1 import build_ae1
 from anomaly_utils.models.storage import load_model
-from anomaly_utils.training.callbacks import AtomicBackupAndRestore, read_history_csv
+from anomaly_utils.training.callbacks import EpochBackup, read_history_csv
 from anomaly_utils.training.datasets import (
     image_dataset,
     patch_dataset,
@@ -250,16 +250,16 @@ def _backup_with_fake_clock(tmp_path, max_overhead, save_seconds):
     model = build_ae1(16, latent_dim=4, encoder_filters=(4, 4, 4), decoder_filters=(4, 4), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     now = [0.0]
-    backup = AtomicBackupAndRestore(str(tmp_path / "backup"), max_overhead=max_overhead)
+    backup = EpochBackup(tmp_path / "backup", max_overhead=max_overhead)
     backup.set_model(model)
     backup.clock = lambda: now[0]
-    write = backup._write_backup
+    write = backup.write
 
-    def slow_write():
+    def slow_write(finished_epochs):
         now[0] += save_seconds
-        write()
+        write(finished_epochs)
 
-    backup._write_backup = slow_write
+    backup.write = slow_write
     backup.on_train_begin()
     return backup, now
 
@@ -287,7 +287,7 @@ def test_backup_overhead_one_backs_up_every_epoch(tmp_path):
 @pytest.mark.parametrize("bad", [0, -0.5, 1.5])
 def test_backup_overhead_out_of_range_is_refused(tmp_path, bad):
     with pytest.raises(ParameterError, match="max_overhead"):
-        AtomicBackupAndRestore(str(tmp_path), max_overhead=bad)
+        EpochBackup(tmp_path, max_overhead=bad)
 
 
 def test_grid_corruption_zeroes_whole_cells_of_the_input_only():

@@ -1,4 +1,5 @@
-"""The data layer: any folder in the MVTec AD layout, as numpy arrays and tf.data pipelines.
+"""A dataset folder in the MVTec AD layout: which images and masks it holds, how its
+defect-free training images split into training and validation, and its fingerprint.
 
 The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
 
@@ -7,19 +8,12 @@ The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
     DATA_DIR/test/<defect>/*.png         defective test images, one folder per defect type
     DATA_DIR/ground_truth/<defect>/<stem>_mask.png   pixel masks (0/255, binarised at > 127)
 
-Steps:
-
 1. :func:`scan_dataset` walks the folders and pairs images with masks; problems are
    reported up front with the path and the fix (nothing is silently dropped: files that
    are not images are listed in ``DatasetIndex.ignored``).
 2. :func:`split_train_val` holds out a deterministic fraction of ``train/good`` as the
    validation set for thresholds and early stopping; the test set is never used for it.
-3. :func:`load_dataset` decodes, converts and resizes everything to arrays.
-
-Example:
-    >>> ds = load_dataset("data/synthetic_carpet", image_size=64)   # doctest: +SKIP
-    >>> ds.train_images.shape, ds.test_masks.shape                    # doctest: +SKIP
-    ((216, 64, 64, 3), (105, 64, 64))
+3. :func:`fingerprint` names the dataset's content; :func:`dataset_summary` counts it.
 """
 
 from __future__ import annotations

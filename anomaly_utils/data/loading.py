@@ -1,20 +1,5 @@
-"""The data layer: any folder in the MVTec AD layout, as numpy arrays and tf.data pipelines.
-
-The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
-
-    DATA_DIR/train/good/*.png            defect-free training images
-    DATA_DIR/test/good/*.png             defect-free test images
-    DATA_DIR/test/<defect>/*.png         defective test images, one folder per defect type
-    DATA_DIR/ground_truth/<defect>/<stem>_mask.png   pixel masks (0/255, binarised at > 127)
-
-Steps:
-
-1. :func:`scan_dataset` walks the folders and pairs images with masks; problems are
-   reported up front with the path and the fix (nothing is silently dropped: files that
-   are not images are listed in ``DatasetIndex.ignored``).
-2. :func:`split_train_val` holds out a deterministic fraction of ``train/good`` as the
-   validation set for thresholds and early stopping; the test set is never used for it.
-3. :func:`load_dataset` decodes, converts and resizes everything to arrays.
+"""A scanned dataset decoded into arrays: images resized to the model's resolution, masks to
+the evaluation resolution, split into training, validation and test.
 
 Example:
     >>> ds = load_dataset("data/synthetic_carpet", image_size=64)   # doctest: +SKIP

@@ -2,13 +2,10 @@
 
 A run executes ``notebooks/01_*.ipynb`` to ``05_*.ipynb`` in order into ``runs/<run-id>/``:
 
-1. Parameters are checked against what the notebooks declare in their ``parameters`` cell
-   (an unknown name is an error that lists the notebooks and what they accept; values are
-   converted to the type of the notebook's default). ``NAME`` applies to every notebook that
-   declares it; ``ae1.NAME`` / ``ae2.NAME`` (or ``02.NAME``) to one notebook only.
-2. ``params.json`` (every effective parameter) and ``env.json`` (versions, git commit, data
+1. The parameters are resolved and checked (:mod:`anomaly_utils.pipeline.parameters`);
+   ``params.json`` (every effective parameter) and ``env.json`` (versions, git commit, data
    fingerprint, hardware) are written before anything runs.
-3. Each notebook runs with papermill; ``status.json`` records which ones completed, so
+2. Each notebook runs with papermill; ``status.json`` records which ones completed, so
    ``--resume`` continues from the first that did not (training itself resumes from its
    last finished epoch). A failing cell stops the run with the notebook and cell named, and
    the partially executed notebook stays in the run directory. A resumed run first

@@ -1,5 +1,5 @@
-"""What the notebooks and the ``score`` command share: score a trained model, store and
-reload its scores.
+"""The Scorer: one way to turn images into image scores, anomaly maps and reconstructions
+for the notebooks, the gallery and the ``score`` command.
 
 A trained model lives in ``run_dir/<model>/`` (``model.keras``, ``config.json`` from
 training, ``scoring.json`` with how it is scored); the further members of an ensemble in

@@ -1,6 +1,6 @@
 """The training loop's callbacks: the epoch setter of the stateless datasets, the NaN guard,
 the epoch recorder (best checkpoint, ``history.csv``, early stopping) and atomic backups
-for resuming a killed run.
+for resuming a killed run, written with Keras' public callback API only.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -133,22 +134,27 @@ class EpochRecorder(keras.callbacks.Callback):
         write_text(self.csv_path, buffer.getvalue())
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` whose backup survives a SIGKILL at any instant.
+BACKUP_METADATA = "training_metadata.json"
 
-    Keras writes ``latest.weights.h5`` in place and then its metadata, so a kill between the
-    two pairs new weights with an old epoch number (the epoch would be trained twice). Here
-    each epoch's weights (model and optimizer state) go atomically to their own file and the
-    metadata naming that file is written atomically after it: the metadata is the commit.
 
-    Writing the backup is bounded to a share of the training time: an epoch is backed up
-    only when the time since the last backup is at least ``(1 - max_overhead) /
-    max_overhead`` times what the last backup took to write. Small models (a few ms per
-    backup) are backed up after every epoch; AE-1 (70.7 M parameters with Adam's state,
-    ~810 MB, ~2.4 s to write while an epoch of the synthetic carpet trains in ~4.3 s) every
-    few epochs. A kill then loses at most about ``backup seconds / max_overhead`` of work plus
-    the unfinished epoch; the resumed run still equals an uninterrupted one (the history rows
-    past the backup are dropped and retrained with the same data order).
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up model and optimizer state after an epoch, atomically and at a bounded cost,
+    so that a killed run resumes from its last backed-up epoch (:func:`restore_backup`).
+
+    Each backup's weights (model and Adam state) go atomically to a file of their own, and
+    the metadata naming that file is written atomically after it: the metadata is the commit,
+    so a kill at any instant leaves the previous backup or the new one, never a mix. (Keras'
+    ``BackupAndRestore`` writes its weights in place before its metadata; a kill between the
+    two pairs new weights with an old epoch number.)
+
+    Writing is bounded to a share of the training time: an epoch is backed up only when the
+    time since the last backup is at least ``(1 - max_overhead) / max_overhead`` times what the
+    last backup took to write. Small models (a few ms per backup) are backed up after every
+    epoch; AE-1 (70.7 M parameters with Adam's state, ~810 MB, ~2.4 s to write while an epoch
+    of the synthetic carpet trains in ~4.3 s) every few epochs. A kill then loses at most about
+    ``backup seconds / max_overhead`` of work plus the unfinished epoch; the resumed run still
+    equals an uninterrupted one (history rows past the backup are dropped and retrained with
+    the same data order). The backup folder is removed when training ends normally.
 
     Args:
         backup_dir: the backup folder.
@@ -156,65 +162,66 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             1.0 backs up every epoch whatever it costs.
     """
 
-    def __init__(self, backup_dir: str, max_overhead: float = 0.1):
-        super().__init__(backup_dir)
+    def __init__(self, backup_dir: str | os.PathLike, max_overhead: float = 0.1):
+        super().__init__()
         if not 0 < max_overhead <= 1:
             raise ParameterError(f"max_overhead must be in (0, 1], got {max_overhead!r}")
+        self.backup_dir = Path(backup_dir)
         self.max_overhead = float(max_overhead)
-        self.saved_epochs: list[int] = []
+        self.saved_epochs: list[int] = []  # epochs (finished, counted from 1) backed up
         self.clock = time.monotonic
         self._last_save_end = self.clock()
         self._last_save_seconds = 0.0
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
         self._last_save_end = self.clock()
 
     def on_epoch_end(self, epoch, logs=None):
         since = self.clock() - self._last_save_end
-        due = since * self.max_overhead >= self._last_save_seconds * (1 - self.max_overhead)
-        if due:
-            super().on_epoch_end(epoch, logs)
-        else:
-            self._current_epoch = epoch + 1
-            self._last_batch_seen = 0
+        if since * self.max_overhead >= self._last_save_seconds * (1 - self.max_overhead):
+            start = self.clock()
+            self.write(epoch + 1)
+            self._last_save_end = self.clock()
+            self._last_save_seconds = self._last_save_end - start
+            self.saved_epochs.append(epoch + 1)
 
-    def _save_model(self):
-        start = self.clock()
-        self._write_backup()
-        self._last_save_end = self.clock()
-        self._last_save_seconds = self._last_save_end - start
-        self.saved_epochs.append(self._current_epoch)
+    def on_train_end(self, logs=None):
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
 
-    def _write_backup(self):
-        backup = Path(self.backup_dir)
-        backup.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{self._current_epoch:05d}.weights.h5"
+    def write(self, finished_epochs: int) -> None:
+        """Back up the model after ``finished_epochs`` epochs (the epoch to resume at)."""
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{finished_epochs:05d}.weights.h5"
         # No fsync: the backup guards against a killed process (the page cache survives it),
         # and syncing ~1 GB of AE-1 weights and Adam state every epoch doubles its time.
-        with atomic_path(backup / name, suffix=".weights.h5", durable=False) as tmp:
+        with atomic_path(self.backup_dir / name, suffix=".weights.h5", durable=False) as tmp:
             self.model.save_weights(tmp)
-        write_json(self._training_metadata_path,
-                   {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                    "weights": name})
-        for stale in backup.glob("epoch-*.weights.h5"):
+        write_json(self.backup_dir / BACKUP_METADATA, {"epoch": finished_epochs, "weights": name})
+        for stale in self.backup_dir.glob("epoch-*.weights.h5"):
             if stale.name != name:
                 stale.unlink(missing_ok=True)
 
-    def _load_model(self):
-        metadata_path = Path(self._training_metadata_path)
-        if not metadata_path.is_file():
-            return
-        metadata = read_json(metadata_path)
-        weights = Path(self.backup_dir) / metadata.get("weights", "")
-        if not weights.is_file():
-            raise ArtifactError(f"the training backup '{metadata_path}' names a missing "
-                                f"weights file '{weights}'",
-                                fix=f"delete '{self.backup_dir}' to restart training")
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(weights)
-        self.model._initial_epoch = int(metadata["epoch"])
+
+def restore_backup(model: keras.Model, backup_dir: str | os.PathLike) -> int:
+    """Load the last backup of :class:`EpochBackup` into ``model`` (compiled); return the epoch
+    to resume at, counted from 0 (0 without a backup).
+
+    Raises:
+        ArtifactError: the metadata names a weights file that is missing.
+    """
+    backup_dir = Path(backup_dir)
+    metadata_path = backup_dir / BACKUP_METADATA
+    if not metadata_path.is_file():
+        return 0
+    metadata = read_json(metadata_path)
+    weights = backup_dir / metadata.get("weights", "")
+    if not weights.is_file():
+        raise ArtifactError(f"the training backup '{metadata_path}' names a missing weights "
+                            f"file '{weights}'", fix=f"delete '{backup_dir}' to restart training")
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(weights)
+    return int(metadata["epoch"])
 
 
 def read_history_csv(path: str | os.PathLike) -> list[dict[str, float]]:

@@ -1,33 +1,17 @@
-"""Input pipelines and a resumable, reproducible training loop for the lab's autoencoders.
+"""Input pipelines: image arrays as ``tf.data`` pipelines of ``(x, x)`` float32 batches in [0, 1].
 
-1. :func:`image_dataset`, :func:`patch_dataset` and :func:`val_patch_dataset` turn image
-   arrays into ``tf.data`` pipelines of ``(x, x)`` float32 batches in [0, 1]. Shuffling and
-   random crops are stateless functions of ``(seed, epoch)``: the training datasets carry a
-   small epoch variable (attribute ``lab_epoch_variable``) that :func:`fit_autoencoder` sets
-   at the start of every epoch, so epoch 7 sees the same crops whether or not the run was
-   killed and resumed at epoch 5.
-2. :func:`fit_autoencoder` compiles with Adam and fits with: the best checkpoint on
-   ``val_loss`` written atomically to ``model_dir/model.keras``; an atomic variant of
-   ``keras.callbacks.BackupAndRestore`` in ``model_dir/backup`` (a killed run resumes from its
-   last backed-up epoch: every epoch unless writing the backup would cost more than 10 % of
-   the training time, see :class:`AtomicBackupAndRestore`); a NaN guard raising
-   :class:`LabError`; optional early stopping; ``history.csv`` (one row per epoch, exactly
-   once across resumes), ``history.json`` and ``config.json``. It returns the best
-   checkpoint loaded back in safe mode.
-3. :func:`load_model` loads a ``.keras`` file in safe mode, naming the file on failure.
-
-Two runs with the same seed and parameters give bit-identical losses on the same machine
-(``set_global_seed`` turns on TensorFlow's deterministic ops; the model builders seed
-their initializers).
+:func:`image_dataset` (whole images), :func:`patch_dataset` (random crops, optionally with a
+corrupted input) and :func:`val_patch_dataset` (fixed crops). Shuffling and random crops are
+stateless functions of ``(seed, epoch)``: the training datasets carry a small epoch variable
+(attribute ``lab_epoch_variable``) that the fit sets at the start of every epoch
+(:func:`set_dataset_epoch`), so epoch 7 sees the same crops whether or not the run was
+killed and resumed at epoch 5.
 
 Example:
-    >>> import numpy as np, tempfile
-    >>> from anomaly_utils.models import build_ae1
-    >>> x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-    >>> result = fit_autoencoder(build_ae1(16, latent_dim=8), x, x, tempfile.mkdtemp(),
-    ...                          epochs=2, learning_rate=1e-3, seed=0, verbose=0)
-    >>> len(result["history"]["val_loss"])
-    2
+    >>> import numpy as np
+    >>> x = np.zeros((3, 40, 40, 1), np.uint8)
+    >>> next(iter(patch_dataset(x, 32, 10, batch_size=4)))[0].shape
+    TensorShape([4, 32, 32, 1])
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
-"""Input pipelines and a resumable, reproducible training loop for the lab's autoencoders.
+"""The resumable, reproducible training loop of the lab's autoencoders.
 
-1. :func:`image_dataset`, :func:`patch_dataset` and :func:`val_patch_dataset` turn image
-   arrays into ``tf.data`` pipelines of ``(x, x)`` float32 batches in [0, 1]. Shuffling and
-   random crops are stateless functions of ``(seed, epoch)``: the training datasets carry a
-   small epoch variable (attribute ``lab_epoch_variable``) that :func:`fit_autoencoder` sets
-   at the start of every epoch, so epoch 7 sees the same crops whether or not the run was
-   killed and resumed at epoch 5.
-2. :func:`fit_autoencoder` compiles with Adam and fits with: the best checkpoint on
-   ``val_loss`` written atomically to ``model_dir/model.keras``; an atomic variant of
-   ``keras.callbacks.BackupAndRestore`` in ``model_dir/backup`` (a killed run resumes from its
-   last backed-up epoch: every epoch unless writing the backup would cost more than 10 % of
-   the training time, see :class:`AtomicBackupAndRestore`); a NaN guard raising
-   :class:`LabError`; optional early stopping; ``history.csv`` (one row per epoch, exactly
-   once across resumes), ``history.json`` and ``config.json``. It returns the best
-   checkpoint loaded back in safe mode.
-3. :func:`load_model` loads a ``.keras`` file in safe mode, naming the file on failure.
+:func:`fit_autoencoder` compiles with Adam and fits with: the best checkpoint on ``val_loss``
+written atomically to ``model_dir/model.keras``; atomic resume backups in
+``model_dir/backup`` (:class:`~anomaly_utils.training.callbacks.EpochBackup`: a killed run
+resumes from its last backed-up epoch, backed up every epoch unless that would cost more
+than 10 % of the training time); a NaN guard raising :class:`LabError`; optional early
+stopping; ``history.csv`` (one row per epoch, exactly once across resumes),
+``history.json`` and ``config.json``. It returns the best checkpoint loaded back in safe
+mode.
 
 Two runs with the same seed and parameters give bit-identical losses on the same machine
 (``set_global_seed`` turns on TensorFlow's deterministic ops; the model builders seed
@@ -22,7 +15,7 @@ their initializers).
 
 Example:
     >>> import numpy as np, tempfile
-    >>> from anomaly_utils.models import build_ae1
+    >>> from anomaly_utils.models.ae1 import build_ae1
     >>> x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     >>> result = fit_autoencoder(build_ae1(16, latent_dim=8), x, x, tempfile.mkdtemp(),
     ...                          epochs=2, learning_rate=1e-3, seed=0, verbose=0)
@@ -53,11 +46,12 @@ from anomaly_utils.seeding import set_global_seed
 from anomaly_utils.training.callbacks import (
     BACKUP_DIR,
     HISTORY_CSV,
-    AtomicBackupAndRestore,
+    EpochBackup,
     EpochRecorder,
     EpochSetter,
     NanGuard,
     read_history_csv,
+    restore_backup,
 )
 from anomaly_utils.training.datasets import check_int, image_dataset
 
@@ -111,7 +105,7 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
         batch_size: batch size used when ``train_data``/``val_data`` are arrays.
         jit_compile: passed to ``compile`` (``"auto"``: XLA on a GPU, not on a CPU).
         backup_overhead: the largest share of the time spent writing resume backups
-            (:class:`AtomicBackupAndRestore`); 1.0 backs up after every epoch.
+            (:class:`EpochBackup`); 1.0 backs up after every epoch.
         callbacks: extra Keras callbacks, run after the lab's own.
 
     Returns:
@@ -163,16 +157,15 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
     recorder = EpochRecorder(model_dir, monitor, early_stopping_patience, verbose)
     # Order matters at epoch end: checkpoint and CSV row first, the backup (the commit) last.
     lab_callbacks = [EpochSetter(train_ds), guard, recorder,
-                     AtomicBackupAndRestore(str(backup_dir), backup_overhead)]
+                     EpochBackup(backup_dir, backup_overhead)]
+    initial_epoch = restore_backup(model, backup_dir)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,
-                  callbacks=lab_callbacks + list(callbacks))
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  verbose=verbose, shuffle=False, callbacks=lab_callbacks + list(callbacks))
     except LabError:
         if guard.tripped:
             shutil.rmtree(backup_dir, ignore_errors=True)
         raise
-    finally:
-        model._initial_epoch = None  # set by the backup on resume; would leak into a later fit
 
     rows = recorder.rows or read_history_csv(model_dir / HISTORY_CSV)
     history = {key: [row.get(key, math.nan) for row in rows]

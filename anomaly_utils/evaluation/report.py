@@ -1,0 +1,143 @@
+"""A run's report: the thresholds chosen on validation data and every test metric of each
+model, as notebook 04 writes them to ``thresholds.json`` and ``metrics.json``.
+
+The inputs are a model's stored scores (:func:`anomaly_utils.scoring.stored.load_scores`):
+``val`` holds the validation normals (scores (V,), maps (V, E, E)), ``val_pseudo`` the same
+images with pasted anomalies (labels, scores), ``test`` the test split (labels, scores,
+maps, masks, ``has_mask``, types). Only validation data chooses a threshold; the test split
+is measured once, at the end.
+
+Example:
+    >>> import numpy as np
+    >>> settings = strategy_settings(percentile=99.0, k_std=3.0, target_fpr=0.05)
+    >>> sorted(candidate_thresholds(np.linspace(0, 1, 101), settings))
+    ['max', 'mean_std', 'percentile', 'target_fpr']
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly_utils.artifacts import write_json
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.evaluation import metrics, thresholds
+
+# The strategies that need only validation normals; "f1_optimal" also needs labelled ones.
+NORMALS_ONLY = ("percentile", "mean_std", "max", "target_fpr")
+HEADLINE = {  # the row labels of the report table, and where each number is in the report
+    "image AUROC": ("image_auroc",),
+    "AUROC 95% CI low": ("image_auroc_ci", 0),
+    "AUROC 95% CI high": ("image_auroc_ci", 1),
+    "pixel AUROC": ("pixel_auroc",),
+    "AUPRO (FPR ≤ 0.3)": ("aupro",),
+    "F1-max": ("f1_max",),
+    "F1 at threshold": ("at_threshold", "f1"),
+    "threshold": ("image_threshold",),
+}
+
+
+def strategy_settings(percentile: float, k_std: float, target_fpr: float) -> dict[str, dict]:
+    """Each normals-only strategy with its setting, as :func:`thresholds.select_threshold`
+    takes them (``percentile`` in %, ``target_fpr`` a fraction)."""
+    return {"percentile": {"q": percentile}, "mean_std": {"k": k_std}, "max": {},
+            "target_fpr": {"fpr": target_fpr}}
+
+
+def candidate_thresholds(val_normal_scores: np.ndarray, settings: dict[str, dict],
+                         labelled: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """The image threshold of every strategy, from validation data only.
+
+    Args:
+        val_normal_scores: (V,) scores of the validation normals.
+        settings: :func:`strategy_settings`.
+        labelled: optional pseudo-labelled validation scores (``labels`` (P,), ``scores``
+            (P,)); adds ``"f1_optimal"``.
+    """
+    candidates = {strategy: thresholds.select_threshold(strategy, val_normal_scores=
+                                                        val_normal_scores, **kwargs)
+                  for strategy, kwargs in settings.items()}
+    if labelled is not None:
+        candidates["f1_optimal"] = thresholds.f1_optimal_threshold(labelled["labels"],
+                                                                   labelled["scores"])
+    return candidates
+
+
+def final_metrics(test: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Every threshold-free test metric (:func:`metrics.summarize`). Defect images without a
+    mask count for image-level metrics only; the pixel metrics use the images with masks."""
+    has = np.asarray(test["has_mask"], bool)
+    every = bool(has.all())
+    result = metrics.summarize(test["labels"], test["scores"],
+                               test["masks"] if every else None, test["maps"] if every else None,
+                               test["types"], n_boot=n_boot, seed=seed)
+    if not every:
+        result["pixel_auroc"] = metrics.pixel_auroc(test["masks"][has], test["maps"][has])
+        result["aupro"] = metrics.aupro(test["masks"][has], test["maps"][has])
+    return result
+
+
+def model_report(scores: dict[str, dict], candidates: dict[str, float], strategy: str,
+                 settings: dict[str, dict], *, pixel_percentile: float, min_defect_area: int,
+                 n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One model's chosen thresholds and its report.
+
+    Args:
+        scores: ``{"val": ..., "test": ...}`` stored scores of the model.
+        candidates: :func:`candidate_thresholds`; ``strategy`` picks the image threshold.
+        pixel_percentile: percentile (%) of the validation normals' pixel scores.
+        min_defect_area: smallest predicted region kept by the gallery, pixels at eval size.
+
+    Returns:
+        ``(chosen, report)``: the ``thresholds.json`` entry and the ``metrics.json`` entry.
+
+    Raises:
+        ParameterError: ``strategy`` is "f1_optimal" without labelled validation data, or
+            unknown.
+    """
+    if strategy not in candidates:
+        if strategy == "f1_optimal":
+            thresholds.f1_optimal_threshold(None, None)  # raises, naming the fix
+        raise ParameterError(f"strategy must be one of {sorted(candidates)}, got {strategy!r}")
+    test = scores["test"]
+    image_threshold = candidates[strategy]
+    pixel_threshold = thresholds.pixel_threshold(scores["val"]["maps"], q=pixel_percentile)
+    chosen = {"image_threshold": image_threshold, "pixel_threshold": pixel_threshold,
+              "strategy": strategy, "settings": settings.get(strategy, {}),
+              "min_defect_area": min_defect_area}
+    report = {**final_metrics(test, n_boot=n_boot, seed=seed),
+              "image_threshold": image_threshold, "pixel_threshold": pixel_threshold,
+              "strategy": strategy,
+              "at_threshold": metrics.threshold_metrics(test["labels"], test["scores"],
+                                                        image_threshold),
+              "candidates": candidates}
+    return chosen, report
+
+
+def headline(reports: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """``{model: {row label: value}}``: the numbers of the report table (:data:`HEADLINE`)."""
+    def pick(report, path):
+        value = report
+        for key in path:
+            value = None if value is None else value[key]
+        return value
+
+    return {name: {label: pick(report, path) for label, path in HEADLINE.items()}
+            for name, report in reports.items()}
+
+
+def write_report(run_dir: str | os.PathLike, chosen: dict[str, dict], reports: dict[str, dict],
+                 *, fingerprint: str, data_summary: dict, params: dict) -> None:
+    """Write ``thresholds.json`` and ``metrics.json`` (with the dataset's fingerprint, counts
+    and root, and the run's parameters) atomically into ``run_dir``."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / "thresholds.json", chosen)
+    write_json(run_dir / "metrics.json", {
+        **reports,
+        "dataset": {"fingerprint": fingerprint, "counts": data_summary.get("counts"),
+                    "root": data_summary.get("root")},
+        "params": params,
+    })

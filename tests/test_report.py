@@ -1,0 +1,107 @@
+"""Tests for anomaly_utils.evaluation.report: thresholds from validation data only, the report
+of each model, and the files notebook 04 writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly_utils.artifacts import read_json
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.evaluation import metrics, thresholds
+from anomaly_utils.evaluation.report import (
+    HEADLINE,
+    candidate_thresholds,
+    headline,
+    model_report,
+    strategy_settings,
+    write_report,
+)
+
+SETTINGS = strategy_settings(percentile=95.0, k_std=2.0, target_fpr=0.1)
+
+
+def _scores(seed: int = 0, with_masks: bool = True) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
+    types = np.array(["good"] * 6 + ["cut"] * 3 + ["hole"] * 3)
+    labels = (types != "good").astype(np.int64)
+    masks = np.zeros((12, 8, 8), bool)
+    masks[6:, 2:5, 2:5] = True
+    maps = rng.random((12, 8, 8)).astype(np.float32) + 2 * masks
+    test = {"labels": labels, "scores": maps.max(axis=(1, 2)), "maps": maps, "masks": masks,
+            "has_mask": np.full(12, with_masks) | (labels == 0), "types": types}
+    val = {"scores": rng.random(10).astype(np.float32), "maps": rng.random((10, 8, 8))}
+    return {"val": val, "test": test,
+            "val_pseudo": {"labels": np.array([0, 0, 1, 1]), "scores": np.array([.1, .2, .8, .9])}}
+
+
+def test_candidates_come_from_the_validation_scores_alone():
+    scores = _scores()
+    candidates = candidate_thresholds(scores["val"]["scores"], SETTINGS)
+    assert candidates["percentile"] == pytest.approx(np.percentile(scores["val"]["scores"], 95))
+    assert candidates["max"] == pytest.approx(scores["val"]["scores"].max())
+    assert "f1_optimal" not in candidates
+    labelled = candidate_thresholds(scores["val"]["scores"], SETTINGS, scores["val_pseudo"])
+    assert labelled["f1_optimal"] == pytest.approx(
+        thresholds.f1_optimal_threshold(scores["val_pseudo"]["labels"],
+                                        scores["val_pseudo"]["scores"]))
+    # Changing the test split changes no candidate.
+    other = _scores(seed=1)
+    other["val"] = scores["val"]
+    assert candidate_thresholds(other["val"]["scores"], SETTINGS) == candidates
+
+
+def test_model_report_uses_the_chosen_strategy_and_measures_the_test_split():
+    scores = _scores()
+    candidates = candidate_thresholds(scores["val"]["scores"], SETTINGS)
+    chosen, report = model_report(scores, candidates, "mean_std", SETTINGS, pixel_percentile=99,
+                                  min_defect_area=4, n_boot=50, seed=0)
+    assert chosen == {"image_threshold": candidates["mean_std"],
+                      "pixel_threshold": thresholds.pixel_threshold(scores["val"]["maps"], q=99),
+                      "strategy": "mean_std", "settings": {"k": 2.0}, "min_defect_area": 4}
+    test = scores["test"]
+    assert report["image_auroc"] == metrics.image_auroc(test["labels"], test["scores"])
+    assert report["pixel_auroc"] == metrics.pixel_auroc(test["masks"], test["maps"])
+    assert report["at_threshold"] == metrics.threshold_metrics(test["labels"], test["scores"],
+                                                               candidates["mean_std"])
+    assert set(report["per_defect"]) == {"cut", "hole"}
+
+
+def test_defect_images_without_masks_count_for_image_metrics_only():
+    scores = _scores(with_masks=False)
+    candidates = candidate_thresholds(scores["val"]["scores"], SETTINGS)
+    _, report = model_report(scores, candidates, "percentile", SETTINGS, pixel_percentile=99,
+                             min_defect_area=0, n_boot=20, seed=0)
+    test = scores["test"]
+    assert report["image_auroc"] == metrics.image_auroc(test["labels"], test["scores"])
+    assert report["pixel_auroc"] is None  # only normal images have masks: one class
+    assert report["per_defect"]["cut"]["pixel_auroc"] is None
+
+
+def test_f1_optimal_without_labelled_validation_is_refused_with_the_fix():
+    scores = _scores()
+    candidates = candidate_thresholds(scores["val"]["scores"], SETTINGS)
+    with pytest.raises(ParameterError, match="labelled validation"):
+        model_report(scores, candidates, "f1_optimal", SETTINGS, pixel_percentile=99,
+                     min_defect_area=0, n_boot=20, seed=0)
+    with pytest.raises(ParameterError, match="strategy must be one of"):
+        model_report(scores, candidates, "median", SETTINGS, pixel_percentile=99,
+                     min_defect_area=0, n_boot=20, seed=0)
+
+
+def test_report_files_and_headline(tmp_path):
+    scores = _scores()
+    candidates = candidate_thresholds(scores["val"]["scores"], SETTINGS)
+    chosen, report = model_report(scores, candidates, "percentile", SETTINGS,
+                                  pixel_percentile=99, min_defect_area=0, n_boot=20, seed=0)
+    write_report(tmp_path, {"ae2": chosen}, {"ae2": report}, fingerprint="abc",
+                 data_summary={"counts": {"train": 3}, "root": "/data"}, params={"x": 1})
+    assert read_json(tmp_path / "thresholds.json") == {"ae2": chosen}
+    written = read_json(tmp_path / "metrics.json")
+    assert written["dataset"] == {"fingerprint": "abc", "counts": {"train": 3}, "root": "/data"}
+    assert written["params"] == {"x": 1}
+    assert written["ae2"]["image_auroc"] == pytest.approx(report["image_auroc"])
+    row = headline({"ae2": report})["ae2"]
+    assert list(row) == list(HEADLINE)
+    assert row["AUROC 95% CI low"] == report["image_auroc_ci"][0]
+    assert row["F1 at threshold"] == report["at_threshold"]["f1"]
