@@ -41,6 +41,12 @@ NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeo
 CHAIN_TESTS := tests/test_pipeline.py tests/test_reliability.py tests/test_readme_commands.py \
 	tests/test_jupyterlab.py
 UNIT_TESTS := $(filter-out $(CHAIN_TESTS),$(sort $(wildcard tests/test_*.py)))
+# Each TensorFlow process gets one thread per pool: three test processes and their background
+# runs share two cores, and TensorFlow's spinning thread pools, one per process at the core
+# count, would otherwise spend the cores waiting on each other.
+test: export TF_NUM_INTRAOP_THREADS := 1
+test: export TF_NUM_INTEROP_THREADS := 1
+test: export OMP_NUM_THREADS := 1
 test: $(STAMP) data
 	rm -rf runs/notebooks
 	@mkdir -p runs

@@ -42,7 +42,7 @@ def measure(n_images: int = 32) -> list[dict]:
             ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
                           map_kind="gms+l1", score_method="max", smooth_sigma=1.0,
                           patch_size=64, stride=16, eval_size=128, **normalised(64)), 1),
-        "AE-2 the same with session 3's map (1-SSIM+L1, sigma 2, top-1 %)": (
+        "AE-2 the same with the 1-SSIM+L1 map (sigma 2, top-1 %)": (
             build_ae2(patch_size=64, channels=1, latent_dim=16, bottleneck="spatial"),
             ScoringConfig(model="ae2", image_size=64, color_mode="grayscale",
                           map_kind="ssim+l1", score_method="topk", smooth_sigma=2.0,

@@ -44,7 +44,7 @@ def _table(text: str) -> dict[str, list[float]]:
 
 @pytest.fixture(scope="module")
 def metrics_table() -> dict[str, list[float]]:
-    return _table(_outputs("04_threshold_selection", "params_file = "))
+    return _table(_outputs("04_threshold_selection", "chosen, reports = "))
 
 
 @pytest.mark.parametrize("notebook,model,column", [("02_train_ae1", "AE-1", 0),

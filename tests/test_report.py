@@ -105,3 +105,42 @@ def test_report_files_and_headline(tmp_path):
     assert list(row) == list(HEADLINE)
     assert row["AUROC 95% CI low"] == report["image_auroc_ci"][0]
     assert row["F1 at threshold"] == report["at_threshold"]["f1"]
+
+
+def _write_run(run_dir, fingerprints):
+    from anomaly_utils.scoring.stored import ScoreResult, save_scores
+
+    for name, fingerprint in fingerprints.items():
+        (run_dir / name).mkdir(parents=True)
+        for split in ("test", "val", "val_pseudo"):
+            result = ScoreResult(scores=np.zeros(2, np.float32),
+                                 maps=np.zeros((2, 4, 4), np.float32),
+                                 recons=np.zeros((2, 4, 4, 1), np.float32))
+            save_scores(run_dir / name / f"scores_{split}.npz", result, labels=[0, 1],
+                        types=["good", "cut"], masks=None, has_mask=None,
+                        paths=["test/good/0.png", "test/cut/0.png"], fingerprint=fingerprint,
+                        model=name)
+
+
+def test_a_runs_scores_load_together_and_must_share_one_dataset(tmp_path):
+    from anomaly_utils.errors import ArtifactError
+    from anomaly_utils.scoring.stored import load_run_scores
+
+    _write_run(tmp_path / "same", {"ae1": "abc", "ae2": "abc"})
+    scores = load_run_scores(tmp_path / "same")
+    assert set(scores) == {"ae1", "ae2"} and set(scores["ae2"]) == {"test", "val", "val_pseudo"}
+    _write_run(tmp_path / "mixed", {"ae1": "abc", "ae2": "xyz"})
+    with pytest.raises(ArtifactError, match="different datasets"):
+        load_run_scores(tmp_path / "mixed")
+
+
+def test_the_gallery_names_a_vanished_test_image(tmp_path):
+    from anomaly_utils.errors import DataError
+    from anomaly_utils.visualization.gallery import stored_test_images
+
+    (tmp_path / "test" / "good").mkdir(parents=True)
+    (tmp_path / "test" / "good" / "0.png").write_bytes(b"")
+    assert stored_test_images(tmp_path, np.array(["test/good/0.png"])) == [
+        tmp_path / "test" / "good" / "0.png"]
+    with pytest.raises(DataError, match=r"1 test image\(s\).*test/cut/0.png"):
+        stored_test_images(tmp_path, np.array(["test/good/0.png", "test/cut/0.png"]))

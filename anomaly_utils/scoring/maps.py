@@ -29,8 +29,7 @@ from anomaly_utils.models.similarity import GMS_C, GMS_SCALES, PREWITT, check_im
 from anomaly_utils.scoring.map_kinds import map_components
 
 # Blur of the "lowpass" component, pixels at model resolution, chosen on the carpet's
-# validation sets among 1, 2, 4 and 8 (benchmarks/scoring_probes.py; docs/experiments.md,
-# session 6).
+# validation sets among 1, 2, 4 and 8 (docs/experiments.md, map kind).
 LOWPASS_SIGMA = 2.0
 _SCORE_METHODS = ("max", "mean", "topk")
 

@@ -128,7 +128,7 @@ class Scorer:
     ``model`` is one Keras model or a list of ``config.ensemble_size`` models. An ensemble
     reconstructs with the mean of its members' reconstructions and maps the error of that;
     on magnetic_tile's three validation sets this led the mean of the members' maps by
-    0.0016 (docs/experiments.md, session 6).
+    0.0016 (docs/experiments.md, ensembles).
     """
 
     def __init__(self, model, config: ScoringConfig):

@@ -73,6 +73,30 @@ def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
     return data
 
 
+
+def load_run_scores(run_dir: str | os.PathLike,
+                    splits: tuple[str, ...] = ("test", "val", "val_pseudo")) -> dict[str, dict]:
+    """Every model's stored scores of a run, ``{model: {split: load_scores(...)}}``.
+
+    Raises:
+        ArtifactError: a score file is missing, belongs to another model, or the models'
+            files come from different datasets.
+    """
+    run_dir = Path(run_dir)
+    scores = {}
+    for name in MODELS:
+        first = load_scores(run_dir / name / f"scores_{splits[0]}.npz", model=name)
+        fingerprint = str(first["fingerprint"])
+        scores[name] = {splits[0]: first, **{
+            split: load_scores(run_dir / name / f"scores_{split}.npz", fingerprint, name)
+            for split in splits[1:]}}
+    fingerprints = {str(s[splits[0]]["fingerprint"]) for s in scores.values()}
+    if len(fingerprints) != 1:
+        raise ArtifactError(f"the models' score files in '{run_dir}' come from different "
+                            f"datasets: {sorted(fingerprints)}",
+                            fix="score both models on the same data (rerun notebooks 02 and 03)")
+    return scores
+
 @dataclass
 class SplitScores:
     """What :func:`score_splits` wrote: the results on each split (see :class:`ScoreResult`)."""

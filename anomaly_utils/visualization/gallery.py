@@ -3,11 +3,30 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from anomaly_utils.data.loading import load_images
+from anomaly_utils.errors import DataError
 from anomaly_utils.evaluation import thresholds
 from anomaly_utils.scoring.scorer import Scorer
+
+
+def stored_test_images(data_dir: str | os.PathLike, relative: np.ndarray) -> list[Path]:
+    """The run's test images under ``data_dir`` (``relative``: the score file's ``paths``).
+
+    Raises:
+        DataError: some of them are gone (the gallery reads the images again).
+    """
+    paths = [Path(data_dir) / str(p) for p in relative]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} test image(s) of this run are gone from '{data_dir}', "
+                        f"e.g. '{missing[0]}'",
+                        fix="pass the data_dir the run was made with, or restore the images")
+    return paths
 
 
 def verdicts(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
