@@ -26,11 +26,12 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
+from scipy.stats import bootstrap, rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from anomaly_utils.errors import ParameterError
@@ -353,11 +354,13 @@ def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) 
     }
 
 
-def _rank_auroc(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """Row-wise AUROC (Mann-Whitney U with average ranks) of (B, P) vs (B, Q) score samples."""
-    n_pos, n_neg = positives.shape[1], negatives.shape[1]
-    ranks = rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
-    return (ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+def _rank_auroc(positives: np.ndarray, negatives: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUROC (Mann-Whitney U with average ranks) of positive against negative scores along
+    ``axis``, for every index of the other axes (scipy.stats.bootstrap's vectorized form)."""
+    positives, negatives = np.moveaxis(positives, axis, -1), np.moveaxis(negatives, axis, -1)
+    n_pos, n_neg = positives.shape[-1], negatives.shape[-1]
+    ranks = rankdata(np.concatenate([positives, negatives], axis=-1), axis=-1)
+    return (ranks[..., :n_pos].sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def bootstrap_auroc_ci(
@@ -367,10 +370,11 @@ def bootstrap_auroc_ci(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap confidence interval of the image AUROC.
+    """Percentile bootstrap confidence interval of the image AUROC (scipy.stats.bootstrap).
 
-    Stratified: every resample draws, with replacement, as many anomalous and as many normal
-    images as the data has, so each resample has both classes. Deterministic for a given seed.
+    Stratified: the anomalous and the normal scores are resampled independently, each with
+    replacement at its own size, so each resample has both classes. Deterministic for a given
+    seed.
 
     Args:
         labels: (N,) bool or 0/1, 1 = anomalous image.
@@ -394,17 +398,13 @@ def bootstrap_auroc_ci(
         raise ParameterError(f"alpha must be a number in (0, 1), got {alpha!r}")
     if not _both_classes(y):
         return None
-    positives, negatives = s[y], s[~y]
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CHUNK_VALUES // s.size)
-    aurocs = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - start)
-        pos = positives[rng.integers(0, positives.size, size=(size, positives.size))]
-        neg = negatives[rng.integers(0, negatives.size, size=(size, negatives.size))]
-        aurocs[start : start + size] = _rank_auroc(pos, neg)
-    low, high = np.quantile(aurocs, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    with warnings.catch_warnings():  # one resample has no spread; its interval is that value
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = bootstrap((s[y], s[~y]), _rank_auroc, n_resamples=int(n_boot),
+                           method="percentile", confidence_level=1 - alpha, vectorized=True,
+                           batch=max(1, _BOOTSTRAP_CHUNK_VALUES // s.size),
+                           rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def _optional_pixels(
