@@ -24,8 +24,8 @@ from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError
 
 ROOT = Path(__file__).resolve().parent.parent
-# AE-2 trains 6 epochs so that a run killed after two of them has work left to resume.
-TINY = {"epochs": "3", "ae2.epochs": "6", "ae1.image_size": "32", "ae1.latent_dim": "64",
+# AE-2 trains 4 epochs so that a run killed after two of them has work left to resume.
+TINY = {"epochs": "3", "ae2.epochs": "4", "ae1.image_size": "32", "ae1.latent_dim": "64",
         "ae2.image_size": "64", "patch_size": "32", "ae2.stride": "16",
         "patches_per_epoch": "64", "eval_size": "32", "smooth_sigma": "1.0",
         "n_bootstrap": "50", "batch_size": "16", "min_defect_area": "2"}

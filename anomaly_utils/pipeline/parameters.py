@@ -22,7 +22,18 @@ from anomaly_utils.scoring.map_kinds import map_components
 from anomaly_utils.training.masks import CORRUPT_MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def _notebook_dir() -> Path:
+    """The notebooks a run executes: a checkout's ``notebooks/``, else the copy installed
+    with the package (``anomaly_utils/notebooks``, see pyproject.toml)."""
+    checkout = REPO_ROOT / "notebooks"
+    if (checkout / "01_data_exploration.ipynb").is_file():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "notebooks"
+
+
+NOTEBOOK_DIR = _notebook_dir()
 NOTEBOOKS = (
     "01_data_exploration",
     "02_train_ae1",
