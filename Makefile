@@ -35,12 +35,10 @@ run: $(STAMP) data
 	$(PY) -m anomaly_utils run --data-dir $(DATA) $(RUN_ARGS)
 
 # Three pytest processes side by side, so that a 2-core machine stays busy to the end: nbval
-# over notebooks/, the tests that run the notebook chain (they share the runs that conftest.py
-# starts in the background), and every other test. Their reports follow one another.
+# over notebooks/, the tests marked "chain" (they need runs of the notebook chain, which
+# tests/conftest.py starts in the background), and every other test. Their reports follow one
+# another.
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
-CHAIN_TESTS := tests/test_pipeline.py tests/test_reliability.py tests/test_readme_commands.py \
-	tests/test_jupyterlab.py
-UNIT_TESTS := $(filter-out $(CHAIN_TESTS),$(sort $(wildcard tests/test_*.py)))
 # Each TensorFlow process gets one thread per pool: three test processes and their background
 # runs share two cores, and TensorFlow's spinning thread pools, one per process at the core
 # count, would otherwise spend the cores waiting on each other.
@@ -52,9 +50,9 @@ test: $(STAMP) data
 	@mkdir -p runs
 	@$(PY) -m pytest notebooks $(NBVAL) -p no:cacheprovider --durations=10 \
 		> runs/nbval.log 2>&1 & nbval=$$!; \
-	$(PY) -m pytest $(UNIT_TESTS) -p no:cacheprovider --durations=15 \
+	$(PY) -m pytest tests -m "not chain" -p no:cacheprovider --durations=15 \
 		> runs/unit-tests.log 2>&1 & units=$$!; \
-	$(PY) -m pytest $(CHAIN_TESTS) --durations=20; chain=$$?; \
+	$(PY) -m pytest tests -m chain --durations=20; chain=$$?; \
 	wait $$units; units=$$?; wait $$nbval; notebooks=$$?; \
 	echo "----- the other tests (log: runs/unit-tests.log) -----"; cat runs/unit-tests.log; \
 	echo "----- nbval over notebooks/ (log: runs/nbval.log) -----"; cat runs/nbval.log; \

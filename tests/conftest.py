@@ -31,6 +31,18 @@ TINY = {"epochs": "3", "ae2.epochs": "4", "ae1.image_size": "32", "ae1.latent_di
         "n_bootstrap": "50", "batch_size": "16", "min_defect_area": "2"}
 
 
+# The fixtures that need a run of the notebook chain; tests using them are marked "chain", and
+# `make test` runs them in a process of their own, beside the other tests (Makefile).
+CHAIN_FIXTURES = {"finished_run", "readme_runs", "fresh_root", "image_only_run"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if CHAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.chain)
+
+
 def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """``python -m anomaly_utils ARGS`` from the repository root, output captured."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

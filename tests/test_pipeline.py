@@ -19,7 +19,7 @@ from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import LabError
 from anomaly_utils.pipeline.parameters import NOTEBOOKS, declared_parameters
 from anomaly_utils.pipeline.runs import run_pipeline, summary
-from tests.conftest import cli, clone_run, tiny_args
+from tests.conftest import TINY, cli, clone_run, tiny_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,8 @@ def test_a_run_writes_every_artifact(finished_run: Path):
         assert not (finished_run / model / "backup").exists()
     params = read_json(finished_run / "params.json")["notebooks"]
     assert params["02_train_ae1"]["image_size"] == 32
-    assert params["02_train_ae1"]["epochs"] == 3 and params["03_train_ae2"]["epochs"] == 6
+    assert params["02_train_ae1"]["epochs"] == int(TINY["epochs"])
+    assert params["03_train_ae2"]["epochs"] == int(TINY["ae2.epochs"])
     assert params["02_train_ae1"]["learning_rate"] == 0.001  # defaults recorded too
     env = read_json(finished_run / "env.json")
     assert env["data_fingerprint"] and "keras" in env["packages"]
