@@ -33,7 +33,7 @@ TINY = {"epochs": "3", "ae2.epochs": "4", "ae1.image_size": "32", "ae1.latent_di
 
 # The fixtures that need a run of the notebook chain; tests using them are marked "chain", and
 # `make test` runs them in a process of their own, beside the other tests (Makefile).
-CHAIN_FIXTURES = {"finished_run", "readme_runs", "fresh_root", "image_only_run"}
+CHAIN_FIXTURES = {"finished_run", "readme_runs", "fresh_root", "image_only_run", "prepared"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -189,6 +189,8 @@ class Background:
     def __init__(self, root: Path):
         self.root = root
         self.pool = ThreadPoolExecutor(BACKGROUND_WORKERS, thread_name_prefix="background")
+        # Work that starts from the reference run waits for it in a pool of its own.
+        self.followers = ThreadPoolExecutor(3, thread_name_prefix="after-run")
         self.jobs: dict[str, Future] = {}
         self.processes: list[subprocess.Popen] = []
 
@@ -208,6 +210,11 @@ class Background:
     def submit(self, key: str, job, *args) -> None:
         self.jobs[key] = self.pool.submit(job, *args)
 
+    def submit_after(self, key: str, first: str, job, *args) -> None:
+        """Run ``job(result of first, *args)`` once the job ``first`` has finished."""
+        self.jobs[key] = self.followers.submit(
+            lambda: job(self.jobs[first].result(timeout=1800), *args))
+
     def result(self, key: str, timeout: int = 1800):
         return self.jobs[key].result(timeout=timeout)
 
@@ -218,6 +225,7 @@ class Background:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
         self.pool.shutdown(wait=True)
+        self.followers.shutdown(wait=True)
 
 
 def run_ids(root: Path) -> set[str]:
@@ -265,14 +273,26 @@ def kill_and_resume(bg: Background) -> dict:
             "resumed": resumed}
 
 
+# ``@pytest.mark.after_run(prepare=f)``: ``f(finished_run, folder)`` runs in the background
+# as soon as the reference run is done, beside the other tests; the test reads what it
+# returned through the ``prepared`` fixture and makes its assertions.
+AFTER_RUN = "after_run"
+
+
+def _prepared_jobs(items) -> list[tuple[str, object]]:
+    return [(item.nodeid, marker.kwargs["prepare"]) for item in items
+            for marker in item.iter_markers(AFTER_RUN)]
+
+
 @pytest.fixture(scope="session", autouse=True)
-def background(request) -> Background | None:
+def background(request, tmp_path_factory) -> Background | None:
     """The README's independent runs, started when the session starts (only those that a
     collected test needs); ``finished_run`` and the README tests wait for their results."""
     needed = {name for item in request.session.items
               for name in getattr(item, "fixturenames", ())}
     jobs = []
-    if "finished_run" in needed:
+    prepared = _prepared_jobs(request.session.items)
+    if "finished_run" in needed or prepared:
         jobs.append((MAKE_RUN, f'{MAKE_RUN} RUN_ARGS="{TINY_RUN}"'))
     if "readme_runs" in needed:
         jobs.append((OWN_DATA, kill_and_resume))
@@ -292,8 +312,18 @@ def background(request) -> Background | None:
             bg.submit(key, job, bg)
         else:
             bg.submit(key, bg.run, job)
+    for nodeid, prepare in prepared:
+        folder = tmp_path_factory.mktemp("prepared")
+        bg.submit_after(nodeid, MAKE_RUN,
+                        lambda result, p=prepare, f=folder: p(finished(result, bg.root), f))
     yield bg
     bg.close()
+
+
+@pytest.fixture
+def prepared(request, background: Background):
+    """What this test's ``after_run`` preparation returned (it ran in the background)."""
+    return background.result(request.node.nodeid)
 
 
 def finished(result: subprocess.CompletedProcess, root: Path) -> Path:

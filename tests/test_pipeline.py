@@ -97,47 +97,75 @@ def test_resume_warns_about_and_records_a_changed_environment(tmp_path: Path,
         assert set(resumes[-1]["differences"]) == {"packages", "data_fingerprint"}
 
 
-def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(
-        tiny_data: Path, tmp_path: Path, finished_run: Path):
+def _fail_then_fix(finished_run: Path, folder: Path) -> dict:
+    """A copy of the reference run with 05 to do, whose data lost a test image: the resume
+    fails in 05; with the image back, a second resume reruns only 05. Runs in the background
+    (``after_run``); returns what the test checks."""
+    original = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
+    run = clone_run(finished_run, folder / "r", unfinished=(NOTEBOOKS[4],))
+    # A private copy of the run's data: other runs read the original at the same time.
+    params = read_json(run / "params.json")
+    data_dir = shutil.copytree(params["notebooks"][NOTEBOOKS[4]]["data_dir"], folder / "data")
+    for notebook_params in params["notebooks"].values():
+        if "data_dir" in notebook_params:
+            notebook_params["data_dir"] = str(data_dir)
+    write_json(run / "params.json", params)
+    victim = next((data_dir / "test" / "color").iterdir())
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        run_pipeline({}, run_id="r", runs_dir=folder, resume=True, progress=False,
+                     log=lambda *_: None)
+        error = None
+    except LabError as exc:
+        error = exc
+    finally:
+        victim.write_bytes(saved)
+    failed = {"error": error, "partial": (run / "05_results_gallery.ipynb").is_file(),
+              "state": read_json(run / "status.json")["05_results_gallery"]["state"],
+              "mtimes": {nb: (run / f"{nb}.ipynb").stat().st_mtime_ns for nb in NOTEBOOKS[:4]}}
+    log: list[str] = []
+    run_pipeline({}, run_id="r", runs_dir=folder, resume=True, progress=False, log=log.append)
+    return {"failed": failed, "log": log,
+            "mtimes": {nb: (run / f"{nb}.ipynb").stat().st_mtime_ns for nb in NOTEBOOKS[:4]},
+            "state": read_json(run / "status.json")["05_results_gallery"]["state"],
+            "reference_untouched": {p: p.stat().st_mtime_ns
+                                    for p in finished_run.rglob("*")} == original}
+
+
+@pytest.mark.after_run(prepare=_fail_then_fix)
+def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(prepared: dict):
     """Notebook 05 fails (a test image vanished); after the fix, --resume reruns only 05.
 
     The run is a copy of the reference run in another folder, so this also checks that a
     resumed run writes where it is now, not where it was made.
     """
-    clone_run(finished_run, tmp_path / "r", unfinished=(NOTEBOOKS[4],))
-    original = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
-    # A private copy of the run's data: other runs read the original at the same time.
-    params = read_json(tmp_path / "r" / "params.json")
-    data_dir = shutil.copytree(params["notebooks"][NOTEBOOKS[4]]["data_dir"], tmp_path / "data")
-    for notebook_params in params["notebooks"].values():
-        if "data_dir" in notebook_params:
-            notebook_params["data_dir"] = str(data_dir)
-    write_json(tmp_path / "r" / "params.json", params)
-    victim = next((data_dir / "test" / "color").iterdir())
-    saved = victim.read_bytes()
-    victim.unlink()
-    try:
-        with pytest.raises(LabError) as info:
-            run_pipeline({}, run_id="r", runs_dir=tmp_path, resume=True, progress=False,
-                         log=lambda *_: None)
-    finally:
-        victim.write_bytes(saved)
-    message = str(info.value)
+    failed = prepared["failed"]
+    assert isinstance(failed["error"], LabError), "the run did not fail without its image"
+    message = str(failed["error"])
     assert "05_results_gallery failed in cell [" in message and "--resume r" in message
-    assert (tmp_path / "r" / "05_results_gallery.ipynb").is_file()  # partial notebook kept
-    assert read_json(tmp_path / "r" / "status.json")["05_results_gallery"]["state"] == "failed"
-    mtimes = {nb: (tmp_path / "r" / f"{nb}.ipynb").stat().st_mtime_ns for nb in NOTEBOOKS[:4]}
-    log: list[str] = []
-    run_pipeline({}, run_id="r", runs_dir=tmp_path, resume=True, progress=False, log=log.append)
-    assert sum("completed earlier, reused" in line for line in log) == 4
-    assert mtimes == {nb: (tmp_path / "r" / f"{nb}.ipynb").stat().st_mtime_ns
-                      for nb in NOTEBOOKS[:4]}
-    assert read_json(tmp_path / "r" / "status.json")["05_results_gallery"]["state"] == "completed"
-    assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")} == original
+    assert "test image(s) of this run are gone" in message
+    assert failed["partial"]  # the partially executed notebook is kept
+    assert failed["state"] == "failed"
+    assert sum("completed earlier, reused" in line for line in prepared["log"]) == 4
+    assert prepared["mtimes"] == failed["mtimes"]
+    assert prepared["state"] == "completed"
+    assert prepared["reference_untouched"]
 
 
-def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path,
-                                                               tmp_path: Path):
+def _ensemble_run(finished_run: Path, folder: Path) -> Path:
+    """A copy of the reference run whose notebook 03 trains an ensemble of two, one epoch."""
+    run = clone_run(finished_run, folder / "e", unfinished=tuple(NOTEBOOKS[2:]))
+    params = read_json(run / "params.json")
+    params["notebooks"]["03_train_ae2"].update(ensemble_size=2, epochs=1)
+    write_json(run / "params.json", params)
+    run_pipeline({}, run_id="e", runs_dir=folder, resume=True, until="03", progress=False,
+                 log=lambda *_: None)
+    return run
+
+
+@pytest.mark.after_run(prepare=_ensemble_run)
+def test_an_ensemble_run_trains_saves_and_scores_every_member(prepared: Path):
     """Notebook 03 with ``ensemble_size`` 2: member 1 is trained with seed + 1 into
     ``ae2/member1/``, and the run's stored maps are those of the members' mean
     reconstruction."""
@@ -146,26 +174,21 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path
     from anomaly_utils.scoring.scorer import Scorer, ScoringConfig
     from anomaly_utils.scoring.stored import load_scores
 
-    run = clone_run(finished_run, tmp_path / "e", unfinished=tuple(NOTEBOOKS[2:]))
-    params = read_json(run / "params.json")
-    ae2 = params["notebooks"]["03_train_ae2"]
-    ae2.update(ensemble_size=2, epochs=1)
-    write_json(run / "params.json", params)
-    run_pipeline({}, run_id="e", runs_dir=tmp_path, resume=True, until="03", progress=False,
-                 log=lambda *_: None)
+    run = prepared
+    ae2 = read_json(run / "params.json")["notebooks"]["03_train_ae2"]
     assert (run / "ae2" / "member1" / "model.keras").is_file()
     assert read_json(run / "ae2" / "member1" / "config.json")["training"]["seed"] == 1
     ensemble = Scorer.load(run, "ae2")
     assert ensemble.config.ensemble_size == 2 and len(ensemble.members) == 2
     ds = load_dataset(ae2["data_dir"], image_size=ae2["image_size"],
-                           color_mode=ae2["color_mode"], val_fraction=ae2["val_fraction"],
-                           seed=ae2["seed"], mask_size=ae2["eval_size"])
+                      color_mode=ae2["color_mode"], val_fraction=ae2["val_fraction"],
+                      seed=ae2["seed"], mask_size=ae2["eval_size"])
     single = ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1, "normalize": False})
     recons = [Scorer(m, single).reconstruct(ds.test_images) for m in ensemble.members]
     assert not np.allclose(recons[0], recons[1])                 # two different models
     unnormalised = Scorer(ensemble.members, ScoringConfig(**{**vars(single), "ensemble_size": 2}))
     expected = anomaly_map(ds.test_images / np.float32(255), np.mean(recons, axis=0),
-                                   kind=single.map_kind, smooth_sigma=single.smooth_sigma)
+                           kind=single.map_kind, smooth_sigma=single.smooth_sigma)
     np.testing.assert_allclose(unnormalised.reconstruct_with_maps(ds.test_images)[1], expected,
                                rtol=1e-5, atol=1e-6)
     stored = load_scores(run / "ae2" / "scores_test.npz")["maps"]
@@ -173,16 +196,24 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(finished_run: Path
                                atol=1e-2)  # stored as float16
 
 
-def test_score_command_prints_verdicts_and_writes_overlays(finished_run: Path, tiny_data: Path,
-                                                           tmp_path: Path):
-    folder = tiny_data / "test" / "hole"
-    result = cli("score", "--run", str(finished_run), "--model", "ae2", str(folder),
-                 str(tiny_data / "test" / "good" / "000.png"), "--out", str(tmp_path / "out"))
+def _score_new_images(finished_run: Path, folder: Path) -> dict:
+    """``score`` with the reference run's AE-2 on a folder of its data and one more image."""
+    data = Path(read_json(finished_run / "params.json")["notebooks"]["05_results_gallery"]
+                ["data_dir"])
+    images = data / "test" / "hole"
+    result = cli("score", "--run", str(finished_run), "--model", "ae2", str(images),
+                 str(data / "test" / "good" / "000.png"), "--out", str(folder / "out"))
+    return {"result": result, "images": images, "out": folder / "out"}
+
+
+@pytest.mark.after_run(prepare=_score_new_images)
+def test_score_command_prints_verdicts_and_writes_overlays(prepared: dict):
+    result = prepared["result"]
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if ".png" in line]
-    assert len(lines) == len(list(folder.iterdir())) + 1
+    assert len(lines) == len(list(prepared["images"].iterdir())) + 1
     assert all(("ANOMALOUS" in line) or ("normal" in line) for line in lines)
-    assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == len(lines)
+    assert len(list(prepared["out"].glob("*_heatmap.png"))) == len(lines)
 
 
 def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: Path,
