@@ -89,9 +89,11 @@ def test_kernel_imports_anomaly_utils(lab: str):
                             "print('version', anomaly_utils.__version__)",
                     "silent": False, "store_history": False, "user_expressions": {},
                     "allow_stdin": False}}))
-    printed, status = "", None
+    # The reply comes on the shell channel, the printed text on iopub; the two are not
+    # ordered, so read until both the reply and iopub's "idle" for this request have come.
+    printed, status, idle = "", None, False
     deadline = time.monotonic() + 120
-    while status is None and time.monotonic() < deadline:
+    while (status is None or not idle) and time.monotonic() < deadline:
         message = json.loads(ws.recv())
         if message.get("parent_header", {}).get("msg_id") != msg_id:
             continue
@@ -99,6 +101,8 @@ def test_kernel_imports_anomaly_utils(lab: str):
             printed += message["content"]["text"]
         elif message["msg_type"] == "execute_reply":
             status = message["content"]["status"]
+        elif message["msg_type"] == "status":
+            idle = message["content"]["execution_state"] == "idle"
     ws.close()
     api(lab, f"/api/kernels/{kernel['id']}", "DELETE")
     assert status == "ok", printed
