@@ -1,0 +1,259 @@
+"""Tests for the DRAEM-style training anomalies (anomaly_utils.data.training_anomalies)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from anomaly_utils.data.training_anomalies import (
+    FILL_KINDS,
+    add_training_anomaly,
+    default_scale_exponents,
+    make_training_anomalies,
+    perlin_mask,
+    perlin_noise,
+)
+from anomaly_utils.errors import ParameterError
+
+
+def _textures(n: int, side: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """float32 (n, side, side, channels) in [0, 1]: smooth random textures with fine noise."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, side, side, channels), np.float32)
+    for i in range(n):
+        coarse = cv2.resize(rng.random((6, 6, channels)).astype(np.float32), (side, side),
+                            interpolation=cv2.INTER_CUBIC).reshape(side, side, channels)
+        out[i] = np.clip(0.2 + 0.5 * coarse + 0.1 * rng.random((side, side, channels)), 0, 1)
+    return out
+
+
+def _variants() -> dict[str, np.ndarray]:
+    gray, rgb = _textures(6, channels=1, seed=1), _textures(6, channels=3, seed=2)
+    return {"gray_uint8": np.rint(gray * 255).astype(np.uint8), "gray_float": gray,
+            "rgb_uint8": np.rint(rgb * 255).astype(np.uint8), "rgb_float64": rgb.astype(float)}
+
+
+def _as_unit(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / (255 if images.dtype == np.uint8 else 1)
+
+
+# --- Perlin noise and masks -------------------------------------------------------------------
+
+def test_perlin_noise_is_bounded_seeded_and_new_under_another_seed():
+    maps = [perlin_noise((48, 64), np.random.default_rng(s), (4, 8), 30.0) for s in (5, 5, 6)]
+    assert maps[0].shape == (48, 64) and maps[0].dtype == np.float32
+    assert np.abs(maps[0]).max() <= 1 and maps[0].std() > 0.1
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert np.abs(maps[0] - maps[2]).max() > 0.5
+
+
+def test_perlin_noise_rotation_rotates_the_map():
+    """On a square image, 90 degrees turns the (anisotropic) pattern about the centre:
+    noise90[r, c] = noise0[W - 1 - c, r]."""
+    upright = perlin_noise((40, 40), np.random.default_rng(3), (2, 8), 0.0)
+    turned = perlin_noise((40, 40), np.random.default_rng(3), (2, 8), 90.0)
+    np.testing.assert_allclose(turned, np.rot90(upright, -1), atol=1e-4)
+    assert np.abs(turned - upright).max() > 0.3
+
+
+def test_perlin_noise_scale_sets_the_feature_size():
+    """More lattice periods per side: more sign changes along a row (about one per cell)."""
+    def crossings(periods: float) -> float:
+        maps = [perlin_noise((64, 64), np.random.default_rng(s), (periods, periods))
+                for s in range(10)]
+        return float(np.mean([np.count_nonzero(np.diff(np.sign(m), axis=1)) / 64 for m in maps]))
+    few, many = crossings(2), crossings(16)
+    assert 0.5 < few < 4 and 8 < many < 32
+
+
+def test_default_scale_exponents_follow_draem_at_256_px():
+    assert default_scale_exponents(256) == (0, 5)   # DRAEM: 2**0 .. 2**5 at 256 px
+    assert default_scale_exponents(64) == (0, 3) and default_scale_exponents(16) == (0, 1)
+
+
+def test_perlin_mask_is_never_empty_and_falls_back_to_a_blob():
+    rng = np.random.default_rng(0)
+    masks = [perlin_mask((32, 32), rng, (0, 1)) for _ in range(60)]
+    assert all(m.dtype == bool and m.shape == (32, 32) and m.any() for m in masks)
+    assert len({m.tobytes() for m in masks}) == len(masks)
+    blob = perlin_mask((64, 64), rng, threshold=0.999, max_tries=2)  # noise never reaches it
+    assert blob.any() and blob.mean() < 0.1
+
+
+def test_perlin_mask_coarser_scales_give_larger_regions():
+    def mean_region(exponents):
+        rng = np.random.default_rng(1)
+        sizes = []
+        for _ in range(40):
+            count, _ = cv2.connectedComponents(perlin_mask((128, 128), rng, exponents).astype(np.uint8))
+            sizes.append(1 / max(count - 1, 1))
+        return np.mean(sizes)
+    assert mean_region((1, 1)) > 2 * mean_region((4, 4))
+
+
+# --- blending -------------------------------------------------------------------------------------
+
+def test_same_seed_same_result_other_seed_different():
+    images = _textures(12)
+    a = make_training_anomalies(images, None, 7)
+    b = make_training_anomalies(images, None, 7)
+    c = make_training_anomalies(images, None, 8)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    gen = make_training_anomalies(images, None, np.random.default_rng(7))
+    np.testing.assert_array_equal(gen[0], a[0])
+
+
+@pytest.mark.parametrize("fill", FILL_KINDS)
+def test_pixels_change_exactly_inside_the_mask(fill):
+    images = _textures(20, seed=3)
+    out, masks = make_training_anomalies(images, None, 1, clean_fraction=0.0, fills=(fill,))
+    mask = masks[..., 0].astype(bool)
+    changed = (out != images).any(axis=-1)
+    assert not changed[~mask].any(), "a pixel outside the mask changed"
+    assert mask.reshape(20, -1).any(axis=1).all()
+    assert changed[mask].mean() > 0.9, "the fill left most mask pixels as they were"
+    assert set(np.unique(masks)) == {0.0, 1.0}
+
+
+def test_flat_image_changes_on_every_mask_pixel():
+    images = np.full((30, 32, 32, 3), 0.5, np.float32)
+    out, masks = make_training_anomalies(images, None, 2, clean_fraction=0.0, fills=("colour",),
+                                         opacity=(0.0, 0.7))
+    np.testing.assert_array_equal((out != 0.5).any(axis=-1), masks[..., 0].astype(bool))
+
+
+@pytest.mark.parametrize("window", [(0.0, 0.8), (0.3, 0.5)])
+def test_opacity_is_drawn_from_its_range(window):
+    """With a colour fill the random draws do not depend on the pixels, so two constant images
+    c1 and c2 get the same fill and beta: out1 - out2 = beta * (c1 - c2) inside the mask."""
+    n = 120
+    dark, light = np.full((n, 16, 16, 1), 0.1, np.float32), np.full((n, 16, 16, 1), 0.9, np.float32)
+    out1, masks = make_training_anomalies(dark, None, 4, clean_fraction=0.0, fills=("colour",),
+                                          opacity=window)
+    out2, masks2 = make_training_anomalies(light, None, 4, clean_fraction=0.0, fills=("colour",),
+                                           opacity=window)
+    np.testing.assert_array_equal(masks, masks2)
+    betas = []
+    for i in range(n):
+        inside = masks[i, ..., 0].astype(bool)
+        beta = (out2[i, inside, 0] - out1[i, inside, 0]) / 0.8
+        assert np.ptp(beta) < 1e-5, "beta is not one value per sample"
+        betas.append(float(beta.mean()))
+    lo, hi = window
+    assert lo - 1e-5 <= min(betas) and max(betas) <= hi + 1e-5
+    assert min(betas) < lo + 0.1 * (hi - lo) and max(betas) > hi - 0.1 * (hi - lo)
+
+
+def test_zero_opacity_shows_the_fill_itself():
+    images = np.full((40, 32, 32, 3), 0.5, np.float32)
+    out, masks = make_training_anomalies(images, None, 5, clean_fraction=0.0, fills=("noise",),
+                                         opacity=(0.0, 0.0))
+    for i in range(40):
+        fill = out[i][masks[i, ..., 0].astype(bool)]
+        assert fill.min() >= 0 and fill.max() <= 1
+        if len(fill) > 50:   # channels are independent noise maps
+            assert np.abs(fill[:, 0] - fill[:, 1]).max() > 0.05
+
+
+def test_clean_fraction_is_respected_and_clean_samples_equal_their_input():
+    images = np.rint(_textures(400, side=16, seed=4) * 255).astype(np.uint8)
+    out, masks = make_training_anomalies(images, None, 9, clean_fraction=0.3)
+    clean = ~masks.reshape(400, -1).any(axis=1)
+    # binomial(400, 0.3): standard deviation 0.023; tolerance of 3 of them
+    assert abs(clean.mean() - 0.3) < 0.07
+    np.testing.assert_array_equal(np.rint(out[clean] * 255).astype(np.uint8), images[clean])
+    assert not np.array_equal(out[~clean], _as_unit(images[~clean]))
+    _, none_clean = make_training_anomalies(images[:50], None, 9, clean_fraction=0.0)
+    assert none_clean.reshape(50, -1).any(axis=1).all()
+    all_clean, all_empty = make_training_anomalies(images[:50], None, 9, clean_fraction=1.0)
+    assert not all_empty.any()
+    np.testing.assert_array_equal(all_clean, _as_unit(images[:50]))
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+@pytest.mark.parametrize("fill", FILL_KINDS)
+def test_grayscale_rgb_uint8_and_float_for_every_fill(name, fill):
+    images = _variants()[name]
+    before = images.copy()
+    out, masks = make_training_anomalies(images, None, 0, clean_fraction=0.0, fills=(fill,))
+    np.testing.assert_array_equal(images, before)
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert masks.shape == images.shape[:3] + (1,) and masks.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    mask = masks[..., 0].astype(bool)
+    np.testing.assert_allclose(out[~mask], _as_unit(images)[~mask], atol=1e-7)
+    assert (out != _as_unit(images)).any(axis=-1)[mask].mean() > 0.5
+
+
+class _Recorder(np.ndarray):
+    """An ndarray that records the first index of every item access (the source drawn)."""
+
+    drawn: list[int]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and isinstance(key[0], (int, np.integer)):
+            self.drawn.append(int(key[0]))
+        return np.asarray(self)[key]
+
+
+def test_a_sample_never_draws_itself_or_the_excluded_source():
+    images = _textures(3, seed=5).view(_Recorder)
+    images.drawn = []
+    for seed in range(30):
+        make_training_anomalies(images, None, seed, clean_fraction=0.0, fills=("image",))
+    drawn = np.array(images.drawn).reshape(-1, 3)    # one draw per sample, in order
+    assert (drawn != np.arange(3)).all() and len(np.unique(drawn)) == 3
+    sources = _textures(2, seed=6).view(_Recorder)
+    sources.drawn = []
+    for seed in range(20):
+        make_training_anomalies(images[:2], sources, seed, clean_fraction=0.0, fills=("image",),
+                                exclude=[1, 0])
+    np.testing.assert_array_equal(np.array(sources.drawn).reshape(-1, 2), [[0, 1]] * 20)
+
+
+def test_add_training_anomaly_alone():
+    rng = np.random.default_rng(0)
+    image = np.rint(_textures(1, channels=1)[0] * 255).astype(np.uint8)
+    out, mask = add_training_anomaly(image, rng, _textures(4, channels=1), exclude=0)
+    assert out.shape == (32, 32, 1) and out.dtype == np.float32 and mask.shape == (32, 32)
+    np.testing.assert_array_equal(out[~mask], _as_unit(image)[~mask])
+    assert mask.any()
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"opacity": (0.5, 0.2)}, "opacity"),
+    ({"opacity": (0.0, 1.0)}, "opacity"),
+    ({"opacity": 0.5}, "opacity"),
+    ({"fills": ("plasma",)}, "fills"),
+    ({"fills": ()}, "fills"),
+    ({"clean_fraction": 1.5}, "clean_fraction"),
+    ({"clean_fraction": True}, "clean_fraction"),
+    ({"scale_exponents": (0, 9)}, "scale_exponents"),
+    ({"scale_exponents": (2, 1)}, "scale_exponents"),
+    ({"scale_exponents": (0, 1.5)}, "scale_exponents"),
+    ({"images": np.zeros((32, 32, 3), np.float32)}, "images"),
+    ({"images": np.zeros((2, 32, 32, 2), np.float32)}, "images"),
+    ({"images": np.full((2, 32, 32, 3), 2.0)}, "images"),
+    ({"images": np.zeros((2, 32, 32, 3), np.int32)}, "images"),
+    ({"sources": np.zeros((2, 32, 32, 1), np.float32)}, "sources"),
+    ({"sources": np.zeros((2, 32, 32, 3), np.float32), "exclude": [0]}, "exclude"),
+    ({"exclude": [0, 1]}, "exclude"),
+    ({"seed": "zero"}, "seed"),
+    ({"images": np.zeros((1, 32, 32, 3), np.float32), "fills": ("image",),
+      "clean_fraction": 0.0}, "sources"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, name):
+    args = {"images": np.zeros((2, 32, 32, 3), np.float32), "sources": None, "seed": 0, **kwargs}
+    with pytest.raises(ParameterError, match=name) as info:
+        make_training_anomalies(**args)
+    assert info.value.fix
+
+
+def test_image_fill_without_sources_is_refused():
+    with pytest.raises(ParameterError, match="sources"):
+        add_training_anomaly(np.zeros((32, 32, 3)), np.random.default_rng(0), fills=("image",))
