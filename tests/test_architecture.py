@@ -13,7 +13,7 @@ SHARED = {"errors", "artifacts", "seeding"}
 MAY_IMPORT = {
     "data": set(),
     "models": set(),
-    "training": {"models"},
+    "training": {"data", "models"},
     "scoring": {"data", "models", "training"},
     "evaluation": set(),
     "visualization": {"data", "scoring", "evaluation"},

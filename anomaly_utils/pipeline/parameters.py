@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_utils.data.images import COLOR_MODES
+from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.scoring.map_kinds import map_components
+from anomaly_utils.scoring.map_kinds import HEAD_TRAININGS, HEADS, map_components
 from anomaly_utils.training.masks import CORRUPT_MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -210,6 +211,38 @@ def _map_kind(value: Any) -> str | None:
     return None
 
 
+def _widths(value: Any) -> str | None:
+    if not isinstance(value, list | tuple) or not value or any(_positive_int(v) for v in value):
+        return "must be a non-empty list of positive integers, e.g. [16, 32, 64]"
+    return None
+
+
+def _fills(value: Any) -> str | None:
+    if not isinstance(value, list | tuple) or not value or any(v not in FILL_KINDS
+                                                                 for v in value):
+        return f"must be a non-empty list of {FILL_KINDS}"
+    return None
+
+
+def _range_in_unit_interval(value: Any) -> str | None:
+    if not isinstance(value, list | tuple) or len(value) != 2 \
+            or any(_unit_interval(v) for v in value) or value[0] > value[1]:
+        return "must be [low, high] with 0 <= low <= high <= 1"
+    return None
+
+
+def _clean_fraction(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
+        return "must be in [0, 1) (1 would leave no anomaly to learn from)"
+    return None
+
+
+def _window_fraction(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
+        return "must be in (0, 1], a fraction of the image side"
+    return None
+
+
 def _one_of(*choices: str) -> Rule:
     def rule(value: Any) -> str | None:
         return None if value in choices else f"must be one of {choices}"
@@ -236,7 +269,14 @@ RULES: dict[str, dict[str, Rule]] = {
                      "bottleneck": _one_of("global", "spatial", "unet"),
                      "corrupt": _unit_interval,
                      "corrupt_mode": _one_of("auto", *CORRUPT_MODES),
-                     "ensemble_size": _positive_int, "pad": _non_negative_int},
+                     "ensemble_size": _positive_int, "pad": _non_negative_int,
+                     "head": _one_of(*HEADS), "head_training": _one_of(*HEAD_TRAININGS),
+                     "head_widths": _widths, "head_epochs": _positive_int,
+                     "head_patches_per_epoch": _positive_int,
+                     "head_learning_rate": _positive, "focal_gamma": _non_negative,
+                     "anomaly_fills": _fills, "anomaly_opacity": _range_in_unit_interval,
+                     "anomaly_clean_fraction": _clean_fraction,
+                     "head_score_window": _window_fraction},
     "04_threshold_selection": {
         "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
@@ -266,6 +306,13 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
         raise ParameterError(
             f"parameter 'pad' ({params['pad']}) of {notebook} must be smaller than image_size "
             f"({params['image_size']})", fix="use a pad of a few patches' strides, e.g. 16")
+    if notebook == "03_train_ae2" and params.get("head", "none") != "none" and (
+            params.get("ensemble_size", 1) != 1 or params.get("bottleneck") == "unet"):
+        raise ParameterError(
+            f"parameter 'head' ({params['head']!r}) of {notebook} works on one plain AE-2, "
+            f"not with ensemble_size {params.get('ensemble_size')} or the unet bottleneck "
+            f"({params.get('bottleneck')!r})",
+            fix="use -p head none, or ensemble_size 1 and bottleneck spatial or global")
     if notebook == "03_train_ae2" and params.get("pad") and params.get("bottleneck") == "unet":
         raise ParameterError(
             f"parameter 'pad' ({params['pad']}) of {notebook} needs sliding-window scoring, "

@@ -24,7 +24,10 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, ParameterError
+from anomaly_utils.models.segmentation_head import head_of, reconstructor_of
 from anomaly_utils.models.storage import load_model
+from anomaly_utils.scoring.head_maps import SCORE_WINDOW, head_maps, peak_of_mean_filtered
+from anomaly_utils.scoring.map_kinds import HEADS
 from anomaly_utils.scoring.maps import anomaly_map, image_scores, resize_maps
 from anomaly_utils.scoring.reconstruction import (
     inpaint_reconstruct,
@@ -33,6 +36,8 @@ from anomaly_utils.scoring.reconstruction import (
 )
 from anomaly_utils.scoring.stored import MODELS, ScoreResult
 from anomaly_utils.training.masks import GRID_SETS
+
+HEAD_DIR = "head"  # run_dir/ae2/head/: the head's training run (model.keras: AE-2 + head)
 
 
 @dataclass
@@ -70,6 +75,12 @@ class ScoringConfig:
         ensemble_size: models whose reconstructions are averaged (1: a single model).
             Member k was trained with seed ``seed + k`` on the same split
             (:func:`member_seed`).
+        head: "none" (the map is the reconstruction error above) or "segmentation" (AE-2's
+            learned map: the segmentation head's anomaly probability on image and
+            reconstruction, :mod:`anomaly_utils.scoring.head_maps`; the error map is kept
+            beside it for the gallery). A head needs ``ensemble_size`` 1.
+        head_score_window: with a head, the image score is the peak of the map after a
+            mean filter of this fraction of the image side.
     """
 
     model: str
@@ -90,6 +101,8 @@ class ScoringConfig:
     batch_size: int = 32
     ensemble_size: int = 1
     pad: int = 0
+    head: str = "none"
+    head_score_window: float = SCORE_WINDOW
     norm_mean: list | None = field(default=None, repr=False)
     norm_std: list | None = field(default=None, repr=False)
 
@@ -131,14 +144,27 @@ class Scorer:
     0.0016 (docs/experiments.md, ensembles).
     """
 
-    def __init__(self, model, config: ScoringConfig):
+    def __init__(self, model, config: ScoringConfig, head=None):
         self.members = list(model) if isinstance(model, (list, tuple)) else [model]
         if len(self.members) != config.ensemble_size:
             raise ParameterError(
                 f"{len(self.members)} model(s) given but the scoring config says "
                 f"ensemble_size={config.ensemble_size}",
                 fix="pass one model per ensemble member")
+        if config.head not in HEADS:
+            raise ParameterError(f"head must be one of {HEADS}, got {config.head!r}",
+                                 fix="pass -p head segmentation or none")
+        if (config.head != "none") != (head is not None):
+            raise ParameterError(f"the scoring config says head={config.head!r} but "
+                                 f"{'no' if head is None else 'a'} head model was given",
+                                 fix="pass the trained head with head=..., or set head none")
+        if head is not None and (config.ensemble_size != 1 or config.inpaint_cells):
+            raise ParameterError("the segmentation head works on one plain AE-2 (ensemble_size "
+                                 "1, no inpainting U-Net)",
+                                 fix="set ensemble_size 1 and bottleneck global or spatial, "
+                                     "or head none")
         self.config = config
+        self.head = head
 
     @property
     def model(self):
@@ -153,7 +179,11 @@ class Scorer:
             raise ParameterError(f"model must be one of {MODELS}, got {name!r}")
         folder = Path(run_dir) / name
         config = ScoringConfig(**read_json(folder / "scoring.json"))
-        return cls(load_members(folder, config.ensemble_size), config)
+        if config.head == "none":
+            return cls(load_members(folder, config.ensemble_size), config)
+        # The head's run holds the AE-2 it was trained with (joint training changes it).
+        trainer = load_model(folder / HEAD_DIR / "model.keras")
+        return cls(reconstructor_of(trainer), config, head=head_of(trainer))
 
     def save_config(self, run_dir: str | os.PathLike) -> None:
         write_json(Path(run_dir) / self.config.model / "scoring.json", asdict(self.config))
@@ -272,6 +302,11 @@ class Scorer:
         if c.normalize and c.norm_mean is not None:
             maps = (maps - np.asarray(c.norm_mean, np.float32)) / np.asarray(c.norm_std,
                                                                             np.float32)
+        if self.head is not None:
+            error_maps = resize_maps(maps, c.eval_size)
+            maps = head_maps(self.head, _as_float(images), recons, c.batch_size)
+            scores = peak_of_mean_filtered(maps, c.head_score_window)
+            return ScoreResult(scores, resize_maps(maps, c.eval_size), recons, error_maps)
         if c.model == "ae1" and c.score_method == "mean" and not c.normalize:
             scores = maps.reshape(len(maps), -1).mean(axis=1)  # the study's MSE score
         else:

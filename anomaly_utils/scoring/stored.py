@@ -24,11 +24,14 @@ MODELS = ("ae1", "ae2")  # the run directory's model folders
 @dataclass
 class ScoreResult:
     """Scores of N images: ``scores`` (N,) float32, ``maps`` (N, E, E) float32 at
-    ``eval_size``, ``recons`` (N, S, S, C) float32 in [0, 1] at the model's resolution."""
+    ``eval_size``, ``recons`` (N, S, S, C) float32 in [0, 1] at the model's resolution;
+    with a segmentation head, ``maps`` is the head's and ``error_maps`` (N, E, E) float32 the
+    reconstruction error map beside it (else ``None``)."""
 
     scores: np.ndarray
     maps: np.ndarray
     recons: np.ndarray
+    error_maps: np.ndarray | None = None
 
 
 def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndarray,
@@ -38,12 +41,14 @@ def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndar
 
     Maps are stored as float16 at the scoring config's ``eval_size``, masks as bool; the
     dataset fingerprint and model name are stored so a score file from another run or
-    dataset is refused on load.
+    dataset is refused on load. A head's error maps are stored as ``error_maps``.
     """
     n = len(result.scores)
     masks = np.zeros((n, *result.maps.shape[1:]), bool) if masks is None else masks
     has_mask = np.zeros(n, bool) if has_mask is None else has_mask
-    save_npz(path, scores=result.scores, labels=np.asarray(labels, np.int64),
+    extra = {} if result.error_maps is None else {
+        "error_maps": result.error_maps.astype(np.float16)}
+    save_npz(path, **extra, scores=result.scores, labels=np.asarray(labels, np.int64),
              types=np.asarray(types, dtype=str), maps=result.maps.astype(np.float16),
              masks=masks.astype(bool), has_mask=has_mask.astype(bool),
              paths=np.asarray([os.fsdecode(p) for p in paths], dtype=str),
@@ -55,7 +60,8 @@ def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
     """Load a score file, refusing one from another dataset or model.
 
     Returns a dict with ``scores`` (N,), ``labels`` (N,), ``types`` (N,), ``maps``
-    (N, E, E) float32, ``masks`` (N, E, E) bool, ``has_mask`` (N,), ``paths`` (N,).
+    (N, E, E) float32, ``masks`` (N, E, E) bool, ``has_mask`` (N,), ``paths`` (N,), and,
+    from a model with a segmentation head, ``error_maps`` (N, E, E) float32.
     """
     data = load_npz(path)
     required = {"scores", "labels", "types", "maps", "masks", "has_mask", "fingerprint", "model"}
@@ -70,6 +76,8 @@ def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
         raise ArtifactError(f"score file '{path}' belongs to model {data['model']}, not {model}",
                             fix="check the run directory's layout")
     data["maps"] = data["maps"].astype(np.float32)
+    if "error_maps" in data:
+        data["error_maps"] = data["error_maps"].astype(np.float32)
     return data
 
 

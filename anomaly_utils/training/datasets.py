@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from anomaly_utils.data.training_anomalies import make_training_anomalies
 from anomaly_utils.errors import DataError, ParameterError
 from anomaly_utils.training.masks import CORRUPT_MODES, GRID_SETS, grid_cells, grid_mask_sets
 
@@ -315,3 +316,81 @@ def val_patch_dataset(images: np.ndarray, patch_size: int, patches_per_image: in
 
     ds = tf.data.Dataset.from_tensor_slices((crops, keep)).batch(batch_size)
     return ds.map(unit, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def anomaly_patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch: int,
+                          batch_size: int = 32, seed: int = 0, *, augment: bool = False,
+                          joint: bool = False,
+                          anomaly_options: dict | None = None) -> tf.data.Dataset:
+    """Random crops with synthetic anomalies and their masks, for training the segmentation
+    head: ``(corrupted, mask)`` or, with ``joint``, ``(corrupted, {"mask": mask,
+    "reconstruction": clean})``.
+
+    Batch ``b`` of epoch ``e`` is drawn with ``numpy.random.default_rng([seed, e, b])``:
+    random images and offsets (and, with ``augment``, flips and 90-degree turns), then
+    :func:`anomaly_utils.data.training_anomalies.make_training_anomalies` with the other
+    batch's other crops as the source of image fills, so that an epoch's batches do not depend on what ran
+    before it (see :func:`set_dataset_epoch`).
+
+    Args:
+        images: uint8 or float (N, H, W, C) in [0, 1], defect-free, H and W >= patch_size.
+        patch_size: crop side, pixels.
+        patches_per_epoch: crops per epoch (rounded up to whole batches).
+        batch_size: crops per batch.
+        seed: sampling seed.
+        augment: random flips and 90-degree turns of the crops.
+        joint: also yield the clean crop, as the reconstruction target.
+        anomaly_options: keyword arguments of ``make_training_anomalies`` (clean_fraction,
+            fills, opacity, ...).
+
+    Returns:
+        A prefetched dataset of ceil(patches_per_epoch / batch_size) batches: corrupted
+        float32 (B, p, p, C) in [0, 1], masks float32 (B, p, p, 1) in {0, 1}.
+    """
+    images = _check_images(images)
+    patch_size = _check_patch(images, patch_size)
+    patches_per_epoch = check_int("patches_per_epoch", patches_per_epoch)
+    batch_size = check_int("batch_size", batch_size)
+    options = dict(anomaly_options or {})
+    n, height, width, channels = images.shape
+    steps = math.ceil(patches_per_epoch / batch_size)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+
+    def crops(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+        index = rng.integers(0, n, count)
+        top = rng.integers(0, height - patch_size + 1, count)
+        left = rng.integers(0, width - patch_size + 1, count)
+        out = np.stack([images[i, t:t + patch_size, s:s + patch_size]
+                        for i, t, s in zip(index, top, left, strict=True)])
+        out = out.astype(np.float32) / np.float32(scale)
+        if augment:
+            for k in range(count):
+                flips, turns = rng.random(2) < 0.5, int(rng.integers(0, 4))
+                patch = out[k][:, ::-1] if flips[0] else out[k]
+                patch = patch[::-1] if flips[1] else patch
+                out[k] = np.rot90(patch, turns)
+        return out, index
+
+    def batch(epoch, step):
+        rng = np.random.default_rng([seed, int(epoch), int(step)])
+        clean, _ = crops(rng, batch_size)
+        # sources=None: the fills come from the batch's other crops.
+        corrupted, masks = make_training_anomalies(clean, None, rng, **options)
+        return corrupted.astype(np.float32), masks.astype(np.float32), clean
+
+    def draw(epoch, step):
+        corrupted, masks, clean = tf.numpy_function(
+            batch, [epoch, step], [tf.float32, tf.float32, tf.float32], stateful=False)
+        corrupted = tf.ensure_shape(corrupted, [batch_size, patch_size, patch_size, channels])
+        masks = tf.ensure_shape(masks, [batch_size, patch_size, patch_size, 1])
+        if joint:
+            clean = tf.ensure_shape(clean, [batch_size, patch_size, patch_size, channels])
+            return corrupted, {"mask": masks, "reconstruction": clean}
+        return corrupted, masks
+
+    def epoch_batches(epoch):
+        steps_ds = tf.data.Dataset.range(steps)
+        return steps_ds.map(lambda step: draw(epoch, step), num_parallel_calls=AUTOTUNE,
+                            deterministic=True)
+
+    return _epoch_keyed(epoch_batches, steps=steps, finish=lambda ds: ds)

@@ -85,6 +85,7 @@ def rows_for(indices: list[int], scorer: Scorer, test: dict, paths: list, thresh
     return [{
         "image": images[k], "recon": recons[k], "map": maps[k],
         "mask": test["masks"][i] if test["has_mask"][i] else None, "pred": predicted[k],
+        "error_map": test["error_maps"][i] if "error_maps" in test else None,
         "score": float(test["scores"][i]), "threshold": float(threshold),
         "verdict": str(verdict[k]), "title": f"{label}{test['types'][i]} #{i}",
     } for k, i in enumerate(indices)]

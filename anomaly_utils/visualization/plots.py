@@ -203,30 +203,43 @@ def gallery_rows(rows: list[dict], size: float = 2.0):
 
     Each row dict holds ``image`` (H, W, C), ``recon`` (H, W, C), ``map`` (E, E), ``mask`` and
     ``pred`` (E, E) bool, ``score``, ``threshold``, ``verdict`` ("TP"/"FP"/"FN"/"TN") and
-    ``title``. Columns: original, reconstruction, heatmap over the image with the ground
-    truth (cyan) and predicted region (magenta) outlined, and the score against the threshold.
+    ``title``; a model with a segmentation head adds ``error_map`` (E, E), its reconstruction
+    error. Columns: original, reconstruction, (the error map, when rows have one), heatmap
+    of ``map`` over the image with the ground truth (cyan) and predicted region (magenta)
+    outlined, and the score against the threshold.
     """
     import cv2
 
     n = len(rows)
-    fig, axes = plt.subplots(n, 4, figsize=(4 * size, n * size), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1, 0.9]})
+    with_error = any(row.get("error_map") is not None for row in rows)
+    columns = 5 if with_error else 4
+    fig, axes = plt.subplots(n, columns, figsize=(columns * size, n * size), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * (columns - 1) + [0.9]})
     for i, row in enumerate(rows):
         image = np.asarray(row["image"], np.float32)
         image = image / 255.0 if image.max() > 1.5 else image
         _show_image(axes[i, 0], image, row["title"])
         _show_image(axes[i, 1], np.clip(row["recon"], 0, 1), "reconstruction")
         side = image.shape[0]
+        if with_error:
+            ax = axes[i, 2]
+            if row.get("error_map") is not None:
+                ax.imshow(cv2.resize(row["error_map"].astype(np.float32), (side, side)),
+                          cmap="inferno")
+            ax.set_title("reconstruction error", fontsize=8)
+            ax.axis("off")
+        ax = axes[i, columns - 2]
         heat = cv2.resize(row["map"].astype(np.float32), (side, side))
-        _show_image(axes[i, 2], image, None)
-        axes[i, 2].imshow(heat, cmap="jet", alpha=0.45)
+        _show_image(ax, image, None)
+        ax.imshow(heat, cmap="jet", alpha=0.45)
         for key, color in (("mask", "cyan"), ("pred", "magenta")):
             if row.get(key) is not None:
                 mask = cv2.resize(row[key].astype(np.uint8), (side, side),
                                   interpolation=cv2.INTER_NEAREST).astype(bool)
-                contour(axes[i, 2], mask, color)
-        axes[i, 2].set_title("heatmap · truth · predicted", fontsize=8)
-        ax = axes[i, 3]
+                contour(ax, mask, color)
+        ax.set_title(("learned map" if with_error else "heatmap") + " · truth · predicted",
+                     fontsize=8)
+        ax = axes[i, columns - 1]
         good = row["verdict"] in ("TP", "TN")
         ax.barh([0], [row["score"]], color="#2ca02c" if good else "#d62728", height=0.5)
         ax.axvline(row["threshold"], color="k", linestyle="--", linewidth=1)
