@@ -11,7 +11,7 @@ import json
 import sys
 
 ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_threads", "bench_fit_overhead",
-         "bench_inference", "bench_scoring", "bench_pipeline", "bench_run")
+         "bench_inference", "bench_scoring", "bench_head", "bench_pipeline", "bench_run")
 
 
 def _load(name: str) -> dict | None:
@@ -61,6 +61,17 @@ def summary() -> str:
                          "value": f"{r['achieved_gflops_per_s']:.0f} GFLOP/s = "
                                   f"{r['achieved_gflops_per_s'] / ceiling['tf_matmul_gflops']:.0%}"
                                   " of matmul ceiling", "target": "reported"})
+    head = _load("head")
+    if head:
+        share = head["fraction_of_ceiling"]
+        rows.append({"measure": "segmentation head training, 64x64 RGB crops (fit / bare step)",
+                     "value": f"{head['fit_images_per_s']:.0f} / {head['step_images_per_s']:.0f}"
+                              f" img/s" + (f", step {share:.0%} of matmul ceiling"
+                                           if share else ""), "target": "reported"})
+        rows.append({"measure": "AE-2 + head full map, 256x256 RGB",
+                     "value": f"{head['map_256_images_per_s']:.1f} img/s (head "
+                              f"{head['head_share_of_map_time']:.0%} of it)",
+                     "target": "reported"})
     overhead = _load("fit_overhead")
     if overhead:
         values = " / ".join(f"{r['epoch s (mean)']:.2f} s" for r in overhead["rows"])

@@ -34,6 +34,10 @@ from anomaly_utils.models.building import (
 HEAD_BUILDER = "build_segmentation_head"
 HEAD_LAYER = "segmentation_head"
 HEAD_WIDTHS = (16, 32, 64)
+# Batch norm's moving statistics follow the last ~10 steps (PyTorch's default, which DRAEM
+# trains with); Keras' 0.99 lags ~100 steps, several of the head's short epochs, behind
+# weights that still move fast, and the inference-mode maps then swing between epochs.
+BN_MOMENTUM = 0.9
 # The same names as anomaly_utils.scoring.map_kinds.HEAD_TRAININGS (the parameter check's,
 # which must not load Keras); tests/test_segmentation_head.py keeps them equal.
 HEAD_TRAININGS = ("two_stage", "joint")
@@ -45,7 +49,8 @@ def build_segmentation_head(channels: int = 3, widths: Sequence[int] = HEAD_WIDT
                             seed: int = 0) -> keras.Model:
     """The discriminative U-Net of the head.
 
-    Each encoder level is two 3x3 convs (batch normalisation, ReLU) then 2x2 max pooling;
+    Each encoder level is two 3x3 convs (batch normalisation with momentum
+    :data:`BN_MOMENTUM`, ReLU) then 2x2 max pooling;
     the bottom level two such convs of ``widths[-1]``; each decoder level upsamples 2x, convs,
     concatenates the encoder features of its level and convs twice; a 1x1 conv with a
     sigmoid gives the probability.
@@ -71,7 +76,8 @@ def build_segmentation_head(channels: int = 3, widths: Sequence[int] = HEAD_WIDT
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
                                     kernel_initializer=seeded_initializer(seed, next(layer)),
                                     name=f"{name}_{part}")(x)
-            x = keras.layers.BatchNormalization(name=f"{name}_{part}_norm")(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM,
+                                                name=f"{name}_{part}_norm")(x)
             x = keras.layers.ReLU(name=f"{name}_{part}_act")(x)
         return x
 

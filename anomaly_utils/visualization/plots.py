@@ -226,7 +226,7 @@ def gallery_rows(rows: list[dict], size: float = 2.0):
             if row.get("error_map") is not None:
                 ax.imshow(cv2.resize(row["error_map"].astype(np.float32), (side, side)),
                           cmap="inferno")
-            ax.set_title("reconstruction error", fontsize=8)
+                ax.set_title("reconstruction error", fontsize=8)
             ax.axis("off")
         ax = axes[i, columns - 2]
         heat = cv2.resize(row["map"].astype(np.float32), (side, side))
@@ -237,7 +237,8 @@ def gallery_rows(rows: list[dict], size: float = 2.0):
                 mask = cv2.resize(row[key].astype(np.uint8), (side, side),
                                   interpolation=cv2.INTER_NEAREST).astype(bool)
                 contour(ax, mask, color)
-        ax.set_title(("learned map" if with_error else "heatmap") + " · truth · predicted",
+        learned = row.get("error_map") is not None
+        ax.set_title(("learned map" if learned else "heatmap") + " · truth · predicted",
                      fontsize=8)
         ax = axes[i, columns - 1]
         good = row["verdict"] in ("TP", "TN")
