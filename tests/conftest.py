@@ -172,7 +172,7 @@ RESUME = ".venv/bin/python -m anomaly_utils run --resume 20261129-181500"
 RERUN = ".venv/bin/python -m anomaly_utils run --epochs 50 -p ae1.variant vae"
 PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
           "--data-dir ../shared/datasets/magnetic_tile")
-SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.bottleneck spatial unet --jobs 2"
+SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.head none segmentation --jobs 2"
 TINY_RUN = " --quiet " + " ".join(tiny_pairs())
 IMAGE_ONLY = (".venv/bin/python -m anomaly_utils run --data-dir data/image_only "
               "-p allow_missing_masks true")

@@ -27,6 +27,7 @@ import pytest
 
 from anomaly_utils.artifacts import read_json
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
+from anomaly_utils.scoring.stored import load_scores
 from tests.conftest import (
     CHECK_DATA,
     MAKE_RUN,
@@ -125,9 +126,11 @@ def test_preset_real_on_magnetic_tile(fresh_root: Path, readme_runs):
     run = finished(readme_runs.result(PRESET), fresh_root)
     params = read_json(run / "params.json")["notebooks"]
     assert params["03_train_ae2"]["color_mode"] == "grayscale"
-    assert params["03_train_ae2"]["ensemble_size"] == 3  # the preset's, kept under TINY
-    members = sorted(p.name for p in (run / "ae2").glob("member*"))
-    assert members == ["member1", "member2"]  # member 0 lives in ae2/ itself
+    assert params["03_train_ae2"]["gms_weight"] == 1.0  # the preset's, kept under TINY
+    assert params["03_train_ae2"]["head"] == "segmentation"
+    assert (run / "ae2" / "head" / "model.keras").is_file()
+    stored = load_scores(run / "ae2" / "scores_test.npz")
+    assert stored["error_maps"].shape == stored["maps"].shape  # both maps, for the gallery
     assert set(read_json(run / "data_summary.json")["modes"]) <= {"L", "I;16", "I"}
     assert '"test/blowhole": 8' in (run / "data_summary.json").read_text()  # the sample
     assert len(list((run / "figures").glob("01_*.png"))) == 5  # notebook 01's figures
@@ -143,26 +146,28 @@ def test_rerun_with_other_settings(fresh_root: Path, readme_runs):
 
 
 def test_sweep_reuses_work_and_compares(fresh_root: Path, readme_runs: Background):
-    """The README's sweep over AE-2's bottleneck: AE-1 trained once and shared, the U-Net
-    variant scored by inpainting through the whole papermill chain."""
+    """The README's sweep over AE-2's head: AE-1 trained once and shared, AE-2 with and
+    without its segmentation head through the whole papermill chain."""
     result = readme_runs.result(SWEEP)
     _ok(result)
     sweep = fresh_root / "runs" / "s"
     assert "02_train_ae1: 1 execution(s) for 2 configuration(s)" in result.stdout
     assert "03_train_ae2: 2 execution(s) for 2 configuration(s)" in result.stdout
-    status = read_json(sweep / "ae2-bottleneck=unet" / "status.json")
-    assert status["02_train_ae1"].get("reused_from") == "ae2-bottleneck=spatial"
+    status = read_json(sweep / "ae2-head=segmentation" / "status.json")
+    assert status["02_train_ae1"].get("reused_from") == "ae2-head=none"
     table = pd.read_csv(sweep / "comparison.csv")
-    assert sorted(table["ae2.bottleneck"].tolist()) == ["spatial", "unet"]
+    assert sorted(table["ae2.head"].tolist()) == ["none", "segmentation"]
     assert table["ae1_image_auroc"].nunique() == 1  # AE-1 trained once, shared
     assert table["ae2_val_image_auroc"].notna().all()  # the column the best is chosen by
     assert (sweep / "comparison.ipynb").is_file() and (sweep / "comparison.png").is_file()
-    unet = sweep / "ae2-bottleneck=unet" / "ae2"
-    assert read_json(unet / "scoring.json")["inpaint_cells"] == [2, 4, 8]  # patch 32
-    assert read_json(sweep / "ae2-bottleneck=spatial" / "ae2" / "scoring.json")[
-        "inpaint_cells"] == []
-    scores = np.load(unet / "scores_test.npz")
+    learned = sweep / "ae2-head=segmentation" / "ae2"
+    assert read_json(learned / "scoring.json")["head"] == "segmentation"
+    assert (learned / "head" / "model.keras").is_file()
+    assert read_json(sweep / "ae2-head=none" / "ae2" / "scoring.json")["head"] == "none"
+    scores = np.load(learned / "scores_test.npz")
     assert np.isfinite(scores["scores"]).all() and scores["maps"].shape[1:] == (32, 32)
+    assert 0 <= scores["maps"].min() and scores["maps"].max() <= 1  # probabilities
+    assert "error_maps" not in np.load(sweep / "ae2-head=none" / "ae2" / "scores_test.npz")
 
 
 def test_papermill_runs_one_notebook(fresh_root: Path):

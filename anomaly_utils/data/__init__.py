@@ -6,5 +6,6 @@ and the MVTec download. Knows no model.
 - ``loading``: decoding and resizing a dataset into arrays.
 - ``synthetic``: the procedural synthetic carpet.
 - ``pseudo_anomalies``: anomalies pasted into defect-free images (labelled validation sets).
+- ``training_anomalies``: Perlin-shaped synthetic anomalies for training AE-2's segmentation head.
 - ``download``: MVTec AD categories, downloaded, verified and extracted.
 """

@@ -3,6 +3,7 @@
 - ``building``: argument checks and seeded initialisers every builder shares.
 - ``ae1``: AE-1, the baseline (dense latent) and its VAE.
 - ``ae2``: AE-2, the patch autoencoder and the inpainting U-Net.
+- ``segmentation_head``: the U-Net that learns AE-2's anomaly map from image and reconstruction.
 - ``similarity``: SSIM and GMS constants, shared by the losses and the anomaly maps.
 - ``losses``: the training losses.
 - ``storage``: saving and safe loading of ``model.keras``.
