@@ -91,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fixed["data_dir"] = args.data_dir
     fixed.update(_parameter_pairs(args.fixed))
     sweep_dir = run_sweep(grid, fixed, sweep_id=args.sweep_id, runs_dir=args.runs_dir,
-                          jobs=args.jobs)
+                          jobs=args.jobs, cluster=args.cluster)
     print(f"sweep written to {sweep_dir} (comparison.csv, comparison.ipynb)")
     return 0
 
@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--preset")
     p.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the executions on a dask scheduler (tcp://HOST:PORT) or on "
+                        "local:N worker processes; --runs-dir must be on a path every "
+                        "worker reaches")
     p.add_argument("--sweep-id")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_sweep)

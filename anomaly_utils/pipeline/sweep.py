@@ -13,6 +13,11 @@
    one with the highest AE-2 image AUROC on the pseudo-labelled validation set (validation
    normals with pasted synthetic anomalies, ``scores_val_pseudo.npz``); the test columns are
    reported beside it and never used to choose.
+5. With ``cluster`` (``--cluster tcp://host:port`` or ``local:N``) the executions go to a
+   ``dask.distributed`` scheduler instead of local threads, with the same sharing
+   (:mod:`anomaly_utils.pipeline.cluster`): the run directories must then be on a path every
+   worker reaches. A notebook that fails there is recorded in ``status.json`` and in the
+   comparison table's ``error`` column instead of stopping the sweep.
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json
-from anomaly_utils.errors import ParameterError
+from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.evaluation.metrics import image_auroc, pixel_auroc
+from anomaly_utils.pipeline.cluster import (
+    RETRIES,
+    connect,
+    execute_notebook_task,
+    parse_cluster,
+)
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from anomaly_utils.pipeline.provenance import kernel_config
 from anomaly_utils.pipeline.runs import (
@@ -48,6 +59,10 @@ OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", "figures/01_*"),
            NOTEBOOKS[1]: ("ae1", "figures/02_*"), NOTEBOOKS[2]: ("ae2", "figures/03_*"),
            NOTEBOOKS[3]: ("thresholds.json", "metrics.json", "figures/04_*"),
            NOTEBOOKS[4]: ("figures/05_*",)}
+# What must be complete in a run before a notebook starts there on a cluster: notebooks 01-03
+# read only the data, 04 and 05 read everything written before them (04 the data summary too).
+NEEDS = {nb: (NOTEBOOKS[:i] if i >= 3 else ()) for i, nb in enumerate(NOTEBOOKS)}
+MODEL_FOLDERS = {NOTEBOOKS[1]: ("ae1",), NOTEBOOKS[2]: ("ae2",)}
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 VALIDATION_METRICS = ("val_image_auroc", "val_pixel_auroc")
 SELECT_BY = "ae2_val_image_auroc"
@@ -83,14 +98,27 @@ def split_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def share_outputs(notebook: str, leader: str, runs: dict[str, dict], name: str) -> None:
+    """Give run ``name`` the outputs of ``leader``'s execution of ``notebook``, as completed."""
+    copy_outputs(notebook, runs[leader]["dir"], runs[name]["dir"])
+    mark_status(runs[name]["dir"], notebook, "completed")
+    status = read_status(runs[name]["dir"])
+    status[notebook]["reused_from"] = leader
+    write_json(runs[name]["dir"] / "status.json", status)
+
+
 def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str | None = None,
-              runs_dir: str | os.PathLike = "runs", jobs: int = 1, log=print) -> Path:
+              runs_dir: str | os.PathLike = "runs", jobs: int = 1, log=print, *,
+              cluster=None) -> Path:
     """Run every combination of ``grid`` (with ``fixed`` parameters) and compare them.
 
     Args:
         grid: swept parameter -> list of values (strings as on the command line).
         fixed: parameters that every configuration shares.
-        jobs: notebook executions in parallel within one wave.
+        jobs: notebook executions in parallel within one wave (ignored with ``cluster``).
+        cluster: ``None`` (run here, as above), a scheduler address ``tcp://host:port``,
+            ``local:N`` (a ``LocalCluster`` of N one-thread worker processes on this machine)
+            or a ``distributed.Client``; see :func:`anomaly_utils.pipeline.cluster.run_on_cluster`.
 
     Returns:
         The sweep directory holding one run folder per configuration, ``comparison.csv`` and
@@ -101,6 +129,8 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
                              fix="pass e.g. -p epochs 5 20 50")
     if jobs < 1:
         raise ParameterError(f"--jobs must be >= 1, got {jobs}")
+    if isinstance(cluster, str):
+        parse_cluster(cluster)  # a malformed address fails before any folder is made
     sweep_dir = Path(runs_dir).resolve() / (sweep_id or new_run_id("sweep-"))
     if sweep_dir.exists():
         raise ParameterError(f"sweep directory '{sweep_dir}' already exists",
@@ -115,6 +145,111 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
                               "effective": create_run({**fixed, **values}, run_dir)}
     write_json(sweep_dir / "sweep.json", {"grid": grid, "fixed": fixed,
                                           "configs": {k: r["values"] for k, r in runs.items()}})
+    if cluster is not None:
+        _run_on_cluster(runs, cluster, sweep_dir.name, log)
+    else:
+        _run_here(runs, jobs, log)
+    table = comparison_table(sweep_dir)
+    table.to_csv(sweep_dir / "comparison.csv", index=False)
+    if "error" in table and table["error"].notna().all():
+        raise LabError(f"every configuration of the sweep failed ({table['error'].iloc[0]})",
+                       fix=f"read the errors in '{sweep_dir / 'comparison.csv'}' and the "
+                           "notebooks in the run folders")
+    write_comparison_notebook(sweep_dir)
+    return sweep_dir
+
+
+def _run_on_cluster(runs: dict[str, dict], cluster, sweep_name: str, log) -> None:
+    """Each distinct execution as one task of a Dask cluster, submitted once it is ready.
+
+    The executions and their sharing are those of the waves: configurations with the same
+    :func:`work_key` for a notebook share one execution, whose outputs the others receive
+    (copied here, by the submitting process, before anything downstream is submitted). A
+    notebook is ready in a run when the notebooks it needs (:data:`NEEDS`) are complete there.
+    Results are taken as soon as a task finishes, so a worker lost later costs no finished
+    work. A failed execution marks its notebook and everything downstream as failed in the
+    runs that share it; the other configurations go on.
+    """
+    from distributed import as_completed
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for notebook in NOTEBOOKS:
+        for name, run in runs.items():
+            groups.setdefault((notebook, work_key(notebook, run["effective"])), []).append(name)
+    log(f"{len(groups)} execution(s) of {len(NOTEBOOKS)} notebooks for {len(runs)} "
+        f"configuration(s) on the cluster")
+    done: dict[tuple[str, str], str | None] = {}  # (notebook, config) -> error or None
+    waiting = dict(groups)
+
+    def finish(group: tuple[str, str], result: dict) -> None:
+        notebook, names = group[0], groups[group]
+        leader = names[0]
+        for name in names:
+            if result["state"] != "completed":
+                mark_status(runs[name]["dir"], notebook, "failed")
+                status = read_status(runs[name]["dir"])
+                status[notebook]["error"] = result["error"]
+                write_json(runs[name]["dir"] / "status.json", status)
+                done[notebook, name] = result["error"]
+            elif name == leader:
+                mark_status(runs[name]["dir"], notebook, "completed", result["seconds"])
+                if result.get("resumed_from_backup"):
+                    status = read_status(runs[name]["dir"])
+                    status[notebook]["resumed_from_backup"] = result["resumed_from_backup"]
+                    write_json(runs[name]["dir"] / "status.json", status)
+                done[notebook, name] = None
+            else:
+                share_outputs(notebook, leader, runs, name)
+                done[notebook, name] = None
+
+    with connect(cluster) as (client, threads):
+        tasks = as_completed()
+        submitted: dict[str, tuple[str, str]] = {}
+
+        def submit_ready() -> None:
+            progress = True
+            while progress:
+                progress = False
+                for group in list(waiting):
+                    notebook, leader = group[0], groups[group][0]
+                    needs = [done.get((nb, leader), "") for nb in NEEDS[notebook]]
+                    if "" in needs:
+                        continue  # an upstream notebook is still running
+                    del waiting[group]
+                    progress = True
+                    failed = [error for error in needs if error is not None]
+                    if failed:
+                        finish(group, {"state": "failed", "error": f"not run: {failed[0]}"})
+                        continue
+                    run = runs[leader]
+                    mark_status(run["dir"], notebook, "running")
+                    future = client.submit(
+                        execute_notebook_task, notebook, str(run["dir"]),
+                        run["effective"][notebook], threads, MODEL_FOLDERS.get(notebook, ()),
+                        key=f"{sweep_name}/{leader}/{notebook}", retries=RETRIES, pure=False)
+                    submitted[future.key] = group
+                    tasks.add(future)
+
+        submit_ready()
+        for future in tasks:
+            group = submitted.pop(future.key)
+            try:
+                result = future.result()
+            except Exception as error:  # noqa: BLE001 - retries spent: record, go on
+                result = {"state": "failed", "error": f"{type(error).__name__}: {error}"}
+            future.release()
+            names = groups[group]
+            if result["state"] == "completed":
+                log(f"  {names[0]}: {group[0]} done in {result['seconds']:.0f} s"
+                    + (f" (shared by {len(names)})" if len(names) > 1 else ""))
+            else:
+                log(f"  {names[0]}: {group[0]} failed: {result['error']}")
+            finish(group, result)
+            submit_ready()
+
+
+def _run_here(runs: dict[str, dict], jobs: int, log) -> None:
+    """The notebooks in waves, leaders in ``jobs`` threads of this process (each a kernel)."""
     threads = split_threads(jobs)
     os.environ.update({"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
                        "OMP_NUM_THREADS": str(threads)})
@@ -137,15 +272,7 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
         for name, run in runs.items():
             leader = leaders[work_key(notebook, run["effective"])]
             if leader != name:
-                copy_outputs(notebook, runs[leader]["dir"], run["dir"])
-                mark_status(run["dir"], notebook, "completed")
-                status = read_status(run["dir"])
-                status[notebook]["reused_from"] = leader
-                write_json(run["dir"] / "status.json", status)
-    table = comparison_table(sweep_dir)
-    table.to_csv(sweep_dir / "comparison.csv", index=False)
-    write_comparison_notebook(sweep_dir)
-    return sweep_dir
+                share_outputs(notebook, leader, runs, name)
 
 
 def comparison_table(sweep_dir: str | os.PathLike):
@@ -156,8 +283,16 @@ def comparison_table(sweep_dir: str | os.PathLike):
     spec = read_json(sweep_dir / "sweep.json")
     rows = []
     for name, values in spec["configs"].items():
-        metrics = read_json(sweep_dir / name / "metrics.json")
         row = {"config": name, **values}
+        errors = [f"{notebook}: {entry['error']}" for notebook, entry in
+                  read_status(sweep_dir / name).items() if entry.get("error")]
+        if errors:  # a failed configuration of a cluster sweep: its error, no metrics
+            for group in (VALIDATION_METRICS, METRICS):
+                row.update({f"{model}_{metric}": None for model in ("ae1", "ae2")
+                            for metric in group})
+            rows.append({**row, "error": errors[0]})
+            continue
+        metrics = read_json(sweep_dir / name / "metrics.json")
         for model in ("ae1", "ae2"):
             row.update({f"{model}_{k}": v for k, v in
                         validation_metrics(sweep_dir / name / model).items()})
