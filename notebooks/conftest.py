@@ -33,7 +33,7 @@ except ImportError:  # nbval absent: nothing to configure
 OUTCOME_TAG = "outcome"
 SHORTENED = {
     "02_train_ae1.ipynb": {"epochs": 1},
-    "03_train_ae2.ipynb": {"epochs": 1},
+    "03_train_ae2.ipynb": {"epochs": 1, "head_epochs": 1},
 }
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:[.,]\d+)*|\.\d+)(?:[eE][-+]?\d+)?")
 _SPACES = re.compile(r"[ \t]+")
