@@ -237,3 +237,23 @@ def test_unet_round_trips_in_safe_mode_and_trains(tmp_path):
     for a, b in zip(build_ae2(patch_size=32, channels=1, bottleneck="unet", widths=(4, 8),
                               seed=0).get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_mixed_precision_only_where_a_gpu_is_seen(monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.models.precision import use_mixed_precision_on_gpu
+
+    try:
+        assert use_mixed_precision_on_gpu() == ("mixed_float16" if tf.config.list_physical_devices(
+            "GPU") else "float32")
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None: ["gpu"] if kind == "GPU" else [])
+        assert use_mixed_precision_on_gpu() == "mixed_float16"
+        model = build_ae2(32, 3, 4, widths=[4] * 8, bottleneck="spatial")
+        assert model.layers[1].compute_dtype == "float16"
+        assert model.output.dtype == "float32"  # losses and maps stay in float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -6,5 +6,6 @@
 - ``segmentation_head``: the U-Net that learns AE-2's anomaly map from image and reconstruction.
 - ``similarity``: SSIM and GMS constants, shared by the losses and the anomaly maps.
 - ``losses``: the training losses.
+- ``precision``: mixed precision on a GPU, float32 on a CPU.
 - ``storage``: saving and safe loading of ``model.keras``.
 """

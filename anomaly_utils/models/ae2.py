@@ -108,7 +108,7 @@ def build_ae2(patch_size: int = 128, channels: int = 1, latent_dim: int = 100,
         x = keras.layers.LeakyReLU(0.2, name=f"dec_act{len(widths) - j}")(x)
     kernel, stride = AE2_KERNELS[0]
     outputs = keras.layers.Conv2DTranspose(channels, kernel, strides=stride, padding="same",
-                                           activation="sigmoid",
+                                           activation="sigmoid", dtype="float32",
                                            kernel_initializer=seeded_initializer(seed, 199),
                                            name="reconstruction")(x)
     model = keras.Model(inputs, outputs, name="ae2")
@@ -148,9 +148,10 @@ def build_inpainting_unet(channels: int = 1, widths: Sequence[int] = UNET_WIDTHS
     kwargs = {"channels": channels, "widths": list(widths), "seed": seed}
     layer = itertools.count()  # a distinct initializer seed per conv
 
-    def conv(x, width, name, kernel=3, activation="relu"):
+    def conv(x, width, name, kernel=3, activation="relu", dtype=None):
         return keras.layers.Conv2D(width, kernel, padding="same", activation=activation,
-                                   kernel_initializer=seeded_initializer(seed, next(layer)), name=name)(x)
+                                   kernel_initializer=seeded_initializer(seed, next(layer)),
+                                   name=name, dtype=dtype)(x)
 
     inputs = keras.Input((None, None, channels), name="image")
     x, skips = inputs, []
@@ -164,6 +165,7 @@ def build_inpainting_unet(channels: int = 1, widths: Sequence[int] = UNET_WIDTHS
         x = conv(x, widths[level], f"dec{level}_up")
         x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = conv(conv(x, widths[level], f"dec{level}_a"), widths[level], f"dec{level}_b")
-    outputs = conv(x, channels, "reconstruction", kernel=1, activation="sigmoid")
+    outputs = conv(x, channels, "reconstruction", kernel=1, activation="sigmoid",
+                   dtype="float32")
     model = keras.Model(inputs, outputs, name="ae2_unet")
     return remember_builder(model, AE2_BUILDER, {**kwargs, "bottleneck": "unet"})
