@@ -21,6 +21,7 @@ from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.scoring.map_kinds import HEAD_TRAININGS, HEADS, map_components
 from anomaly_utils.training.masks import CORRUPT_MODES
+from anomaly_utils.training.strategy import STRATEGIES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,6 +250,35 @@ def _one_of(*choices: str) -> Rule:
     return rule
 
 
+THRESHOLD_STRATEGIES = ("percentile", "mean_std", "max", "target_fpr", "f1_optimal")
+
+
+# "strategy" names two things: how 02 and 03 distribute training, and how 04 picks its
+# threshold. An unscoped -p strategy VALUE reaches all three, so each rule names the scoped
+# form when it sees the other meaning's value.
+def _distribution(value: Any) -> str | None:
+    if value in STRATEGIES:
+        return None
+    hint = (f"; {value!r} is a threshold strategy, which notebook 04 takes: "
+            f"-p 04.strategy {value}") if value in THRESHOLD_STRATEGIES else ""
+    return f"(the training distribution) must be one of {STRATEGIES}{hint}"
+
+
+def _threshold_strategy(value: Any) -> str | None:
+    if value in THRESHOLD_STRATEGIES:
+        return None
+    hint = (f"; {value!r} is a training distribution, which notebooks 02 and 03 take: "
+            f"-p ae1.strategy {value} -p ae2.strategy {value}") if value in STRATEGIES else ""
+    return f"(the threshold strategy) must be one of {THRESHOLD_STRATEGIES}{hint}"
+
+
+def _devices(value: Any) -> str | None:
+    if value is None or (isinstance(value, list | tuple) and value
+                         and all(isinstance(d, str) and d for d in value)):
+        return None
+    return "must be None or a list of device names such as ['/gpu:0', '/gpu:1']"
+
+
 COMMON: dict[str, Rule] = {
     "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
     "val_fraction": _fraction, "eval_size": _multiple_of(8), "seed": _non_negative,
@@ -259,8 +289,10 @@ RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
                             "color_mode": COMMON["color_mode"], "seed": _non_negative},
     "02_train_ae1": {**COMMON, "image_size": _multiple_of(8), "variant": _one_of("ae", "vae"),
-                     "vae_samples": _non_negative},
-    "03_train_ae2": {**COMMON, "image_size": _multiple_of(16), "patch_size": _multiple_of(16),
+                     "vae_samples": _non_negative, "strategy": _distribution,
+                     "devices": _devices},
+    "03_train_ae2": {**COMMON, "strategy": _distribution, "devices": _devices,
+                     "image_size": _multiple_of(16), "patch_size": _multiple_of(16),
                      "patches_per_epoch": _positive_int, "stride": _positive_int,
                      "ssim_weight": _non_negative, "l1_weight": _non_negative,
                      "gms_weight": _non_negative,
@@ -278,7 +310,7 @@ RULES: dict[str, dict[str, Rule]] = {
                      "anomaly_clean_fraction": _clean_fraction,
                      "head_score_window": _window_fraction},
     "04_threshold_selection": {
-        "strategy": _one_of("percentile", "mean_std", "max", "target_fpr", "f1_optimal"),
+        "strategy": _threshold_strategy,
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
         "pixel_percentile": _percent, "min_defect_area": _non_negative,
         "n_bootstrap": _positive_int},

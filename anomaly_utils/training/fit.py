@@ -9,6 +9,14 @@ stopping; ``history.csv`` (one row per epoch, exactly once across resumes),
 ``history.json`` and ``config.json``. It returns the best checkpoint loaded back in safe
 mode.
 
+With ``strategy`` (:func:`anomaly_utils.training.strategy.make_strategy`) the same loop runs
+under ``tf.distribute``: the model is compiled (and, when it was built outside
+``strategy.scope()``, rebuilt with the same builder and weights) inside the scope, and each
+global batch is split across the replicas. Under ``MultiWorkerMirroredStrategy`` the chief
+writes ``model_dir``; every other worker writes the same files to
+``model_dir/.workers/<task>-<index>/`` and resumes from the chief's backup where it can read
+it, and every epoch is backed up so that all workers resume at the same epoch.
+
 Two runs with the same seed and parameters give bit-identical losses on the same machine
 (``set_global_seed`` turns on TensorFlow's deterministic ops; the model builders seed
 their initializers).
@@ -25,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -38,13 +47,15 @@ import tensorflow as tf
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
-from anomaly_utils.models.ae1 import VariationalAutoencoder
-from anomaly_utils.models.building import builder_config
+from anomaly_utils.models.ae1 import VariationalAutoencoder, build_ae1
+from anomaly_utils.models.ae2 import build_ae2
+from anomaly_utils.models.building import AE1_BUILDER, AE2_BUILDER, builder_config
 from anomaly_utils.models.losses import default_loss
 from anomaly_utils.models.storage import MODEL_FILE, load_model
 from anomaly_utils.seeding import set_global_seed
 from anomaly_utils.training.callbacks import (
     BACKUP_DIR,
+    BACKUP_METADATA,
     HISTORY_CSV,
     EpochBackup,
     EpochRecorder,
@@ -54,9 +65,12 @@ from anomaly_utils.training.callbacks import (
     restore_backup,
 )
 from anomaly_utils.training.datasets import check_int, image_dataset
+from anomaly_utils.training.strategy import is_chief, replicas, worker_name
 
 HISTORY_JSON = "history.json"
 CONFIG_FILE = "config.json"
+WORKERS_DIR = ".workers"
+BUILDERS = {AE1_BUILDER: build_ae1, AE2_BUILDER: build_ae2}
 
 
 def _describe(data: Any) -> Any:
@@ -79,7 +93,8 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
                     seed: int, loss: Any = None, early_stopping_patience: int | None = None,
                     verbose: int = 2, batch_size: int = 32, jit_compile: bool | str = "auto",
                     backup_overhead: float = 0.1,
-                    callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+                    callbacks: Sequence[keras.callbacks.Callback] = (),
+                    strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
     """Train an autoencoder with atomic checkpoints, resume after a kill, and a NaN guard.
 
     Rerunning with the same ``model_dir`` and settings after the process died continues from
@@ -107,6 +122,9 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
         backup_overhead: the largest share of the time spent writing resume backups
             (:class:`EpochBackup`); 1.0 backs up after every epoch.
         callbacks: extra Keras callbacks, run after the lab's own.
+        strategy: a ``tf.distribute`` strategy; ``None`` or the default strategy train on one
+            device exactly as before. ``batch_size`` (and the batches of a dataset) are global:
+            split across ``strategy.num_replicas_in_sync`` replicas.
 
     Returns:
         ``{"model": best model (loaded back from model.keras, uncompiled), "history": {column:
@@ -131,7 +149,22 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
             raise ParameterError("loss must be None for the VAE (it trains on its own ELBO)")
     elif loss is None:
         loss = default_loss(model)
+    if strategy is not None and strategy is tf.distribute.get_strategy() \
+            and not tf.distribute.has_strategy():
+        strategy = None  # the default strategy: today's single-device path
+    if strategy is not None:
+        if isinstance(model, VariationalAutoencoder) and replicas(strategy) > 1:
+            raise ParameterError(
+                "the VAE's own training step does not divide its loss across replicas, so "
+                f"it cannot train on {replicas(strategy)} replicas",
+                fix="train the VAE with strategy 'default', or use variant 'ae'")
+        model = _in_scope(model, strategy)
     model_dir = Path(model_dir)
+    chief_backup_dir = model_dir / BACKUP_DIR
+    if strategy is not None and not is_chief(strategy):
+        model_dir = model_dir / WORKERS_DIR / worker_name(strategy)
+    if strategy is not None and getattr(strategy, "cluster_resolver", None) is not None:
+        backup_overhead = 1.0  # every worker backs up every epoch, so all resume alike
     model_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = model_dir / BACKUP_DIR
 
@@ -144,6 +177,9 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
                      "train_data": _describe(train_data), "val_data": _describe(val_data)},
     }
     _check_resumable(model_dir, config)
+    if strategy is not None:  # beside "training", so a resume may change the strategy
+        config["distribution"] = {"strategy": type(strategy).__name__,
+                                  "replicas": replicas(strategy)}
     write_json(model_dir / CONFIG_FILE, config)
 
     set_global_seed(seed)
@@ -151,14 +187,19 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
     val_ds = None if val_data is None else image_dataset(val_data, batch_size, shuffle=False)
     monitor = "loss" if val_ds is None else "val_loss"
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                  jit_compile=jit_compile)
-    guard = NanGuard(float(learning_rate))
-    recorder = EpochRecorder(model_dir, monitor, early_stopping_patience, verbose)
-    # Order matters at epoch end: checkpoint and CSV row first, the backup (the commit) last.
-    lab_callbacks = [EpochSetter(train_ds), guard, recorder,
-                     EpochBackup(backup_dir, backup_overhead)]
-    initial_epoch = restore_backup(model, backup_dir)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                      jit_compile=jit_compile)
+        guard = NanGuard(float(learning_rate))
+        recorder = EpochRecorder(model_dir, monitor, early_stopping_patience, verbose)
+        # Order matters at epoch end: checkpoint and CSV row first, the backup (the commit)
+        # last.
+        lab_callbacks = [EpochSetter(train_ds), guard, recorder,
+                         EpochBackup(backup_dir, backup_overhead)]
+        resume_from = backup_dir
+        if (chief_backup_dir / BACKUP_METADATA).is_file():  # a worker reading the chief's
+            resume_from = chief_backup_dir
+        initial_epoch = restore_backup(model, resume_from)
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                   verbose=verbose, shuffle=False, callbacks=lab_callbacks + list(callbacks))
@@ -175,6 +216,21 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
     return {"model": best_model, "history": history, "best_epoch": recorder.best_epoch,
             "best_value": recorder.best, "monitor": monitor,
             "initial_epoch": recorder.initial_epoch, "model_path": str(model_dir / MODEL_FILE)}
+
+
+def _in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
+    """``model`` if it was built inside ``strategy.scope()``, else a copy built there (by its
+    builder, or ``keras.models.clone_model``) holding the same weights."""
+    if model.distribute_strategy is strategy:
+        return model
+    config = builder_config(model)
+    with strategy.scope():
+        if config and config.get("builder") in BUILDERS:
+            copy = BUILDERS[config["builder"]](**config["kwargs"])
+        else:
+            copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    return copy
 
 
 def _check_resumable(model_dir: Path, config: dict) -> None:

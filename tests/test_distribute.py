@@ -1,0 +1,215 @@
+"""Training under tf.distribute: MirroredStrategy on two logical CPUs matches one device, a
+resumed mirrored fit matches an uninterrupted one, and two MultiWorkerMirroredStrategy
+workers on 127.0.0.1 end with the same weights.
+
+Each scenario runs in a fresh Python process: logical devices and the multi-worker
+collectives must be configured before TensorFlow initialises its devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_utils.errors import ParameterError
+from anomaly_utils.pipeline.parameters import resolve_parameters, validate
+from anomaly_utils.training.strategy import make_strategy, replicas
+
+ROOT = Path(__file__).resolve().parent.parent
+# Mirrored vs one device: the same images, split 4 + 4 instead of 8, summed in another
+# order; float32 rounding over six Adam steps stays far below this.
+LOSS_RTOL = 1e-4
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
+            "PYTHONHASHSEED": "0", **extra}
+
+
+def _python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+MIRRORED = """
+    import json, sys
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from anomaly_utils.models.ae1 import build_ae1
+    from anomaly_utils.training.fit import fit_autoencoder
+    from anomaly_utils.training.strategy import make_strategy
+
+    out = {out!r}
+    rng = np.random.default_rng(0)
+    # Flat colours with a ramp: images an autoencoder learns quickly, so the curve moves.
+    ramp = np.linspace(0, 0.5, 16, dtype=np.float32)[None, :, None, None]
+    images = ((rng.random((24, 1, 1, 3)) * 0.5 + ramp) * 255).astype(np.uint8)
+    images = np.broadcast_to(images, (24, 16, 16, 3)).copy()
+    train, val = images[:16], images[16:]
+
+    class Kill(Exception):
+        pass
+
+    class KillAfter(keras.callbacks.Callback):  # as if the process died after epoch 2
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Kill()
+
+    def fit(folder, strategy, **kw):
+        model = build_ae1(16, latent_dim=8, encoder_filters=(8, 16), decoder_filters=(8,),
+                          seed=0)  # built outside any scope
+        return fit_autoencoder(model, train, val, f"{{out}}/{{folder}}", epochs=3,
+                               learning_rate=2e-2, seed=0, batch_size=8, verbose=0,
+                               strategy=strategy, **kw)
+
+    mirrored = make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
+    single = fit("single", None)
+    two = fit("mirrored", mirrored)
+    try:
+        fit("resumed", mirrored, callbacks=[KillAfter()])
+    except Kill:
+        pass
+    backup = json.load(open(f"{{out}}/resumed/backup/training_metadata.json"))
+    resumed = fit("resumed", mirrored)
+    print(json.dumps({{"single": single["history"], "mirrored": two["history"],
+                      "resumed": resumed["history"], "backup_epoch": backup["epoch"],
+                      "resumed_initial_epoch": resumed["initial_epoch"],
+                      "replicas": mirrored.num_replicas_in_sync,
+                      "config": json.load(open(f"{{out}}/mirrored/config.json"))}}))
+"""
+
+
+def test_mirrored_on_two_cpus_matches_one_device_and_resumes(tmp_path: Path):
+    result = _python(MIRRORED.format(out=str(tmp_path)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["replicas"] == 2
+    assert data["config"]["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2}
+    single, mirrored, resumed = data["single"], data["mirrored"], data["resumed"]
+    for key in ("loss", "val_loss"):
+        assert len(mirrored[key]) == 3
+        np.testing.assert_allclose(mirrored[key], single[key], rtol=LOSS_RTOL)
+        # The curve moves: a loss that did not change would pass the comparison trivially.
+        assert abs(single[key][0] - single[key][-1]) > 10 * LOSS_RTOL * single[key][0]
+    # Killed after epoch 2 (epoch 1 counted from 0), resumed from the backup at epoch 2.
+    assert data["backup_epoch"] == 2 and data["resumed_initial_epoch"] == 2
+    assert resumed["epoch"] == [0, 1, 2]
+    np.testing.assert_allclose(resumed["loss"], mirrored["loss"], rtol=LOSS_RTOL)
+    assert (tmp_path / "mirrored" / "model.keras").is_file()
+    assert (tmp_path / "mirrored" / "history.csv").read_text().count("\n") == 4
+    assert not (tmp_path / "mirrored" / "backup").exists()
+
+
+MULTIWORKER = """
+    import json, sys
+    import numpy as np
+    from anomaly_utils.training.strategy import make_strategy
+    strategy = make_strategy("multiworker")  # before any other TensorFlow work
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.training.datasets import patch_dataset
+    from anomaly_utils.training.fit import fit_autoencoder
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
+    train = patch_dataset(images, 16, 32, batch_size=8, seed=0)
+    with strategy.scope():
+        model = build_ae2(patch_size=16, channels=1, latent_dim=4, widths=[4] * 8, seed=0)
+    fit = fit_autoencoder(model, train, None, {model_dir!r}, epochs=1, learning_rate=1e-3,
+                          seed=0, verbose=0, strategy=strategy)
+    np.savez({out!r} + f"/weights-{{sys.argv[1]}}.npz", *model.get_weights())
+    print(json.dumps({{"loss": fit["history"]["loss"], "replicas": strategy.num_replicas_in_sync,
+                      "model_path": fit["model_path"]}}))
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_multiworker_processes_train_ae2_to_the_same_weights(tmp_path: Path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    code = MULTIWORKER.format(model_dir=str(tmp_path / "ae2"), out=str(tmp_path))
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), str(index)],
+            env=_env(TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=240)
+            assert process.returncode == 0, err[:2500] + err[-1500:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert [o["replicas"] for o in outputs] == [2, 2]
+    assert outputs[0]["loss"] == pytest.approx(outputs[1]["loss"], rel=1e-6)
+    chief = np.load(tmp_path / "weights-0.npz")
+    other = np.load(tmp_path / "weights-1.npz")
+    assert len(chief.files) == len(other.files) > 0
+    for name in chief.files:
+        np.testing.assert_allclose(chief[name], other[name], rtol=0, atol=1e-6)
+    # The chief wrote the run's files, the other worker a folder of its own beside them.
+    assert Path(outputs[0]["model_path"]) == tmp_path / "ae2" / "model.keras"
+    assert Path(outputs[1]["model_path"]).parent == tmp_path / "ae2" / ".workers" / "worker-1"
+    assert (tmp_path / "ae2" / "history.csv").is_file()
+
+
+def test_make_strategy_refuses_bad_names_devices_and_a_missing_tf_config(monkeypatch):
+    assert replicas(make_strategy("default")) == 1 and replicas(None) == 1
+    with pytest.raises(ParameterError, match="unknown distribution strategy") as info:
+        make_strategy("mirror")
+    assert "mirrored" in info.value.fix
+    with pytest.raises(ParameterError, match="only for the mirrored"):
+        make_strategy("default", ["/gpu:0"])
+    with pytest.raises(ParameterError, match="not on this machine"):
+        make_strategy("mirrored", ["/gpu:7"])
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ParameterError, match="TF_CONFIG") as info:
+        make_strategy("multiworker")
+    assert "cluster" in info.value.fix
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]},
+                                                "task": {"type": "worker", "index": 3}}))
+    with pytest.raises(ParameterError, match="not in its cluster"):
+        make_strategy("multiworker")
+
+
+def _validated(overrides: dict) -> dict:
+    effective = resolve_parameters(overrides)
+    for notebook, params in effective.items():
+        validate(notebook, params)
+    return effective
+
+
+def test_strategy_is_scoped_per_notebook_and_an_unscoped_one_names_the_scoped_form():
+    effective = _validated({"ae1.strategy": "mirrored", "ae1.devices": "['/gpu:0', '/gpu:1']",
+                            "04.strategy": "f1_optimal"})
+    assert effective["02_train_ae1"]["strategy"] == "mirrored"
+    assert effective["02_train_ae1"]["devices"] == ["/gpu:0", "/gpu:1"]
+    assert effective["04_threshold_selection"]["strategy"] == "f1_optimal"
+    # "strategy" alone reaches the training notebooks and notebook 04 alike.
+    with pytest.raises(ParameterError, match=r"threshold strategy.*-p ae1\.strategy mirrored"):
+        _validated({"strategy": "mirrored"})
+    with pytest.raises(ParameterError, match=r"training distribution.*-p 04\.strategy f1_opt"):
+        _validated({"strategy": "f1_optimal"})
+    with pytest.raises(ParameterError, match="device names"):
+        _validated({"ae1.devices": "[]"})
