@@ -11,7 +11,8 @@ import json
 import sys
 
 ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_threads", "bench_fit_overhead",
-         "bench_inference", "bench_scoring", "bench_head", "bench_pipeline", "bench_run")
+         "bench_inference", "bench_scoring", "bench_head", "bench_pipeline", "bench_run",
+         "bench_sweep_cluster")
 
 
 def _load(name: str) -> dict | None:
@@ -77,6 +78,10 @@ def summary() -> str:
         values = " / ".join(f"{r['epoch s (mean)']:.2f} s" for r in overhead["rows"])
         rows.append({"measure": "AE-1 epoch: plain fit / lab, backup every epoch / lab default",
                      "value": values, "target": "(before/after)"})
+    sweep = _load("sweep_cluster")
+    if sweep:
+        rows.append({"measure": "4-configuration tiny sweep, serial / local:2 wall time",
+                     "value": f"{sweep['serial_over_cluster']:.2f}x", "target": "(overhead)"})
     run = _load("run")
     if run:
         rows.append({"measure": "make run on the defaults", "value":
