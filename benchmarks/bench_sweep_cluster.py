@@ -2,7 +2,7 @@
 
 The sweep is ``ae2.epochs 3 4`` x ``04.percentile 95 99`` at the test suite's tiny sizes on a
 small synthetic carpet, so it holds one execution of notebooks 01 and 02, two of 03 and four
-each of 04 and 05 (13 in all). The serial sweep runs them in waves in one process; the
+each of 04 and 05 (12 in all). The serial sweep runs them in waves in one process; the
 cluster sweep submits them to a ``LocalCluster`` of two one-thread worker processes, each
 kernel with half the cores. On a 2-core machine the kernels' start-up and the notebooks'
 single-threaded parts are what two workers can overlap; the row mainly shows the cost of
