@@ -127,14 +127,14 @@ def _executing(client) -> dict[str, list[str]]:
 @pytest.mark.chain
 @pytest.mark.slow
 def test_two_worker_sweep_survives_a_killed_worker(tiny_data: Path, tmp_path: Path):
-    """Sweeping a threshold parameter shares notebooks 01-03; the worker training AE-2 is
-    killed after two of its four epochs. The task runs again on a worker, resumes from the
+    """Sweeping a gallery parameter shares notebooks 01-04; the worker training AE-2 is
+    killed after two of its six epochs. The task runs again on a worker, resumes from the
     run's backup, and both configurations and the comparison come out."""
     # Six AE-2 epochs, so that the kill after two of them leaves training to resume.
     fixed = {**TINY, "ae2.epochs": "6", "data_dir": str(tiny_data)}
     if "head" in declared_parameters("03_train_ae2"):
         fixed["ae2.head"] = "none"  # the scheduling is under test here, not AE-2's head
-    grid = {"04.percentile": ["95", "99"]}
+    grid = {"05.per_defect": ["1", "2"]}
     outcome: dict = {}
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as local, \
@@ -164,7 +164,7 @@ def test_two_worker_sweep_survives_a_killed_worker(tiny_data: Path, tmp_path: Pa
     assert "error" not in outcome, outcome.get("error")
     assert killed_at is not None, "AE-2 finished before the test could kill its worker"
     table = pd.read_csv(outcome["dir"] / "comparison.csv")
-    assert sorted(table["config"]) == ["04-percentile=95", "04-percentile=99"]
+    assert sorted(table["config"]) == ["05-per_defect=1", "05-per_defect=2"]
     assert "error" not in table and table["ae2_image_auroc"].notna().all()
     leader = next(c for c in table["config"] if "reused_from" not in
                   read_json(sweep_dir / c / "status.json")["03_train_ae2"])
