@@ -89,6 +89,7 @@ MIRRORED = """
 """
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpus_matches_one_device_and_resumes(tmp_path: Path):
     result = _python(MIRRORED.format(out=str(tmp_path)))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,6 +142,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_two_multiworker_processes_train_ae2_to_the_same_weights(tmp_path: Path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     code = MULTIWORKER.format(model_dir=str(tmp_path / "ae2"), out=str(tmp_path))
