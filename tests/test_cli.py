@@ -64,7 +64,9 @@ def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
     (["-p", "ae2.map_kind", "0.5*ssim+l1"], ["'map_kind'", "weights only some"]),
     (["-p", "ae2.pad", "-2"], ["'pad'", "integer >= 0"]),
     (["-p", "ae2.pad", "128"], ["'pad'", "smaller than image_size"]),
-    (["-p", "ae2.pad", "8", "-p", "ae2.bottleneck", "unet"], ["'pad'", "unet"]),
+    (["-p", "ae2.pad", "8", "-p", "ae2.bottleneck", "unet", "-p", "ae2.head", "none"],
+     ["'pad'", "unet"]),
+    (["-p", "ae2.bottleneck", "unet"], ["'head'", "unet", "head none"]),
     (["-p", "no_such_knob", "1"], ["'no_such_knob' is not declared", "02_train_ae1"]),
     (["-p", "zz.epochs", "1"], ["unknown scope 'zz'"]),
 ])

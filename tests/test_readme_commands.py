@@ -166,7 +166,7 @@ def test_sweep_reuses_work_and_compares(fresh_root: Path, readme_runs: Backgroun
     assert read_json(sweep / "ae2-head=none" / "ae2" / "scoring.json")["head"] == "none"
     scores = np.load(learned / "scores_test.npz")
     assert np.isfinite(scores["scores"]).all() and scores["maps"].shape[1:] == (32, 32)
-    assert 0 <= scores["maps"].min() and scores["maps"].max() <= 1  # probabilities
+    assert scores["maps"].min() >= 0 and scores["maps"].max() <= 1  # probabilities
     assert "error_maps" not in np.load(sweep / "ae2-head=none" / "ae2" / "scores_test.npz")
 
 

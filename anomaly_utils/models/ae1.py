@@ -43,7 +43,8 @@ def _ae1_decoder(latent_dim: int, image_size: int, channels: int,
                                          activation="relu", kernel_initializer=seeded_initializer(seed, 101 + i),
                                          name=f"dec_deconv{i + 1}")(x)
     out = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same",
-                                       activation="sigmoid", kernel_initializer=seeded_initializer(seed, 199),
+                                       activation="sigmoid", dtype="float32",
+                                       kernel_initializer=seeded_initializer(seed, 199),
                                        name="reconstruction")(x)
     return keras.Model(z, out, name="decoder")
 
