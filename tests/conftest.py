@@ -29,7 +29,7 @@ TINY = {"epochs": "3", "ae2.epochs": "4", "ae1.image_size": "32", "ae1.latent_di
         "ae2.image_size": "64", "patch_size": "32", "ae2.stride": "16",
         "patches_per_epoch": "64", "eval_size": "32", "smooth_sigma": "1.0",
         "n_bootstrap": "50", "batch_size": "16", "min_defect_area": "2",
-        "head_epochs": "2", "head_patches_per_epoch": "32", "head_widths": "[8, 16]"}
+        "head_epochs": "2", "head_patches_per_epoch": "32", "head_widths": "[8,16]"}
 
 
 # The fixtures that need a run of the notebook chain; tests using them are marked "chain", and
