@@ -9,7 +9,8 @@ another order), the thread count and a GPU. So this plugin does two things on to
 
 1. Cells tagged ``outcome`` show results of training. Their outputs are compared with every
    number replaced by ``N`` and runs of spaces collapsed: the words, row and column labels,
-   the order of lines and the number of text outputs must match, the digits need not, and
+   the order of lines and the number of text outputs must match, the digits (and NaN) need
+   not, and
    the figures they display are left out (how many there are depends on training). Every other
    cell (data summaries, split sizes, model summaries, parameter counts, figure sizes of data
    plots) is compared exactly, after ``sanitize.cfg``.
@@ -35,7 +36,9 @@ SHORTENED = {
     "02_train_ae1.ipynb": {"epochs": 1},
     "03_train_ae2.ipynb": {"epochs": 1, "head_epochs": 1},
 }
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:[.,]\d+)*|\.\d+)(?:[eE][-+]?\d+)?")
+# A number, or NaN / inf: a rate with nothing to divide (precision when a threshold flags
+# no image) is NaN after one training and a number after another.
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:[.,]\d+)*|\.\d+)(?:[eE][-+]?\d+)?|\b(?:NaN|nan|inf)\b")
 _SPACES = re.compile(r"[ \t]+")
 
 
@@ -60,12 +63,21 @@ if IPyNbCell is not None:
     _compare = IPyNbCell.compare_outputs
 
     def _compare_outcomes(self, test, ref, skip_compare=None):
+        test, ref = _without_stderr(test), _without_stderr(ref)
         if OUTCOME_TAG in _tags(self.cell):
             test, ref = _without_figures(test), _without_figures(ref)
         return _compare(self, test, ref, skip_compare)
 
     IPyNbCell.sanitize = _sanitize_outcomes
     IPyNbCell.compare_outputs = _compare_outcomes
+
+
+def _without_stderr(outputs: list) -> list:
+    """Outputs less the stderr stream: what lands there is TensorFlow's C++ log (e.g. a
+    tf.data graph-rewrite notice), which comes and goes with the machine and its load and is
+    never a result of the notebook."""
+    return [o for o in outputs if not (o.get("output_type") == "stream"
+                                       and o.get("name") == "stderr")]
 
 
 def _without_figures(outputs: list) -> list:

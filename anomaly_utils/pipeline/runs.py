@@ -269,5 +269,8 @@ def refresh_notebooks(notebooks: tuple[str, ...] = NOTEBOOKS, timeout: int = 180
         client.execute()
         for cell in nb.cells:
             cell.metadata.pop("execution", None)
+            if cell.cell_type == "code":  # TensorFlow's C++ log lines are no result
+                cell.outputs = [o for o in cell.outputs
+                                if not (o.output_type == "stream" and o.name == "stderr")]
         write_text(path, nbformat.writes(nb) + "\n")
         log(f"  {path.name} done in {time.perf_counter() - start:.0f} s")
