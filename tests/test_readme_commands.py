@@ -173,7 +173,7 @@ def test_sweep_reuses_work_and_compares(fresh_root: Path, readme_runs: Backgroun
 def test_papermill_runs_one_notebook(fresh_root: Path):
     shortened = ("-p epochs 1 -p image_size 64 -p patch_size 32 -p stride 16 "
                  "-p patches_per_epoch 64 -p eval_size 32 -p batch_size 16 -p smooth_sigma 1.0 "
-                 "-p head_epochs 1 -p head_patches_per_epoch 32 -p head_widths '[8,16]'")
+                 "-p head_epochs 1 -p head_patches_per_epoch 32")
     result = shell(f"{PAPERMILL} {shortened} --no-progress-bar", fresh_root)
     _ok(result)
     assert (fresh_root / "out.ipynb").is_file()
