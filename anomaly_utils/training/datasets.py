@@ -356,7 +356,7 @@ def anomaly_patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch
     steps = math.ceil(patches_per_epoch / batch_size)
     scale = 255.0 if images.dtype == np.uint8 else 1.0
 
-    def crops(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def crops(rng: np.random.Generator, count: int) -> np.ndarray:
         index = rng.integers(0, n, count)
         top = rng.integers(0, height - patch_size + 1, count)
         left = rng.integers(0, width - patch_size + 1, count)
@@ -369,11 +369,11 @@ def anomaly_patch_dataset(images: np.ndarray, patch_size: int, patches_per_epoch
                 patch = out[k][:, ::-1] if flips[0] else out[k]
                 patch = patch[::-1] if flips[1] else patch
                 out[k] = np.rot90(patch, turns)
-        return out, index
+        return out
 
     def batch(epoch, step):
         rng = np.random.default_rng([seed, int(epoch), int(step)])
-        clean, _ = crops(rng, batch_size)
+        clean = crops(rng, batch_size)
         # sources=None: the fills come from the batch's other crops.
         corrupted, masks = make_training_anomalies(clean, None, rng, **options)
         return corrupted.astype(np.float32), masks.astype(np.float32), clean
