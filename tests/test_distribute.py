@@ -75,8 +75,8 @@ MIRRORED = """
     mirrored = make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
     single = fit("single", None)
     two = fit("mirrored", mirrored)
-    try:
-        fit("resumed", mirrored, callbacks=[KillAfter()])
+    try:  # a backup after every epoch, whatever the load on the machine makes it cost
+        fit("resumed", mirrored, callbacks=[KillAfter()], backup_overhead=1.0)
     except Kill:
         pass
     backup = json.load(open(f"{{out}}/resumed/backup/training_metadata.json"))
