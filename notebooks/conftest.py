@@ -16,7 +16,7 @@ another order), the thread count and a GPU. So this plugin does two things on to
    plots) is compared exactly, after ``sanitize.cfg``.
 2. Because outcome numbers are not compared, training need not run to its full length: the
    cell tagged ``parameters`` gets the assignments in ``SHORTENED`` appended, as papermill
-   would inject them, so the notebooks train for one epoch and everything else (data,
+   would inject them, so the notebooks train for one short epoch and everything else (data,
    architecture, scoring, thresholds, figures) runs at the defaults.
 
 The numbers themselves are checked with stated tolerances elsewhere: tests/test_notebook_results.py.
@@ -34,7 +34,8 @@ except ImportError:  # nbval absent: nothing to configure
 OUTCOME_TAG = "outcome"
 SHORTENED = {
     "02_train_ae1.ipynb": {"epochs": 1},
-    "03_train_ae2.ipynb": {"epochs": 1, "head_epochs": 1},
+    "03_train_ae2.ipynb": {"epochs": 1, "patches_per_epoch": 256, "head_epochs": 1,
+                           "head_patches_per_epoch": 128},
 }
 # A number, or NaN / inf: a rate with nothing to divide (precision when a threshold flags
 # no image) is NaN after one training and a number after another.

@@ -144,3 +144,34 @@ def test_the_gallery_names_a_vanished_test_image(tmp_path):
         tmp_path / "test" / "good" / "0.png"]
     with pytest.raises(DataError, match=r"1 test image\(s\).*test/cut/0.png"):
         stored_test_images(tmp_path, np.array(["test/good/0.png", "test/cut/0.png"]))
+
+
+def test_the_gallery_shows_the_stored_reconstructions_without_a_model(tmp_path):
+    import cv2
+
+    from anomaly_utils.errors import ArtifactError
+    from anomaly_utils.scoring.stored import ScoreResult, load_scores, save_scores
+    from anomaly_utils.visualization.gallery import rows_for
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), image[..., ::-1])  # stored as BGR, read back as RGB
+    recons = rng.random((2, 8, 8, 3), dtype=np.float32)
+    result = ScoreResult(scores=np.array([0.1, 0.9], np.float32),
+                         maps=rng.random((2, 4, 4), dtype=np.float32), recons=recons)
+    for keep in (True, False):
+        save_scores(tmp_path / f"{keep}.npz", result, labels=[0, 1], types=["good", "cut"],
+                    masks=None, has_mask=None, paths=[p.name for p in paths],
+                    fingerprint="f", model="ae2", keep_recons=keep)
+    test = load_scores(tmp_path / "True.npz")
+    assert test["recons"].dtype == np.uint8 and test["recons"].shape == (2, 8, 8, 3)
+    rows = rows_for([1, 0], test, paths, threshold=0.5, pixel_threshold=0.5, min_area=1)
+    assert [r["verdict"] for r in rows] == ["TP", "TN"]
+    np.testing.assert_array_equal(rows[0]["image"], images[1])
+    np.testing.assert_allclose(rows[0]["recon"], recons[1], atol=0.5 / 255 + 1e-6)
+    with pytest.raises(ArtifactError, match="recons") as info:
+        rows_for([0], load_scores(tmp_path / "False.npz"), paths, 0.5, 0.5, 1)
+    assert "notebooks 02 and 03" in info.value.fix

@@ -164,6 +164,7 @@ def test_scorer_with_a_head_stores_the_learned_map_and_the_error_map(tmp_path):
                 has_mask=None, paths=[], fingerprint="f", model="ae2")
     stored = load_scores(path)
     np.testing.assert_allclose(stored["error_maps"], result.error_maps, atol=1e-2)
+    assert "recons" not in stored  # only the test split keeps them (keep_recons)
 
 
 def head_of_maps(head, scorer, images):

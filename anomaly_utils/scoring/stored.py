@@ -36,18 +36,22 @@ class ScoreResult:
 
 def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndarray,
                 types: np.ndarray, masks: np.ndarray | None, has_mask: np.ndarray | None,
-                paths: list, fingerprint: str, model: str) -> None:
+                paths: list, fingerprint: str, model: str, keep_recons: bool = False) -> None:
     """Write a score file (``.npz``, no pickle): scores, labels, types, maps, masks.
 
     Maps are stored as float16 at the scoring config's ``eval_size``, masks as bool; the
     dataset fingerprint and model name are stored so a score file from another run or
-    dataset is refused on load. A head's error maps are stored as ``error_maps``.
+    dataset is refused on load. A head's error maps are stored as ``error_maps``. With
+    ``keep_recons``, the reconstructions are stored too, as uint8 ``recons`` (N, S, S, C),
+    so that the gallery shows them without loading the model (and TensorFlow).
     """
     n = len(result.scores)
     masks = np.zeros((n, *result.maps.shape[1:]), bool) if masks is None else masks
     has_mask = np.zeros(n, bool) if has_mask is None else has_mask
     extra = {} if result.error_maps is None else {
         "error_maps": result.error_maps.astype(np.float16)}
+    if keep_recons:
+        extra["recons"] = np.round(np.clip(result.recons, 0, 1) * 255).astype(np.uint8)
     save_npz(path, **extra, scores=result.scores, labels=np.asarray(labels, np.int64),
              types=np.asarray(types, dtype=str), maps=result.maps.astype(np.float16),
              masks=masks.astype(bool), has_mask=has_mask.astype(bool),
@@ -61,7 +65,9 @@ def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
 
     Returns a dict with ``scores`` (N,), ``labels`` (N,), ``types`` (N,), ``maps``
     (N, E, E) float32, ``masks`` (N, E, E) bool, ``has_mask`` (N,), ``paths`` (N,), and,
-    from a model with a segmentation head, ``error_maps`` (N, E, E) float32.
+    from a model with a segmentation head, ``error_maps`` (N, E, E) float32; a test split's
+    file also holds ``recons`` (N, S, S, C) uint8, the reconstructions at the model's
+    resolution.
     """
     data = load_npz(path)
     required = {"scores", "labels", "types", "maps", "masks", "has_mask", "fingerprint", "model"}
@@ -119,8 +125,8 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0) 
 
     Writes ``run_dir/<model>/scores_val.npz``, ``scores_val_pseudo.npz`` (the validation
     normals with pasted synthetic anomalies from :mod:`anomaly_utils.data.pseudo_anomalies`, for
-    an F1-optimal threshold without touching the test set) and ``scores_test.npz``, each
-    stamped with the dataset fingerprint.
+    an F1-optimal threshold without touching the test set) and ``scores_test.npz`` (with the
+    reconstructions, for the gallery), each stamped with the dataset fingerprint.
 
     Args:
         scorer: the trained model and how to score it.
@@ -148,5 +154,5 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0) 
     save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,
                 masks=ds.test_masks, has_mask=ds.test_has_mask,
                 paths=[p.relative_to(ds.index.root) for p in ds.test_paths],
-                fingerprint=fingerprint, model=name)
+                fingerprint=fingerprint, model=name, keep_recons=True)
     return SplitScores(val, val_pseudo, test)

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_utils.data.loading import load_images
-from anomaly_utils.errors import DataError
+from anomaly_utils.errors import ArtifactError, DataError
 from anomaly_utils.evaluation import thresholds
-from anomaly_utils.scoring.scorer import Scorer
 
 
 def stored_test_images(data_dir: str | os.PathLike, relative: np.ndarray) -> list[Path]:
@@ -67,18 +66,27 @@ def errors(verdict: np.ndarray, scores: np.ndarray, kind: str) -> list[int]:
     return members[order].tolist()
 
 
-def rows_for(indices: list[int], scorer: Scorer, test: dict, paths: list, threshold: float,
+def rows_for(indices: list[int], test: dict, paths: list, threshold: float,
              pixel_threshold: float, min_area: int, label: str = "") -> list[dict]:
-    """Gallery rows (see :func:`anomaly_utils.visualization.plots.gallery_rows`) for test images ``indices``.
+    """Gallery rows (see :func:`anomaly_utils.visualization.plots.gallery_rows`) for test
+    images ``indices``.
 
-    The images are read again from ``paths`` at the model's resolution and reconstructed, so
-    the score files need not hold reconstructions.
+    ``test`` is a test split's stored scores (:func:`anomaly_utils.scoring.stored.load_scores`)
+    with their ``recons`` (N, S, S, C) uint8; the images are read again from ``paths`` at the
+    reconstructions' resolution S. No model is loaded.
+
+    Raises:
+        ArtifactError: the score file holds no reconstructions.
     """
     if not indices:
         return []
-    c = scorer.config
-    images, _, _ = load_images([paths[i] for i in indices], c.image_size, c.color_mode)
-    recons = scorer.reconstruct(images)
+    if "recons" not in test:
+        raise ArtifactError("the test score file holds no reconstructions ('recons')",
+                            fix="rerun notebooks 02 and 03, which store them for the gallery")
+    recons = test["recons"][indices].astype(np.float32) / 255.0
+    size, channels = recons.shape[1], recons.shape[3]
+    images, _, _ = load_images([paths[i] for i in indices], size,
+                               "grayscale" if channels == 1 else "rgb")
     maps = test["maps"][indices]
     predicted = thresholds.segment(maps, pixel_threshold, min_area=min_area)
     verdict = verdicts(test["labels"][indices], test["scores"][indices], threshold)
