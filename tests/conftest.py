@@ -34,7 +34,7 @@ TINY = {"epochs": "3", "ae2.epochs": "4", "ae1.image_size": "32", "ae1.latent_di
 
 # The fixtures that need a run of the notebook chain; tests using them are marked "chain", and
 # `make test` runs them in a process of their own, beside the other tests (Makefile).
-CHAIN_FIXTURES = {"finished_run", "readme_runs", "fresh_root", "image_only_run", "prepared"}
+CHAIN_FIXTURES = {"finished_run", "readme_runs", "fresh_root", "prepared"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -129,9 +129,6 @@ def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
                     "(make test does) before running the tests directly")
     shutil.copytree(tiny_data, root / "data" / "synthetic_carpet")
     shutil.copytree(tiny_data, root / "data" / "carpet")
-    # An image-labelled set (defect images, no masks), as industry often has.
-    shutil.copytree(tiny_data, root / "data" / "image_only",
-                    ignore=shutil.ignore_patterns("ground_truth"))
     real = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
     if real.is_dir():
         link_sample(real, base / "shared" / "datasets" / "magnetic_tile", train=40, test=8)
@@ -174,8 +171,6 @@ PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
           "--data-dir ../shared/datasets/magnetic_tile")
 SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.head none segmentation --jobs 2"
 TINY_RUN = " --quiet " + " ".join(tiny_pairs())
-IMAGE_ONLY = (".venv/bin/python -m anomaly_utils run --data-dir data/image_only "
-              "-p allow_missing_masks true")
 BACKGROUND_WORKERS = 3  # jobs at once: fills 2 cores beside the tests, within memory
 
 
@@ -302,8 +297,6 @@ def background(request, tmp_path_factory) -> Background | None:
         jobs.append((RERUN, RERUN + TINY_RUN))
         if (ROOT.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
             jobs.append((PRESET, PRESET + TINY_RUN))
-    if "image_only_run" in needed:
-        jobs.append((IMAGE_ONLY, IMAGE_ONLY + TINY_RUN))
     if not jobs:
         yield None
         return
@@ -344,9 +337,3 @@ def finished_run(fresh_root: Path, background: Background) -> Path:
     # The kernels' sockets are encrypted (pipeline.kernel_config), so ipykernel stays quiet.
     assert "without encryption" not in result.stderr, result.stderr[-3000:]
     return run
-
-
-@pytest.fixture(scope="session")
-def image_only_run(fresh_root: Path, background: Background) -> Path:
-    """A full tiny run on a dataset whose defect images have no masks."""
-    return finished(background.result(IMAGE_ONLY), fresh_root)

@@ -2,12 +2,15 @@
 
 The first tests run the scheduling on an in-process cluster with the notebook execution
 replaced by a stand-in that writes the files a run's comparison reads (seconds). The last one
-runs a real tiny sweep on two worker processes and kills the one that is training AE-2.
+runs a real tiny sweep on two worker processes and kills the one that is training AE-2; its
+dataset has no defect masks, so the same runs also show that ``allow_missing_masks`` reaches
+every notebook (a whole chain costs about a minute and a half of CPU, so one run checks both).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,7 +25,7 @@ from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline import cluster as cluster_module
 from anomaly_utils.pipeline.cluster import parse_cluster
-from anomaly_utils.pipeline.parameters import declared_parameters
+from anomaly_utils.pipeline.parameters import NOTEBOOKS, declared_parameters
 from anomaly_utils.pipeline.sweep import run_sweep
 from anomaly_utils.scoring.stored import ScoreResult, save_scores
 from tests.conftest import TINY
@@ -129,9 +132,16 @@ def _executing(client) -> dict[str, list[str]]:
 def test_two_worker_sweep_survives_a_killed_worker(tiny_data: Path, tmp_path: Path):
     """Sweeping a gallery parameter shares notebooks 01-04; the worker training AE-2 is
     killed after two of its six epochs. The task runs again on a worker, resumes from the
-    run's backup, and both configurations and the comparison come out."""
+    run's backup, and both configurations and the comparison come out.
+
+    The dataset is image-labelled (defect images, no masks, as industry often has), run with
+    ``-p allow_missing_masks true``: every notebook runs, image metrics are reported, pixel
+    metrics are null and the gallery is drawn."""
+    image_only = tmp_path / "image_only"
+    shutil.copytree(tiny_data, image_only, ignore=shutil.ignore_patterns("ground_truth"))
     # Six AE-2 epochs, so that the kill after two of them leaves training to resume.
-    fixed = {**TINY, "ae2.epochs": "6", "data_dir": str(tiny_data)}
+    fixed = {**TINY, "ae2.epochs": "6", "data_dir": str(image_only),
+             "allow_missing_masks": "true"}
     if "head" in declared_parameters("03_train_ae2"):
         fixed["ae2.head"] = "none"  # the scheduling is under test here, not AE-2's head
     grid = {"05.per_defect": ["1", "2"]}
@@ -175,3 +185,18 @@ def test_two_worker_sweep_survives_a_killed_worker(tiny_data: Path, tmp_path: Pa
     assert list(history["epoch"]) == list(range(int(fixed["ae2.epochs"])))  # each epoch once
     for config in table["config"]:
         assert (sweep_dir / config / "metrics.json").is_file()
+        assert_image_only_run(sweep_dir / config)
+
+
+def assert_image_only_run(run: Path) -> None:
+    """A finished run on the image-labelled dataset, made with ``allow_missing_masks``."""
+    assert all(v["state"] == "completed" for v in read_json(run / "status.json").values())
+    params = read_json(run / "params.json")["notebooks"]
+    for notebook in NOTEBOOKS[:3]:
+        assert params[notebook]["allow_missing_masks"] is True, notebook
+    metrics = read_json(run / "metrics.json")
+    for model in ("ae1", "ae2"):
+        assert 0.0 <= metrics[model]["image_auroc"] <= 1.0
+        assert metrics[model]["pixel_auroc"] is None and metrics[model]["aupro"] is None
+    assert read_json(run / "data_summary.json")["masks_missing"] > 0
+    assert list((run / "figures").glob("05_*.png"))

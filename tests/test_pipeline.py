@@ -243,17 +243,3 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_data: Pa
     assert read_json(second / "params.json")["run_id"] == second.name
 
 
-def test_the_chain_runs_on_a_dataset_without_masks(image_only_run: Path):
-    """``-p allow_missing_masks true`` reaches every notebook that loads the data: all five
-    run, image metrics are reported, pixel metrics are null, the gallery is drawn."""
-    assert all(v["state"] == "completed" for v in read_json(image_only_run / "status.json")
-               .values())
-    params = read_json(image_only_run / "params.json")["notebooks"]
-    for notebook in NOTEBOOKS[:3]:
-        assert params[notebook]["allow_missing_masks"] is True, notebook
-    metrics = read_json(image_only_run / "metrics.json")
-    for model in ("ae1", "ae2"):
-        assert 0.0 <= metrics[model]["image_auroc"] <= 1.0
-        assert metrics[model]["pixel_auroc"] is None and metrics[model]["aupro"] is None
-    assert read_json(image_only_run / "data_summary.json")["masks_missing"] > 0
-    assert list((image_only_run / "figures").glob("05_*.png"))
