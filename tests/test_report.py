@@ -175,3 +175,6 @@ def test_the_gallery_shows_the_stored_reconstructions_without_a_model(tmp_path):
     with pytest.raises(ArtifactError, match="recons") as info:
         rows_for([0], load_scores(tmp_path / "False.npz"), paths, 0.5, 0.5, 1)
     assert "notebooks 02 and 03" in info.value.fix
+    # Notebook 05 asks for them when it loads the file, so the error names the file.
+    with pytest.raises(ArtifactError, match=r"False\.npz' lacks \['recons'\]"):
+        load_scores(tmp_path / "False.npz", with_recons=True)

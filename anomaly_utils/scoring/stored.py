@@ -60,17 +60,18 @@ def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndar
 
 
 def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
-                model: str | None = None) -> dict[str, np.ndarray]:
+                model: str | None = None, *, with_recons: bool = False) -> dict[str, np.ndarray]:
     """Load a score file, refusing one from another dataset or model.
 
     Returns a dict with ``scores`` (N,), ``labels`` (N,), ``types`` (N,), ``maps``
     (N, E, E) float32, ``masks`` (N, E, E) bool, ``has_mask`` (N,), ``paths`` (N,), and,
     from a model with a segmentation head, ``error_maps`` (N, E, E) float32; a test split's
     file also holds ``recons`` (N, S, S, C) uint8, the reconstructions at the model's
-    resolution.
+    resolution, which ``with_recons`` requires.
     """
     data = load_npz(path)
     required = {"scores", "labels", "types", "maps", "masks", "has_mask", "fingerprint", "model"}
+    required |= {"recons"} if with_recons else set()
     if missing := required - set(data):
         raise ArtifactError(f"score file '{path}' lacks {sorted(missing)}",
                             fix="rerun the training notebook that writes it")
