@@ -111,8 +111,8 @@ def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
     shares the warm ``.venv`` (a link) and holds the tiny carpet both as
     ``data/synthetic_carpet`` (so ``make run`` finds it) and as ``data/carpet`` (what the
     README's download command would bring); where ``../shared/datasets/magnetic_tile`` exists,
-    the copy's ``../shared/datasets/magnetic_tile`` links a sample of it (eight images of each
-    test folder, forty of train/good) so that the README's real-data command runs on real
+    the copy's ``../shared/datasets/magnetic_tile`` links a sample of it (four images of each
+    test folder, twenty-four of train/good) so that the README's real-data command runs on real
     images at a test's size. Commands run there with ``PYTHONPATH`` on the copy, so its
     package, not the original checkout, is what the notebooks import.
     """
@@ -138,7 +138,7 @@ def fresh_root(tiny_data: Path, tmp_path_factory) -> Path:
     shutil.copytree(tiny_data, root / "data" / "carpet")
     real = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
     if real.is_dir():
-        link_sample(real, base / "shared" / "datasets" / "magnetic_tile", train=40, test=8)
+        link_sample(real, base / "shared" / "datasets" / "magnetic_tile", train=24, test=4)
     return root
 
 

@@ -132,7 +132,7 @@ def test_preset_real_on_magnetic_tile(fresh_root: Path, readme_runs):
     stored = load_scores(run / "ae2" / "scores_test.npz")
     assert stored["error_maps"].shape == stored["maps"].shape  # both maps, for the gallery
     assert set(read_json(run / "data_summary.json")["modes"]) <= {"L", "I;16", "I"}
-    assert '"test/blowhole": 8' in (run / "data_summary.json").read_text()  # the sample
+    assert '"test/blowhole": 4' in (run / "data_summary.json").read_text()  # the sample
     assert len(list((run / "figures").glob("01_*.png"))) == 5  # notebook 01's figures
     metrics = read_json(run / "metrics.json")
     assert 0.0 <= metrics["ae2"]["pixel_auroc"] <= 1.0
