@@ -10,10 +10,9 @@ another order), the thread count and a GPU. So this plugin does two things on to
 1. Cells tagged ``outcome`` show results of training. Their outputs are compared with every
    number replaced by ``N`` and runs of spaces collapsed: the words, row and column labels,
    the order of lines and the number of text outputs must match, the digits (and NaN) need
-   not, and
-   the figures they display are left out (how many there are depends on training). Every other
-   cell (data summaries, split sizes, model summaries, parameter counts, figure sizes of data
-   plots) is compared exactly, after ``sanitize.cfg``.
+   not, and the figures they display are left out (how many there are depends on training).
+   Every other cell (data summaries, split sizes, model summaries, parameter counts, figure
+   sizes of data plots) is compared exactly, after ``sanitize.cfg``.
 2. Because outcome numbers are not compared, training need not run to its full length: the
    cell tagged ``parameters`` gets the assignments in ``SHORTENED`` appended, as papermill
    would inject them, so the notebooks train for one short epoch and everything else (data,

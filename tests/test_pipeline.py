@@ -241,5 +241,3 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_data: Pa
                                   log=lambda *_: None) for _ in range(2))
     assert (first.name, second.name) == ("20261201-120000", "20261201-120000-2")
     assert read_json(second / "params.json")["run_id"] == second.name
-
-

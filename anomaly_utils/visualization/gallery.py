@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_utils.data.loading import load_images
-from anomaly_utils.errors import ArtifactError, DataError
+from anomaly_utils.errors import DataError
 from anomaly_utils.evaluation import thresholds
 
 
@@ -71,18 +71,13 @@ def rows_for(indices: list[int], test: dict, paths: list, threshold: float,
     """Gallery rows (see :func:`anomaly_utils.visualization.plots.gallery_rows`) for test
     images ``indices``.
 
-    ``test`` is a test split's stored scores (:func:`anomaly_utils.scoring.stored.load_scores`)
-    with their ``recons`` (N, S, S, C) uint8; the images are read again from ``paths`` at the
-    reconstructions' resolution S. No model is loaded.
-
-    Raises:
-        ArtifactError: the score file holds no reconstructions.
+    ``test`` is a test split's stored scores with their ``recons`` (N, S, S, C) uint8, as
+    ``load_scores(..., with_recons=True)`` returns them (it refuses a file without them); the
+    images are read again from ``paths`` at the reconstructions' resolution S. No model is
+    loaded.
     """
     if not indices:
         return []
-    if "recons" not in test:
-        raise ArtifactError("the test score file holds no reconstructions ('recons')",
-                            fix="rerun notebooks 02 and 03, which store them for the gallery")
     recons = test["recons"][indices].astype(np.float32) / 255.0
     size, channels = recons.shape[1], recons.shape[3]
     images, _, _ = load_images([paths[i] for i in indices], size,
