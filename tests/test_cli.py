@@ -109,6 +109,19 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
 
 
+# TensorFlow's one notice that no log level silences: on CPUs where oneDNN's optimisations
+# are on by default (AVX-512 VNNI/BF16, AMX) it logs "oneDNN custom operations are on"
+# before absl's logging is initialised, and absl writes such early messages to stderr
+# whatever the threshold (abseil/abseil-cpp#1718). Hiding it would mean hiding stderr.
+_UNSILENCEABLE = ("WARNING: All log messages before absl::InitializeLog() is called are "
+                  "written to STDERR", "port.cc:153] oneDNN custom operations are on.")
+
+
+def _unexpected_stderr(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if line.strip() and not any(known in line for known in _UNSILENCEABLE)]
+
+
 def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
     light = _python("import sys, anomaly_utils.pipeline.cli, anomaly_utils.pipeline.runs, "
                     "anomaly_utils.pipeline.sweep, anomaly_utils.data.loading, "
@@ -120,4 +133,4 @@ def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
     # TF_CPP_MIN_LOG_LEVEL is unset here: the package's own default (errors only) applies.
     heavy = _python("import sys, anomaly_utils.models.ae2, keras; print('tensorflow' in sys.modules)")
     assert heavy.stdout.strip() == "True", heavy.stderr
-    assert heavy.stderr == ""
+    assert _unexpected_stderr(heavy.stderr) == [], heavy.stderr
