@@ -37,8 +37,10 @@ run: $(STAMP) data
 # Three pytest processes side by side, so that a 2-core machine stays busy to the end: nbval
 # over notebooks/, the tests marked "chain" (they need runs of the notebook chain, which
 # tests/conftest.py starts in the background), and every other test. Their reports follow one
-# another.
+# another. The installed-package tests (a wheel, its notebooks run from a venv) go with nbval,
+# which would otherwise finish a minute or two before the others (BALANCE).
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
+BALANCE := tests/test_installed.py
 # Each TensorFlow process gets one thread per pool: three test processes and their background
 # runs share two cores, and TensorFlow's spinning thread pools, one per process at the core
 # count, would otherwise spend the cores waiting on each other.
@@ -48,14 +50,15 @@ test: export OMP_NUM_THREADS := 1
 test: $(STAMP) data
 	rm -rf runs/notebooks
 	@mkdir -p runs
-	@$(PY) -m pytest notebooks $(NBVAL) -p no:cacheprovider --durations=10 \
+	@$(PY) -m pytest notebooks $(BALANCE) $(NBVAL) -p no:cacheprovider --durations=10 \
 		> runs/nbval.log 2>&1 & nbval=$$!; \
-	$(PY) -m pytest tests -m "not chain" -p no:cacheprovider --durations=15 \
+	$(PY) -m pytest tests -m "not chain" $(BALANCE:%=--ignore=%) -p no:cacheprovider \
+		--durations=15 \
 		> runs/unit-tests.log 2>&1 & units=$$!; \
 	$(PY) -m pytest tests -m chain --durations=20; chain=$$?; \
 	wait $$units; units=$$?; wait $$nbval; notebooks=$$?; \
 	echo "----- the other tests (log: runs/unit-tests.log) -----"; cat runs/unit-tests.log; \
-	echo "----- nbval over notebooks/ (log: runs/nbval.log) -----"; cat runs/nbval.log; \
+	echo "----- nbval over notebooks/, and $(BALANCE) (log: runs/nbval.log) -----"; cat runs/nbval.log; \
 	test $$chain -eq 0 && test $$units -eq 0 && test $$notebooks -eq 0
 
 notebooks: $(STAMP) data
