@@ -37,10 +37,11 @@ run: $(STAMP) data
 # Three pytest processes side by side, so that a 2-core machine stays busy to the end: nbval
 # over notebooks/, the tests marked "chain" (they need runs of the notebook chain, which
 # tests/conftest.py starts in the background), and every other test. Their reports follow one
-# another. The installed-package tests (a wheel, its notebooks run from a venv) go with nbval,
-# which would otherwise finish a minute or two before the others (BALANCE).
+# another. The installed-package and JupyterLab tests (a wheel, its notebooks run from a venv;
+# the lab in a headless browser) go with nbval, which would otherwise finish two minutes
+# before the others (BALANCE).
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
-BALANCE := tests/test_installed.py
+BALANCE := tests/test_installed.py tests/test_jupyterlab.py
 # Each TensorFlow process gets one thread per pool: three test processes and their background
 # runs share two cores, and TensorFlow's spinning thread pools, one per process at the core
 # count, would otherwise spend the cores waiting on each other.
