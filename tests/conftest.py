@@ -180,7 +180,7 @@ SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.head none segmentation -
 TINY_RUN = " --quiet " + " ".join(tiny_pairs())
 # Where a README command's test checks only the first notebooks, the run stops after them
 # (``--until``): the notebooks after that are run by the other commands' tests.
-UNTIL = {"RERUN": " --until 02", "RESUME": " --until 03", "PRESET": " --until 04"}
+UNTIL = {RERUN: " --until 02", RESUME: " --until 03", PRESET: " --until 04"}
 BACKGROUND_WORKERS = 3  # jobs at once: fills 2 cores beside the tests, within memory
 
 
@@ -274,7 +274,7 @@ def kill_and_resume(bg: Background) -> dict:
         return {"checked": checked, "killed": False}
     run = history.parent.parent
     done = len(history.read_text().splitlines()) - 1
-    resumed = bg.run(RESUME.replace("20261129-181500", run.name) + " --quiet" + UNTIL["RESUME"])
+    resumed = bg.run(RESUME.replace("20261129-181500", run.name) + " --quiet" + UNTIL[RESUME])
     return {"checked": checked, "killed": True, "run": run, "done_at_kill": done,
             "resumed": resumed}
 
@@ -304,9 +304,9 @@ def background(request, tmp_path_factory) -> Background | None:
         jobs.append((OWN_DATA, kill_and_resume))
         fixed = " ".join(tiny_pairs("--set", skip=("ae2.epochs",)))
         jobs.append((SWEEP, f"{SWEEP} --sweep-id s {fixed}"))
-        jobs.append((RERUN, RERUN + TINY_RUN + UNTIL["RERUN"]))
+        jobs.append((RERUN, RERUN + TINY_RUN + UNTIL[RERUN]))
         if (ROOT.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
-            jobs.append((PRESET, PRESET + TINY_RUN + UNTIL["PRESET"]))
+            jobs.append((PRESET, PRESET + TINY_RUN + UNTIL[PRESET]))
     if not jobs:
         yield None
         return

@@ -114,7 +114,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 # before absl's logging is initialised, and absl writes such early messages to stderr
 # whatever the threshold (abseil/abseil-cpp#1718). Hiding it would mean hiding stderr.
 _UNSILENCEABLE = ("WARNING: All log messages before absl::InitializeLog() is called are "
-                  "written to STDERR", "port.cc:153] oneDNN custom operations are on.")
+                  "written to STDERR", "] oneDNN custom operations are on.")
 
 
 def _unexpected_stderr(stderr: str) -> list[str]:
