@@ -4,12 +4,16 @@ Trains the head two-stage on top of ``runs/<id>/ae2/model.keras`` with the given
 every ``--every`` epochs, scores the validation set the lab chooses on (validation normals
 with the lab's pseudo-anomaly kinds: cut-paste, stains, scratches; never the head's own
 Perlin anomalies) and, for the record only, the test set. Prints one row per checkpoint:
-epoch, seconds of training, validation and test image AUROC / pixel AUROC / AUPRO.
+epoch, seconds of training, validation and test image AUROC / pixel AUROC / AUPRO. With
+``--val-kinds`` a second validation set is drawn from those kinds (for example all four,
+shading included) and reported beside the first; ``curve.json`` also holds the test pixel
+AUROC of each defect type.
 
 Usage::
 
     python experiments/head_training.py runs/<id> --out /tmp/head --epochs 30 --every 5 \\
-        [--widths 16,32,64] [--fills image,noise,colour] [--opacity 0,0.8] [--training joint]
+        [--widths 16,32,64] [--fills image,noise,colour] [--opacity 0,0.8] [--training joint] \\
+        [--val-kinds cut_paste,stain,scratch,shading]
 
 Writes ``<out>/curve.json``.
 """
@@ -33,12 +37,23 @@ from anomaly_utils.scoring.scorer import Scorer
 from anomaly_utils.training.head import fit_segmentation_head
 
 
-def evaluate(scorer: Scorer, images, labels, masks) -> dict:
-    result = scorer.score(images)
+def evaluate(scorer: Scorer, images, labels, masks, result=None) -> dict:
+    """Image AUROC, pixel AUROC and AUPRO of ``scorer`` (or of its ``result`` on ``images``)."""
+    result = scorer.score(images) if result is None else result
     has = masks.reshape(len(masks), -1).any(axis=1) | (labels == 0)
     return {"image_auroc": metrics.image_auroc(labels, result.scores),
             "pixel_auroc": metrics.pixel_auroc(masks[has], result.maps[has]),
             "aupro": metrics.aupro(masks[has], result.maps[has])}
+
+
+def pixel_auroc_by_type(maps: np.ndarray, ds, masks) -> dict[str, float]:
+    """Test pixel AUROC of each defect type: its images' maps with the good images'."""
+    good = ds.test_labels == 0
+    out = {}
+    for kind in sorted(set(ds.test_types[~good].tolist())):
+        pick = good | ((ds.test_types == kind) & ds.test_has_mask)
+        out[kind] = metrics.pixel_auroc(masks[pick], maps[pick])
+    return out
 
 
 def main() -> None:
@@ -57,6 +72,7 @@ def main() -> None:
     parser.add_argument("--training", default="two_stage")
     parser.add_argument("--window", type=float, default=21 / 256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-kinds", default="", help="kinds of a second validation set")
     args = parser.parse_args()
 
     params = read_json(args.run_dir / "params.json")["notebooks"]["03_train_ae2"]
@@ -69,6 +85,12 @@ def main() -> None:
     pseudo, p_labels, p_masks, _ = pseudo_anomalies.make_labelled_validation(
         ds.val_images, params["seed"])
     p_masks = np.stack([resize_mask(m, params["eval_size"]) for m in p_masks])
+    extra = None
+    if args.val_kinds:
+        e_images, e_labels, e_masks, _ = pseudo_anomalies.make_labelled_validation(
+            ds.val_images, params["seed"], kinds=args.val_kinds.split(","))
+        extra = (e_images, e_labels,
+                 np.stack([resize_mask(m, params["eval_size"]) for m in e_masks]))
     test_masks = ds.test_masks.copy()
     test_masks[~ds.test_has_mask] = False
 
@@ -90,17 +112,26 @@ def main() -> None:
             config = type(base.config)(**{**base.config.__dict__, "head": "segmentation",
                                           "head_score_window": args.window})
             scorer = Scorer(base.model, config, head=head_of(self.model))
+            test_result = scorer.score(ds.test_images)
             row = {"epoch": epoch + 1, "train_s": round(trained_seconds[0], 1),
                    "loss": float(logs["loss"]),
                    "val": evaluate(scorer, pseudo, p_labels, p_masks),
-                   "test": evaluate(scorer, ds.test_images, ds.test_labels, test_masks)}
+                   "test": evaluate(scorer, ds.test_images, ds.test_labels, test_masks,
+                                    test_result)}
+            if extra is not None:
+                row["val_extra"] = evaluate(scorer, *extra)
+            row["test_pixel_by_type"] = pixel_auroc_by_type(test_result.maps, ds, test_masks)
             row["eval_s"] = time.perf_counter() - t0
             rows.append(row)
             v, t = row["val"], row["test"]
             print(f"epoch {row['epoch']:3d} {row['train_s']:7.1f}s loss {row['loss']:.4f} | "
                   f"val {v['image_auroc']:.3f} {v['pixel_auroc']:.3f} {v['aupro']:.3f} | "
-                  f"test {t['image_auroc']:.3f} {t['pixel_auroc']:.3f} {t['aupro']:.3f}",
-                  flush=True)
+                  f"test {t['image_auroc']:.3f} {t['pixel_auroc']:.3f} {t['aupro']:.3f}"
+                  + (f" | val_extra {row['val_extra']['image_auroc']:.3f} "
+                     f"{row['val_extra']['pixel_auroc']:.3f} {row['val_extra']['aupro']:.3f}"
+                     if extra is not None else ""), flush=True)
+            print("    test pixel AUROC by type: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in row["test_pixel_by_type"].items()), flush=True)
 
     fit_segmentation_head(base.model, head, ds.train_images, args.out / "head",
                           patch_size=params["patch_size"], epochs=args.epochs,

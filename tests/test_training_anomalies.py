@@ -158,6 +158,28 @@ def test_zero_opacity_shows_the_fill_itself():
             assert np.abs(fill[:, 0] - fill[:, 1]).max() > 0.05
 
 
+def test_shading_keeps_the_texture_and_shifts_its_level_whatever_the_opacity():
+    """Inside the mask the shading fill is one affine map of the pixel values, the same in
+    every channel, with a gain in [0.8, 1.25] and a shift of 0.05-0.3 (textures kept in
+    [0.4, 0.6] so that nothing clips); the opacity is not applied to it."""
+    images = 0.4 + 0.2 * _textures(40, seed=6)
+    out, masks = make_training_anomalies(images, None, 3, clean_fraction=0.0,
+                                         fills=("shading",), opacity=(0.7, 0.7))
+    shifts = []
+    for i in range(40):
+        inside = masks[i, ..., 0].astype(bool)
+        x, y = images[i][inside].ravel(), out[i][inside].ravel()
+        gain, offset = np.polyfit(x, y, 1)
+        assert np.abs(gain * x + offset - y).max() < 1e-4, "not one affine map for all channels"
+        assert 0.8 - 1e-3 <= gain <= 1.25 + 1e-3
+        shifts.append(float(np.mean(y - x)))
+    magnitude = np.abs(shifts)
+    # the contrast change moves the mean by at most 0.25 * 0.1 on these textures
+    assert magnitude.min() > 0.05 - 0.03 and magnitude.max() < 0.3 + 0.03
+    assert magnitude.max() > 0.2, "the shifts never reach the top of their range"
+    assert min(shifts) < 0 < max(shifts), "the shading only brightens or only darkens"
+
+
 def test_clean_fraction_is_respected_and_clean_samples_equal_their_input():
     images = np.rint(_textures(400, side=16, seed=4) * 255).astype(np.uint8)
     out, masks = make_training_anomalies(images, None, 9, clean_fraction=0.3)

@@ -14,11 +14,17 @@ corrupted on the fly, with the corruption's mask as its target:
    resized to the image and changed by a random rotation or flip and 3 augmentations drawn
    from :data:`AUGMENTATIONS` (DRAEM draws textures from DTD; the lab has only its normals);
    ``"noise"``, new Perlin noise rescaled to [0, 1], one map per channel; ``"colour"``, a flat
-   colour, half the time with per-pixel jitter;
+   colour, half the time with per-pixel jitter; ``"shading"`` (not in DRAEM, and not in
+   :data:`DRAEM_FILLS`), the image itself with its brightness shifted by 0.05-0.3 of the
+   value range and its contrast scaled by 0.8-1.25, the same in every channel: an area
+   whose texture is normal but whose level is not, such as an unevenly ground or
+   discoloured region, which the other fills never produce;
 4. :func:`add_training_anomaly`: ``out = image * (1 - m) + (1 - beta) * fill * m + beta *
    image * m`` with the opacity beta drawn from ``opacity`` (DRAEM: [0, 0.8]). The mask
    returned is m itself, DRAEM's target: it marks every pixel the fill was blended into, even
-   where fill and image happen to agree;
+   where fill and image happen to agree. The ``"shading"`` fill is applied at full strength
+   (beta = 0): its own shift draw sets how strong it is, and blending would make most of
+   its shifts too faint to see;
 5. :func:`make_training_anomalies`: a batch, about ``clean_fraction`` of it left untouched
    with an empty mask (each sample clean with that probability, as in DRAEM).
 
@@ -47,7 +53,8 @@ from pyfastnoiselite.pyfastnoiselite import FastNoiseLite, NoiseType
 from anomaly_utils.data.pseudo_anomalies import blob_mask
 from anomaly_utils.errors import ParameterError
 
-FILL_KINDS: tuple[str, ...] = ("image", "noise", "colour")
+FILL_KINDS: tuple[str, ...] = ("image", "noise", "colour", "shading")
+DRAEM_FILLS: tuple[str, ...] = ("image", "noise", "colour")  # the default: DRAEM's sources
 AUGMENTATIONS: tuple[str, ...] = ("gamma", "brightness", "sharpen", "hue", "solarize",
                                   "posterize", "invert", "autocontrast", "equalize")
 MIN_CELL_PX = 8  # smallest Perlin lattice cell of the default scale range, in pixels
@@ -252,6 +259,15 @@ def _colour_fill(shape: tuple[int, int, int], rng: np.random.Generator) -> np.nd
     return fill
 
 
+def _shading_fill(work: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``work`` (float32 (H, W, C) in [0, 1]) with its contrast scaled by 0.8-1.25 about its
+    mean and its brightness shifted by +-0.05-0.3, both the same in every channel."""
+    mean = work.mean(dtype=np.float32)
+    gain = np.float32(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    shift = np.float32(rng.uniform(0.05, 0.3) * rng.choice((-1.0, 1.0)))
+    return np.clip((work - mean) * gain + mean + shift, 0, 1, dtype=np.float32)
+
+
 def _opacity(value: Sequence[float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
@@ -268,13 +284,13 @@ def _fills(value: Sequence[str]) -> tuple[str, ...]:
     kinds = (value,) if isinstance(value, str) else tuple(value)
     if not kinds or any(k not in FILL_KINDS for k in kinds):
         raise ParameterError(f"fills must be a non-empty choice from {FILL_KINDS}, got "
-                             f"{value!r}", fix="pass e.g. fills=('image', 'noise', 'colour')")
+                             f"{value!r}", fix=f"pass e.g. fills={DRAEM_FILLS}")
     return kinds
 
 
 def add_training_anomaly(image: np.ndarray, rng: np.random.Generator,
                          sources: np.ndarray | None = None, *, exclude: int | None = None,
-                         fills: Sequence[str] = FILL_KINDS,
+                         fills: Sequence[str] = DRAEM_FILLS,
                          opacity: Sequence[float] = (0.0, 0.8),
                          scale_exponents: Sequence[int] | None = None,
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -286,8 +302,10 @@ def add_training_anomaly(image: np.ndarray, rng: np.random.Generator,
         sources: uint8 or float in [0, 1], (M, H', W', C), H', W' >= 8: defect-free images
             for the ``"image"`` fill (needed only when that fill is drawn).
         exclude: index into ``sources`` that is never drawn (``image``'s own), or None.
-        fills: the fill kinds to draw from, a subset of :data:`FILL_KINDS`.
-        opacity: (lo, hi), 0 <= lo <= hi < 1: range of beta, the share of ``image`` kept.
+        fills: the fill kinds to draw from, a subset of :data:`FILL_KINDS` (default
+            :data:`DRAEM_FILLS`).
+        opacity: (lo, hi), 0 <= lo <= hi < 1: range of beta, the share of ``image`` kept
+            (not used by the ``"shading"`` fill).
         scale_exponents: see :func:`perlin_mask`.
 
     Returns:
@@ -325,9 +343,11 @@ def _add(work: np.ndarray, rng: np.random.Generator, sources: np.ndarray | None,
         fill = _image_fill(work.shape, rng, sources, exclude)
     elif kind == "noise":
         fill = _noise_fill(work.shape, rng, exponents)
-    else:
+    elif kind == "colour":
         fill = _colour_fill(work.shape, rng)
-    beta = np.float32(rng.uniform(*opacity))
+    else:
+        fill = _shading_fill(work, rng)
+    beta = np.float32(rng.uniform(*opacity)) if kind != "shading" else np.float32(0)
     work[mask] = (1 - beta) * fill[mask] + beta * work[mask]
     return np.clip(work, 0, 1, out=work), mask
 
@@ -335,7 +355,7 @@ def _add(work: np.ndarray, rng: np.random.Generator, sources: np.ndarray | None,
 def make_training_anomalies(
     images: np.ndarray, sources: np.ndarray | None, seed: int | np.random.Generator, *,
     exclude: Sequence[int] | None = None, clean_fraction: float = 0.5,
-    fills: Sequence[str] = FILL_KINDS, opacity: Sequence[float] = (0.0, 0.8),
+    fills: Sequence[str] = DRAEM_FILLS, opacity: Sequence[float] = (0.0, 0.8),
     scale_exponents: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Corrupt a batch of defect-free images for training, each with probability
