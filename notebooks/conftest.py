@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import re
 
+from anomaly_utils.pipeline.runs import without_stderr
+
 try:
     from nbval.plugin import IPyNbCell
 except ImportError:  # nbval absent: nothing to configure
@@ -63,21 +65,13 @@ if IPyNbCell is not None:
     _compare = IPyNbCell.compare_outputs
 
     def _compare_outcomes(self, test, ref, skip_compare=None):
-        test, ref = _without_stderr(test), _without_stderr(ref)
+        test, ref = without_stderr(test), without_stderr(ref)
         if OUTCOME_TAG in _tags(self.cell):
             test, ref = _without_figures(test), _without_figures(ref)
         return _compare(self, test, ref, skip_compare)
 
     IPyNbCell.sanitize = _sanitize_outcomes
     IPyNbCell.compare_outputs = _compare_outcomes
-
-
-def _without_stderr(outputs: list) -> list:
-    """Outputs less the stderr stream: what lands there is TensorFlow's C++ log (e.g. a
-    tf.data graph-rewrite notice), which comes and goes with the machine and its load and is
-    never a result of the notebook."""
-    return [o for o in outputs if not (o.get("output_type") == "stream"
-                                       and o.get("name") == "stderr")]
 
 
 def _without_figures(outputs: list) -> list:

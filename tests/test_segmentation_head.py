@@ -15,7 +15,6 @@ from anomaly_utils.models.segmentation_head import (
     reconstructor_of,
 )
 from anomaly_utils.pipeline.parameters import validate
-from anomaly_utils.scoring import map_kinds
 from anomaly_utils.scoring.head_maps import peak_of_mean_filtered, score_window
 from anomaly_utils.scoring.scorer import Scorer, ScoringConfig
 from anomaly_utils.scoring.stored import load_scores, save_scores
@@ -69,8 +68,11 @@ def test_trainer_refuses_a_head_for_other_channels_and_unknown_training():
         build_head_trainer(ae, build_segmentation_head(3, (4, 8)), "together")
 
 
-def test_head_training_names_agree_with_the_parameter_check():
-    assert HEAD_TRAININGS == map_kinds.HEAD_TRAININGS
+def test_every_head_training_name_passes_the_parameter_check_and_others_fail():
+    for name in HEAD_TRAININGS:
+        validate("03_train_ae2", {"head_training": name})
+    with pytest.raises(ParameterError, match="head_training"):
+        validate("03_train_ae2", {"head_training": "together"})
 
 
 def test_anomaly_patches_are_epoch_keyed_and_their_masks_mark_the_changes():

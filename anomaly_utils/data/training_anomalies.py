@@ -14,25 +14,20 @@ corrupted on the fly, with the corruption's mask as its target:
    resized to the image and changed by a random rotation or flip and 3 augmentations drawn
    from :data:`AUGMENTATIONS` (DRAEM draws textures from DTD; the lab has only its normals);
    ``"noise"``, new Perlin noise rescaled to [0, 1], one map per channel; ``"colour"``, a flat
-   colour, half the time with per-pixel jitter; ``"shading"`` (not in DRAEM, and not in
-   :data:`DRAEM_FILLS`), the image itself with its brightness shifted by 0.05-0.3 of the
-   value range and its contrast scaled by 0.8-1.25, the same in every channel: an area
-   whose texture is normal but whose level is not, such as an unevenly ground or
-   discoloured region, which the other fills never produce;
+   colour, half the time with per-pixel jitter; ``"shading"`` (not DRAEM's), the image
+   itself, brightness shifted by 0.05-0.3 and contrast scaled by 0.8-1.25: normal texture
+   at another level, like an unevenly ground region, which the other fills never make;
 4. :func:`add_training_anomaly`: ``out = image * (1 - m) + (1 - beta) * fill * m + beta *
-   image * m`` with the opacity beta drawn from ``opacity`` (DRAEM: [0, 0.8]). The mask
-   returned is m itself, DRAEM's target: it marks every pixel the fill was blended into, even
-   where fill and image happen to agree. The ``"shading"`` fill is applied at full strength
-   (beta = 0): its own shift draw sets how strong it is, and blending would make most of
-   its shifts too faint to see;
+   image * m`` with the opacity beta drawn from ``opacity`` (DRAEM: [0, 0.8]; 0 for
+   ``"shading"``, whose shift draw is its strength). The mask returned is m itself, DRAEM's
+   target: every pixel the fill was blended into, even where fill and image agree;
 5. :func:`make_training_anomalies`: a batch, about ``clean_fraction`` of it left untouched
    with an empty mask (each sample clean with that probability, as in DRAEM).
 
 Images are (H, W, 1) or (H, W, 3), uint8 or float in [0, 1]; results are float32 in [0, 1].
-Noise per 64 / 128 / 256 px map on 2 CPU cores: pyfastnoiselite 0.06 / 0.22 / 0.85 ms, a
-vectorised numpy gradient noise 0.23 / 1.1 / 5.3 ms, perlin-numpy 0.6 / 3.2 / 12.6 ms; rotating
-its sampling coordinates costs nothing. :func:`make_training_anomalies` on 256 RGB uint8
-images, clean_fraction 0.5, all three fills: 4,200 images/s at 64x64, 1,500/s at 128x128.
+Noise per 64 / 128 / 256 px map on 2 CPU cores: pyfastnoiselite 0.06 / 0.22 / 0.85 ms,
+numpy 0.23 / 1.1 / 5.3 ms, perlin-numpy 0.6 / 3.2 / 12.6 ms. :func:`make_training_anomalies`
+(256 RGB uint8 images, clean_fraction 0.5, DRAEM's fills): 4,200 images/s at 64 px, 1,500 at 128.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -260,8 +255,7 @@ def _colour_fill(shape: tuple[int, int, int], rng: np.random.Generator) -> np.nd
 
 
 def _shading_fill(work: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``work`` (float32 (H, W, C) in [0, 1]) with its contrast scaled by 0.8-1.25 about its
-    mean and its brightness shifted by +-0.05-0.3, both the same in every channel."""
+    """float32 (H, W, C) ``work``, contrast x0.8-1.25 about its mean, brightness +-0.05-0.3."""
     mean = work.mean(dtype=np.float32)
     gain = np.float32(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
     shift = np.float32(rng.uniform(0.05, 0.3) * rng.choice((-1.0, 1.0)))
@@ -302,10 +296,8 @@ def add_training_anomaly(image: np.ndarray, rng: np.random.Generator,
         sources: uint8 or float in [0, 1], (M, H', W', C), H', W' >= 8: defect-free images
             for the ``"image"`` fill (needed only when that fill is drawn).
         exclude: index into ``sources`` that is never drawn (``image``'s own), or None.
-        fills: the fill kinds to draw from, a subset of :data:`FILL_KINDS` (default
-            :data:`DRAEM_FILLS`).
-        opacity: (lo, hi), 0 <= lo <= hi < 1: range of beta, the share of ``image`` kept
-            (not used by the ``"shading"`` fill).
+        fills: the fill kinds to draw from, a subset of :data:`FILL_KINDS`.
+        opacity: (lo, hi), 0 <= lo <= hi < 1: range of beta, the share of ``image`` kept.
         scale_exponents: see :func:`perlin_mask`.
 
     Returns:

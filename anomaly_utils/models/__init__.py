@@ -1,4 +1,4 @@
-"""Stage 2, models: the autoencoders and their losses (TensorFlow/Keras).
+"""Stage 2, models: the autoencoders and their losses (TensorFlow/Keras; ``vocabulary`` without).
 
 - ``building``: argument checks and seeded initialisers every builder shares.
 - ``ae1``: AE-1, the baseline (dense latent) and its VAE.
@@ -8,4 +8,5 @@
 - ``losses``: the training losses.
 - ``precision``: mixed precision on a GPU, float32 on a CPU.
 - ``storage``: saving and safe loading of ``model.keras``.
+- ``vocabulary``: the names of the models' choices, without Keras (for the parameter check).
 """

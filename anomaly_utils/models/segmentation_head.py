@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import keras
 
 from anomaly_utils.errors import ParameterError
+from anomaly_utils.models.vocabulary import HEAD_TRAININGS
 from anomaly_utils.models.building import (
     check_positive_int,
     check_widths,
@@ -38,9 +39,6 @@ HEAD_WIDTHS = (16, 32, 64)
 # trains with); Keras' 0.99 lags ~100 steps, several of the head's short epochs, behind
 # weights that still move fast, and the inference-mode maps then swing between epochs.
 BN_MOMENTUM = 0.9
-# The same names as anomaly_utils.scoring.map_kinds.HEAD_TRAININGS (the parameter check's,
-# which must not load Keras); tests/test_segmentation_head.py keeps them equal.
-HEAD_TRAININGS = ("two_stage", "joint")
 # The paper's widths: base 64 doubling over five levels (its discriminative network).
 PAPER_HEAD_WIDTHS = (64, 128, 256, 512, 512)
 

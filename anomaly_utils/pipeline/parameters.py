@@ -19,7 +19,8 @@ from typing import Any
 from anomaly_utils.data.images import COLOR_MODES
 from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.scoring.map_kinds import HEAD_TRAININGS, HEADS, map_components
+from anomaly_utils.models.vocabulary import HEAD_TRAININGS
+from anomaly_utils.scoring.map_kinds import HEADS, map_components
 from anomaly_utils.training.masks import CORRUPT_MODES
 from anomaly_utils.training.strategy import STRATEGIES
 

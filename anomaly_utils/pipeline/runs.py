@@ -246,6 +246,14 @@ def summary(run_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def without_stderr(outputs: list) -> list:
+    """A code cell's outputs less its stderr stream. What lands there is TensorFlow's C++ log
+    (e.g. a tf.data graph-rewrite notice), which comes and goes with the machine and its load
+    and is never a result: the committed notebooks leave it out, and nbval ignores it."""
+    return [o for o in outputs if not (o.get("output_type") == "stream"
+                                       and o.get("name") == "stderr")]
+
+
 def refresh_notebooks(notebooks: tuple[str, ...] = NOTEBOOKS, timeout: int = 1800,
                       log=print) -> None:
     """Re-execute the committed notebooks in place with their defaults (``make notebooks``).
@@ -269,8 +277,7 @@ def refresh_notebooks(notebooks: tuple[str, ...] = NOTEBOOKS, timeout: int = 180
         client.execute()
         for cell in nb.cells:
             cell.metadata.pop("execution", None)
-            if cell.cell_type == "code":  # TensorFlow's C++ log lines are no result
-                cell.outputs = [o for o in cell.outputs
-                                if not (o.output_type == "stream" and o.name == "stderr")]
+            if cell.cell_type == "code":
+                cell.outputs = without_stderr(cell.outputs)
         write_text(path, nbformat.writes(nb) + "\n")
         log(f"  {path.name} done in {time.perf_counter() - start:.0f} s")

@@ -11,9 +11,8 @@ from anomaly_utils.errors import ParameterError
 
 _MAP_KINDS = ("ssim", "l1", "l2", "gms", "lowpass")
 # Where AE-2's map comes from: the reconstruction error alone, or the learned segmentation
-# head (anomaly_utils.scoring.head_maps), and how the head is trained.
+# head (anomaly_utils.scoring.head_maps).
 HEADS = ("none", "segmentation")
-HEAD_TRAININGS = ("two_stage", "joint")
 
 
 def _split_term(term: str, kind: str) -> tuple[float | None, str]:
