@@ -46,16 +46,6 @@ def evaluate(scorer: Scorer, images, labels, masks, result=None) -> dict:
             "aupro": metrics.aupro(masks[has], result.maps[has])}
 
 
-def pixel_auroc_by_type(maps: np.ndarray, ds, masks) -> dict[str, float]:
-    """Test pixel AUROC of each defect type: its images' maps with the good images'."""
-    good = ds.test_labels == 0
-    out = {}
-    for kind in sorted(set(ds.test_types[~good].tolist())):
-        pick = good | ((ds.test_types == kind) & ds.test_has_mask)
-        out[kind] = metrics.pixel_auroc(masks[pick], maps[pick])
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -120,7 +110,9 @@ def main() -> None:
                                     test_result)}
             if extra is not None:
                 row["val_extra"] = evaluate(scorer, *extra)
-            row["test_pixel_by_type"] = pixel_auroc_by_type(test_result.maps, ds, test_masks)
+            by_type = metrics.per_defect_metrics(ds.test_labels, test_result.scores,
+                                                 ds.test_types, test_masks, test_result.maps)
+            row["test_pixel_by_type"] = {k: v["pixel_auroc"] for k, v in by_type.items()}
             row["eval_s"] = time.perf_counter() - t0
             rows.append(row)
             v, t = row["val"], row["test"]

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 import keras
 
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.models.vocabulary import HEAD_TRAININGS
 from anomaly_utils.models.building import (
     check_positive_int,
     check_widths,
     remember_builder,
     seeded_initializer,
 )
+from anomaly_utils.models.vocabulary import HEAD_TRAININGS
 
 HEAD_BUILDER = "build_segmentation_head"
 HEAD_LAYER = "segmentation_head"
