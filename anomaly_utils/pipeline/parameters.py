@@ -257,20 +257,24 @@ THRESHOLD_STRATEGIES = ("percentile", "mean_std", "max", "target_fpr", "f1_optim
 # "strategy" names two things: how 02 and 03 distribute training, and how 04 picks its
 # threshold. An unscoped -p strategy VALUE reaches all three, so each rule names the scoped
 # form when it sees the other meaning's value.
-def _distribution(value: Any) -> str | None:
-    if value in STRATEGIES:
-        return None
-    hint = (f"; {value!r} is a threshold strategy, which notebook 04 takes: "
-            f"-p 04.strategy {value}") if value in THRESHOLD_STRATEGIES else ""
-    return f"(the training distribution) must be one of {STRATEGIES}{hint}"
+def _strategy_rule(meaning: str, choices: tuple[str, ...], other_meaning: str,
+                   other_choices: tuple[str, ...], scoped: str) -> Rule:
+    """A rule for one meaning of "strategy"; ``scoped`` is the fix, with ``{value}`` in it."""
+    def rule(value: Any) -> str | None:
+        if value in choices:
+            return None
+        hint = (f"; {value!r} is {other_meaning}, which {scoped.format(value=value)}"
+                if value in other_choices else "")
+        return f"({meaning}) must be one of {choices}{hint}"
+    return rule
 
 
-def _threshold_strategy(value: Any) -> str | None:
-    if value in THRESHOLD_STRATEGIES:
-        return None
-    hint = (f"; {value!r} is a training distribution, which notebooks 02 and 03 take: "
-            f"-p ae1.strategy {value} -p ae2.strategy {value}") if value in STRATEGIES else ""
-    return f"(the threshold strategy) must be one of {THRESHOLD_STRATEGIES}{hint}"
+_distribution = _strategy_rule(
+    "the training distribution", STRATEGIES, "a threshold strategy", THRESHOLD_STRATEGIES,
+    "notebook 04 takes: -p 04.strategy {value}")
+_threshold_strategy = _strategy_rule(
+    "the threshold strategy", THRESHOLD_STRATEGIES, "a training distribution", STRATEGIES,
+    "notebooks 02 and 03 take: -p ae1.strategy {value} -p ae2.strategy {value}")
 
 
 def _devices(value: Any) -> str | None:
