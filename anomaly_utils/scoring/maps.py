@@ -60,13 +60,8 @@ def squared_error_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def absolute_error_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-pixel absolute error, mean over channels.
-
-    Args:
-        x, y: (N, H, W, C) images in [0, 1].
-
-    Returns:
-        (N, H, W) float32 in [0, 1].
+    """Per-pixel absolute error, mean over channels: shapes and range as
+    :func:`squared_error_map`.
 
     Example:
         >>> import numpy as np
