@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -164,3 +165,21 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ArtifactError(f"'{path}' is corrupt: {raw} are not numpy arrays",
                             fix="delete it and rerun the notebook that writes it")
     return arrays
+
+
+def replace_folder(partial: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move a completely written folder ``partial`` onto ``out``, replacing an old ``out``.
+
+    Both must be on one filesystem (write ``partial`` beside ``out``). Readers see the old
+    folder or the new one: the old one is first moved aside, then removed.
+    """
+    partial, out = Path(partial), Path(out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(partial, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(partial, out)
+    shutil.rmtree(old, ignore_errors=True)

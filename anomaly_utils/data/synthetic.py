@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_utils.artifacts import replace_folder
 from anomaly_utils.data.pseudo_anomalies import blob_mask, distance_to_curve, random_curve
 from anomaly_utils.errors import LabError, ParameterError
 
@@ -436,7 +437,7 @@ def generate_dataset(out_dir: str | os.PathLike, seed: int = 0, size: int = 256,
             _render_job(job)
         (partial / "README.md").write_text(
             _readme(seed, size, n_train, n_test_good, n_per_defect, defect_types))
-        _replace_dir(partial, out)
+        replace_folder(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -474,15 +475,3 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise LabError(f"out_dir '{out}' is not empty and was not written by generate_dataset, "
                        "so overwrite=True will not delete it",
                        fix="delete the folder yourself or choose another one")
-
-
-def _replace_dir(partial: Path, out: Path) -> None:
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.replace(partial, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(partial, out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Command line: ``python -m anomaly_utils COMMAND ...``.
 
-Commands: ``make-synthetic``, ``check-data``, ``run``, ``score``, ``sweep``, ``download``,
+Commands: ``make-synthetic``, ``make-elpv``, ``check-data``, ``run``, ``score``, ``sweep``, ``download``,
 ``refresh-notebooks``, ``figures``. A problem the user can fix prints one readable
 message and exits with status 2; ``--debug`` shows the traceback instead.
 """
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from anomaly_utils.data.download import download_mvtec
+from anomaly_utils.data.elpv import write_elpv
 from anomaly_utils.data.layout import dataset_summary
 from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.data.synthetic import generate_dataset
@@ -32,6 +33,15 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
                            n_test_good=args.n_test_good, n_per_defect=args.n_per_defect,
                            overwrite=args.overwrite)
     print(f"synthetic carpet written to {out}")
+    return 0
+
+
+def cmd_make_elpv(args: argparse.Namespace) -> int:
+
+    written = write_elpv(args.dest, source=args.source, seed=args.seed,
+                         test_fraction=args.test_fraction, overwrite=args.overwrite)
+    for module_type, folder in written.items():
+        print(f"ELPV {module_type}: {folder} (counts in {folder / 'README.md'})")
     return 0
 
 
@@ -141,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-defect", type=int, default=15)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("make-elpv", help="write the ELPV solar cells (PyPI elpv-dataset) in "
+                                         "the MVTec layout, one category per module type")
+    p.add_argument("dest", help="parent folder of the categories mono/ and poly/")
+    p.add_argument("--source", help="a folder with labels.csv and images/ (default: the "
+                                    "installed elpv-dataset package)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split of the normal cells")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of the normal cells in test/good")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_elpv)
 
     p = sub.add_parser("check-data", help="load every file of a dataset and print its summary")
     p.add_argument("data_dir")
