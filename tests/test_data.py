@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_utils.data.images import read_image, read_mask
+from anomaly_utils.data.images import detect_color_mode, read_image, read_mask
 from anomaly_utils.data.layout import dataset_summary, fingerprint, scan_dataset, split_train_val
 from anomaly_utils.data.loading import file_dataset, load_dataset
 from anomaly_utils.errors import DataError, ParameterError
@@ -301,3 +301,27 @@ def test_bad_color_mode_and_image_size(dataset: Path):
         load_dataset(dataset, color_mode="cmyk")
     with pytest.raises(ParameterError, match="image_size"):
         load_dataset(dataset, image_size=2)
+
+
+def test_color_mode_auto_detects_gray_files_and_gray_content(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    # A grayscale photograph saved as RGB, channels off by one level (JPEG-like rounding).
+    rgb_gray = np.stack([gray, gray, np.clip(gray.astype(int) + 1, 0, 255)], -1).astype(np.uint8)
+    Image.fromarray(rgb_gray).save(tmp_path / "rgb_gray.png")
+    colour = rgb_gray.copy()
+    colour[4, 4] = (200, 40, 40)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    assert detect_color_mode([tmp_path / "gray.png", tmp_path / "rgb_gray.png"]) == "grayscale"
+    assert detect_color_mode([tmp_path / "gray.png", tmp_path / "colour.png"]) == "rgb"
+    assert detect_color_mode([tmp_path / "colour.png"], "grayscale") == "grayscale"
+    with pytest.raises(ParameterError, match="color_mode"):
+        detect_color_mode([tmp_path / "gray.png"], "grey")
+    with pytest.raises(DataError, match="train/good"):
+        detect_color_mode([])
+
+
+def test_load_dataset_reports_the_detected_color_mode(dataset: Path):
+    ds = load_dataset(dataset, image_size=16, color_mode="auto")
+    assert ds.color_mode == "rgb" and ds.train_images.shape[-1] == 3

@@ -29,6 +29,8 @@ from anomaly_utils.errors import DataError, ParameterError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOR_MODES = ("rgb", "grayscale")
+AUTO_COLOR = "auto"  # a notebook parameter value: the colour mode the data has (detect_color_mode)
+GRAY_TOLERANCE = 2  # largest channel difference, in 8-bit levels, of a pixel read as gray
 MIN_SIDE = 8
 MAX_PIXELS = 40_000_000
 
@@ -83,6 +85,34 @@ def _open_checked(path: Path) -> Image.Image:
                         f"(at least {MIN_SIDE}x{MIN_SIDE} needed)",
                         fix="remove it from the dataset or replace it with a full-size image")
     return image
+
+
+def is_gray(path: str | os.PathLike) -> bool:
+    """Whether an image file holds gray content: a single-channel file, or a colour file whose
+    channels differ by at most :data:`GRAY_TOLERANCE` levels at every pixel (a grayscale
+    photograph saved as RGB, as JPEG encoders often do)."""
+    array = read_image(path, "rgb").astype(np.int16)
+    return bool(np.abs(array - array[..., :1]).max() <= GRAY_TOLERANCE)
+
+
+def detect_color_mode(paths: list[Path], color_mode: str = AUTO_COLOR,
+                      sample: int = 16) -> str:
+    """The colour mode to load ``paths`` in: ``color_mode`` itself unless it is "auto", then
+    "grayscale" when every one of up to ``sample`` evenly spread files is gray
+    (:func:`is_gray`), else "rgb".
+
+    Raises:
+        ParameterError: ``color_mode`` is not "auto", "rgb" or "grayscale".
+        DataError: ``paths`` is empty with "auto", or a sampled file cannot be read.
+    """
+    if color_mode != AUTO_COLOR:
+        channels_for(color_mode)  # raises for an unknown mode
+        return color_mode
+    if not paths:
+        raise DataError("no training images to detect the colour mode from",
+                        fix="add images to train/good, or pass -p color_mode rgb|grayscale")
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int))
+    return "grayscale" if all(is_gray(paths[i]) for i in picks) else "rgb"
 
 
 def _decode(image: Image.Image, path: Path) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 
 from anomaly_utils.data.images import (
     channels_for,
+    detect_color_mode,
     display_path,
     image_size_of,
     read_image,
@@ -166,7 +167,9 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode:
     Args:
         data_dir: the category folder.
         image_size: side length of the loaded images, pixels.
-        color_mode: "rgb" or "grayscale".
+        color_mode: "rgb", "grayscale" or "auto" (grayscale when the training images are
+            gray, :func:`anomaly_utils.data.images.detect_color_mode`); the dataset's
+            ``color_mode`` is the mode used.
         val_fraction: fraction of ``train/good`` held out for validation (thresholds,
             early stopping); the test set is never used for either.
         seed: seeds the validation split.
@@ -176,6 +179,7 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode:
             of raising.
     """
     index = scan_dataset(data_dir, allow_missing_masks)
+    color_mode = detect_color_mode([s.path for s in index.train], color_mode)
     mask_size = mask_size or image_size
     train, val = split_train_val(index.train, val_fraction, seed)
     train_images, _, skipped_train = load_images([s.path for s in train], image_size, color_mode,

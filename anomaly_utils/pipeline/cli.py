@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="load every file of a dataset and print its summary")
     p.add_argument("data_dir")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--color-mode", default="rgb")
+    p.add_argument("--color-mode", default="auto", help="auto (detected), rgb or grayscale")
     p.add_argument("--allow-missing-masks", action="store_true")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="leave unreadable images out and list them instead of stopping")

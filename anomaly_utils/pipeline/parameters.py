@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anomaly_utils.data.images import COLOR_MODES
+from anomaly_utils.data.images import AUTO_COLOR, COLOR_MODES
 from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.vocabulary import HEAD_TRAININGS
@@ -287,7 +287,7 @@ def _devices(value: Any) -> str | None:
 COMMON: dict[str, Rule] = {
     "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
     "val_fraction": _fraction, "eval_size": _multiple_of(8), "seed": _non_negative,
-    "color_mode": _one_of(*COLOR_MODES), "early_stopping_patience": _non_negative,
+    "color_mode": _one_of(AUTO_COLOR, *COLOR_MODES), "early_stopping_patience": _non_negative,
     "latent_dim": _positive_int, "map_kind": _map_kind,
 }
 RULES: dict[str, dict[str, Rule]] = {
