@@ -12,9 +12,10 @@ DATA := data/synthetic_carpet
 # Extra options: `make run RUN_ARGS="-p epochs 1"`, `make lab LAB_ARGS="--port 8890"`.
 RUN_ARGS ?=
 LAB_ARGS ?=
+QUALITY_ARGS ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: run test lab data notebooks figures bench lint venv clean-runs
+.PHONY: run test lab data notebooks figures bench bench-quality lint venv clean-runs
 
 venv: $(STAMP)
 
@@ -71,6 +72,13 @@ figures: $(STAMP)
 
 bench: $(STAMP) data
 	$(PY) -m benchmarks
+
+# The user's command on every development set (the carpet, ELPV mono and poly, magnetic_tile
+# where ../shared/datasets has it): validation and test columns, seconds and peak memory.
+ELPV := elpv-dataset==1.0.0.post1
+bench-quality: $(STAMP) data
+	$(PY) -m pip install --quiet $(ELPV)
+	$(PY) -m benchmarks.bench_quality $(QUALITY_ARGS)
 
 lab: $(STAMP) data
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)

@@ -6,51 +6,18 @@ whole process tree (the CLI plus every kernel) every 0.5 s with psutil.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
-import time
-
-import psutil
 
 from anomaly_utils.artifacts import read_json
 from anomaly_utils.pipeline.runs import new_run_id
-from benchmarks.common import ROOT, table, write_result
-
-
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
+from benchmarks.common import ROOT, run_watched, table, write_result
 
 
 def main() -> dict:
     run_id = new_run_id("bench-run-")
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "anomaly_utils", "run", "--data-dir",
-                              "data/synthetic_carpet", "--run-id", run_id, "--quiet"], cwd=ROOT)
-    watched = psutil.Process(child.pid)
-    peak = 0
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            try:
-                peak = max(peak, tree_rss(watched))
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    code = child.wait()
-    done.set()
-    total = time.perf_counter() - start
+    code, total, peak = run_watched([sys.executable, "-m", "anomaly_utils", "run",
+                                     "--data-dir", "data/synthetic_carpet", "--run-id", run_id,
+                                     "--quiet"], cwd=ROOT)
     if code != 0:
         raise SystemExit(f"make run failed with status {code}")
     status = read_json(ROOT / "runs" / run_id / "status.json")

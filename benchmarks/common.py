@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "runs" / "bench"
@@ -51,3 +55,41 @@ def write_result(name: str, payload: dict) -> Path:
                **payload}
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of ``process`` and all its descendants, bytes."""
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_watched(command: list[str], interval: float = 0.5, **popen) -> tuple[int, float, int]:
+    """Run ``command`` and sample its process tree's resident memory every ``interval`` s.
+
+    Returns ``(exit status, wall seconds, peak resident bytes)``.
+    """
+    start = time.perf_counter()
+    child = subprocess.Popen(command, **popen)
+    watched = psutil.Process(child.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, tree_rss(watched))
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = child.wait()
+    done.set()
+    return code, time.perf_counter() - start, peak

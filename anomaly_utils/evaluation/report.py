@@ -130,13 +130,24 @@ def headline(reports: dict[str, dict]) -> dict[str, dict[str, float | None]]:
 
 
 def write_report(run_dir: str | os.PathLike, chosen: dict[str, dict], reports: dict[str, dict],
-                 *, fingerprint: str, data_summary: dict, params: dict) -> None:
+                 *, fingerprint: str, data_summary: dict, params: dict,
+                 validation: dict[str, dict] | None = None,
+                 choice: dict[str, Any] | None = None) -> None:
     """Write ``thresholds.json`` and ``metrics.json`` (with the dataset's fingerprint, counts
-    and root, and the run's parameters) atomically into ``run_dir``."""
+    and root, and the run's parameters) atomically into ``run_dir``.
+
+    ``validation`` (``{candidate: selection.validation_metrics(...)}``) goes into each
+    candidate's entry as ``"validation"``, and ``choice``
+    (:func:`anomaly_utils.evaluation.selection.choose_candidate`) to ``"choice"``.
+    """
     run_dir = Path(run_dir)
+    reports = {name: {**report, **({"validation": validation[name]}
+                                   if validation and name in validation else {})}
+               for name, report in reports.items()}
     write_json(run_dir / "thresholds.json", chosen)
     write_json(run_dir / "metrics.json", {
         **reports,
+        **({"choice": choice} if choice else {}),
         "dataset": {"fingerprint": fingerprint, "counts": data_summary.get("counts"),
                     "root": data_summary.get("root")},
         "params": params,

@@ -39,6 +39,7 @@ from anomaly_utils.pipeline.provenance import (
     environment_info,
     kernel_config,
 )
+from anomaly_utils.scoring.stored import CANDIDATES
 
 
 class RunExistsError(LabError):
@@ -217,7 +218,8 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
 
 
 def summary(run_dir: str | os.PathLike) -> str:
-    """A one-screen summary of a finished run: both models' main metrics and thresholds."""
+    """A one-screen summary of a finished run: every candidate's main test metrics and
+    threshold, its validation selection score, and the candidate chosen on validation."""
     run_dir = Path(run_dir)
     lines = [f"Run {run_dir.name}  ({run_dir})"]
     metrics_path = run_dir / "metrics.json"
@@ -225,20 +227,25 @@ def summary(run_dir: str | os.PathLike) -> str:
         lines.append("  no metrics.json yet (notebook 04 has not completed)")
         return "\n".join(lines)
     metrics = read_json(metrics_path)
+    choice = metrics.get("choice") or {}
 
     def fmt(value):
         return "  n/a" if value is None else f"{value:5.3f}"
 
-    lines.append(f"  {'model':<6}{'img AUROC':>10}{'px AUROC':>10}{'AUPRO':>8}{'F1max':>8}"
-                 f"{'F1@thr':>8}{'threshold':>12}")
-    for model in ("ae1", "ae2"):
+    lines.append(f"  {'model':<6}{'val sel.':>9}{'img AUROC':>10}{'px AUROC':>10}{'AUPRO':>8}"
+                 f"{'F1max':>8}{'F1@thr':>8}{'threshold':>12}")
+    for model in CANDIDATES:
         m = metrics.get(model)
         if not m:
             continue
         at = m.get("at_threshold") or {}
-        lines.append(f"  {model:<6}{fmt(m.get('image_auroc')):>10}{fmt(m.get('pixel_auroc')):>10}"
+        mark = " *" if model == choice.get("model") else ""
+        lines.append(f"  {model:<6}{fmt((choice.get('scores') or {}).get(model)):>9}"
+                     f"{fmt(m.get('image_auroc')):>10}{fmt(m.get('pixel_auroc')):>10}"
                      f"{fmt(m.get('aupro')):>8}{fmt(m.get('f1_max')):>8}{fmt(at.get('f1')):>8}"
-                     f"{m.get('image_threshold', float('nan')):>12.5g}")
+                     f"{m.get('image_threshold', float('nan')):>12.5g}{mark}")
+    if choice:
+        lines.append(f"  * chosen on validation: {choice['reason']}; test columns for report only")
     gallery = run_dir / "figures"
     if gallery.is_dir():
         lines.append(f"  gallery: {gallery}/ ({len([p for p in gallery.glob('*.png') if not p.name.startswith('.')])} figures), "

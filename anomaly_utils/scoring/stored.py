@@ -18,7 +18,9 @@ from anomaly_utils.errors import ArtifactError
 
 if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
     from anomaly_utils.scoring.scorer import Scorer
-MODELS = ("ae1", "ae2")  # the run directory's model folders
+MODELS = ("ae1", "ae2")  # the autoencoders' folders in a run directory
+FLOOR = "floor"  # the training-free statistics floor's folder (notebook 01)
+CANDIDATES = (FLOOR, *MODELS)  # everything a run scores and chooses among, in report order
 
 
 @dataclass
@@ -91,7 +93,8 @@ def load_scores(path: str | os.PathLike, fingerprint: str | None = None,
 
 def load_run_scores(run_dir: str | os.PathLike,
                     splits: tuple[str, ...] = ("test", "val", "val_pseudo")) -> dict[str, dict]:
-    """Every model's stored scores of a run, ``{model: {split: load_scores(...)}}``.
+    """Every candidate's stored scores of a run, ``{candidate: {split: load_scores(...)}}``
+    for :data:`CANDIDATES`.
 
     Raises:
         ArtifactError: a score file is missing, belongs to another model, or the models'
@@ -99,7 +102,7 @@ def load_run_scores(run_dir: str | os.PathLike,
     """
     run_dir = Path(run_dir)
     scores = {}
-    for name in MODELS:
+    for name in CANDIDATES:
         first = load_scores(run_dir / name / f"scores_{splits[0]}.npz", model=name)
         fingerprint = str(first["fingerprint"])
         scores[name] = {splits[0]: first, **{
@@ -109,7 +112,7 @@ def load_run_scores(run_dir: str | os.PathLike,
     if len(fingerprints) != 1:
         raise ArtifactError(f"the models' score files in '{run_dir}' come from different "
                             f"datasets: {sorted(fingerprints)}",
-                            fix="score both models on the same data (rerun notebooks 02 and 03)")
+                            fix="score every candidate on the same data (rerun notebooks 01-03)")
     return scores
 
 @dataclass
