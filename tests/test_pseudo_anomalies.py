@@ -1,4 +1,5 @@
-"""Tests for pasted pseudo-anomalies (anomaly_utils.data.pseudo_anomalies)."""
+"""Tests for pasted pseudo-anomalies (anomaly_utils.data.pseudo_anomalies and the real-like
+kinds in anomaly_utils.data.real_like_anomalies)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ import pytest
 
 from anomaly_utils.data.pseudo_anomalies import (
     ALL_KINDS,
-    PSEUDO_ANOMALY_KINDS,
+    REAL_LIKE_KINDS,
+    SHARP_KINDS,
+    VALIDATION_MIX,
     add_pseudo_anomaly,
     cut_paste,
     make_labelled_validation,
     scratch,
     shading_band,
     stain,
+)
+from anomaly_utils.data.real_like_anomalies import (
+    crack,
+    dark_region,
+    faint_area,
+    local_blur,
+    texture_warp,
 )
 from anomaly_utils.errors import ParameterError
 
@@ -41,7 +51,8 @@ def _variants() -> dict[str, np.ndarray]:
 
 VARIANTS = _variants()
 FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch,
-             "shading": shading_band}
+             "shading": shading_band, "faint_area": faint_area, "crack": crack,
+             "local_blur": local_blur, "texture_warp": texture_warp, "dark_region": dark_region}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -118,12 +129,21 @@ def test_shading_band_is_a_wide_straight_band_of_one_brightness_change():
     assert np.median(areas) > small, "an area defect, larger than the largest stain"
 
 
-def test_default_mix_leaves_shading_out_but_can_include_it():
-    normals = np.stack([_texture(s) for s in range(8)])
-    _, _, _, kinds = make_labelled_validation(normals, 0, 1.0)
-    assert "shading" not in kinds
-    _, _, masks, kinds = make_labelled_validation(normals, 0, 1.0, ["shading"])
+def test_kind_constants_name_every_function():
+    assert set(ALL_KINDS) == set(FUNCTIONS) and len(ALL_KINDS) == len(FUNCTIONS)
+    assert set(SHARP_KINDS) | {"shading"} | set(REAL_LIKE_KINDS) == set(ALL_KINDS)
+    assert set(VALIDATION_MIX) <= set(ALL_KINDS) and set(REAL_LIKE_KINDS) <= set(VALIDATION_MIX)
+
+
+def test_default_mix_draws_every_kind_of_the_constant():
+    normals = np.stack([_texture(s, 32) for s in range(90)])
+    _, _, masks, kinds = make_labelled_validation(normals, 0, 1.0)
+    assert set(kinds) == set(VALIDATION_MIX)
+    assert all(m.any() for m in masks)
+    _, _, masks, kinds = make_labelled_validation(normals[:8], 0, 1.0, ["shading"])
     assert kinds == ["shading"] * 8 and all(m.mean() > 0.05 for m in masks)
+    _, _, _, kinds = make_labelled_validation(normals, 0, 1.0, SHARP_KINDS)
+    assert set(kinds) == set(SHARP_KINDS), "kinds= reproduces the former mix"
 
 
 def test_scratch_is_thin():
@@ -142,6 +162,124 @@ def test_stain_on_rgb_changes_colour_balance():
         change = (out[mask] - 0.5).mean(axis=0)
         ratios.append(np.ptp(change) / np.abs(change).max())
     assert max(ratios) > 0.1
+
+
+def _brightness_std(image: np.ndarray) -> float:
+    return float((image if image.ndim == 2 else image.mean(axis=2)).std())
+
+
+def _components(mask: np.ndarray) -> int:
+    return cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
+
+
+def _gradient_energy(image: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1)
+    return gx**2 + gy**2
+
+
+def _inner(mask: np.ndarray, margin: int = 2) -> np.ndarray:
+    kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+    return cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def _fine_texture(seed: int, size: int = 128) -> np.ndarray:
+    """float32 (size, size) in [0, 1]: isotropic grain about 3 px across, std 0.1."""
+    noise = np.random.default_rng(seed).normal(0, 1, (size, size)).astype(np.float32)
+    grain = cv2.GaussianBlur(noise, (0, 0), 1.5)
+    return np.clip(0.5 + 0.1 * grain / grain.std(), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", ["gray_float_hw1", "rgb_uint8"])
+def test_faint_area_is_large_soft_and_within_one_and_a_half_std(variant):
+    image = VARIANTS[variant]
+    sigma = _brightness_std(image.astype(np.float32))
+    areas = []
+    for seed in range(12):
+        out, mask = faint_area(image, np.random.default_rng(seed))
+        areas.append(mask.mean())
+        change = (out.astype(np.float32) - image)[mask]
+        assert np.abs(change).max() <= 1.5 * sigma + 0.5, "at most 1.5 image std (+ rounding)"
+        assert 0.07 * sigma <= abs(change.mean()) <= 1.5 * sigma
+        assert _components(mask) == 1
+        # soft edge: at the mask's border the change is a fraction of its peak
+        border = mask & ~_inner(mask, 1)
+        assert np.abs(out.astype(np.float32) - image)[border].mean() < 0.6 * np.abs(change).max()
+    assert min(areas) > 0.03 and max(areas) < 0.35 and max(areas) > 0.15
+
+
+def test_faint_area_changes_brightness_not_colour():
+    image = VARIANTS["rgb_float01"]
+    for seed in range(5):
+        out, mask = faint_area(image, np.random.default_rng(seed))
+        change = (out - image)[mask & _inner(mask, 3)]  # away from clipping at the soft edge
+        assert np.allclose(change[:, 0], change[:, 1], atol=1e-6)
+        assert np.allclose(change[:, 1], change[:, 2], atol=1e-6)
+
+
+def test_crack_is_thin_faint_and_its_mask_is_the_line():
+    image = _fine_texture(0)
+    sigma = _brightness_std(image)
+    darker = 0
+    for seed in range(20):
+        out, mask = crack(image, np.random.default_rng(seed))
+        assert mask.mean() < 0.03, "a line, not an area (128 px image)"
+        assert not cv2.erode(mask.astype(np.uint8), np.ones((4, 4), np.uint8)).any(), \
+            "at most 3 px wide"
+        change = (out - image)[mask]
+        assert (change != 0).all(), "the mask is the changed line itself"
+        assert np.abs(change).max() <= 2.5 * sigma + 1e-6
+        darker += change.mean() < 0
+    assert darker >= 14, "cracks are mostly darker"
+
+
+def test_crack_width_and_branches():
+    image = _fine_texture(1)
+    for seed in range(8):
+        thin = crack(image, np.random.default_rng(seed), width=(1, 1))[1]
+        wide = crack(image, np.random.default_rng(seed), width=(3, 3))[1]
+        grown = cv2.dilate(thin.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert (thin <= wide).all() and (wide <= grown).all(), "widened by at most 1 px"
+    bare = [crack(image, np.random.default_rng(s), branches=(0, 0))[1].sum() for s in range(8)]
+    branched = [crack(image, np.random.default_rng(s), branches=(3, 3))[1].sum()
+                for s in range(8)]
+    assert np.mean(branched) > 1.3 * np.mean(bare)
+
+
+def test_local_blur_keeps_the_mean_and_smooths_the_texture():
+    image = _fine_texture(2)
+    sigma = _brightness_std(image)
+    for seed in range(8):
+        out, mask = local_blur(image, np.random.default_rng(seed))
+        assert abs(out[mask].mean() - image[mask].mean()) < 0.02 * sigma
+        inner = _inner(mask)
+        ratio = _gradient_energy(out)[inner].mean() / _gradient_energy(image)[inner].mean()
+        assert ratio < 0.8, "less fine structure inside"
+
+
+def test_texture_warp_keeps_mean_and_contrast_and_replaces_the_structure():
+    image = _fine_texture(3)
+    sigma = _brightness_std(image)
+    for seed in range(8):
+        out, mask = texture_warp(image, np.random.default_rng(seed))
+        assert abs(out[mask].mean() - image[mask].mean()) < 0.02 * sigma
+        assert 0.8 < out[mask].std() / image[mask].std() < 1.2
+        inner = _inner(mask)
+        assert abs(np.corrcoef(out[inner], image[inner])[0, 1]) < 0.5, "other texture"
+        ratio = _gradient_energy(out)[inner].mean() / _gradient_energy(image)[inner].mean()
+        assert not 0.8 < ratio < 1.25, "the grain is coarser or finer"
+
+
+def test_dark_region_is_large_dark_and_cut_from_the_border():
+    image = np.rint(_fine_texture(4) * 255).astype(np.uint8)
+    areas = []
+    for seed in range(12):
+        out, mask = dark_region(image, np.random.default_rng(seed))
+        areas.append(mask.mean())
+        assert _components(mask) == 1
+        assert mask[[0, -1]].any() or mask[:, [0, -1]].any()
+        assert out[mask].mean() <= 0.66 * image[mask].mean() + 1
+    assert min(areas) > 0.02 and max(areas) <= 0.3 and max(areas) > 0.15
 
 
 def test_random_kind_covers_all_kinds():
@@ -174,6 +312,16 @@ def test_rejects_bad_arguments():
         stain(image, np.random.default_rng(0), radius=(0.3, 0.1))
     with pytest.raises(ParameterError, match="area"):
         cut_paste(image, np.random.default_rng(0), area=(0.1, 0.9))
+    with pytest.raises(ParameterError, match="width"):
+        crack(image, np.random.default_rng(0), width=(1, 4))
+    with pytest.raises(ParameterError, match="branches"):
+        crack(image, np.random.default_rng(0), branches=(0, 1.5))
+    with pytest.raises(ParameterError, match="zoom"):
+        texture_warp(image, np.random.default_rng(0), zoom=(0.5, 2.0))
+    with pytest.raises(ParameterError, match="darkness"):
+        dark_region(image, np.random.default_rng(0), darkness=(0.5, 1.5))
+    with pytest.raises(ParameterError, match="contrast"):
+        faint_area(image, np.random.default_rng(0), contrast=(0.0, 1.0))
 
 
 @pytest.fixture
@@ -194,7 +342,7 @@ def test_labelled_validation_is_consistent(normals):
             assert kinds[i] == "good" and not masks[i].any()
             assert np.array_equal(images[i], normals[i])
         else:
-            assert kinds[i] in PSEUDO_ANOMALY_KINDS and masks[i].any()
+            assert kinds[i] in VALIDATION_MIX and masks[i].any()
             assert np.array_equal(images[i][~masks[i]], normals[i][~masks[i]])
             assert (images[i] != normals[i])[masks[i]].mean() > 0.5
 

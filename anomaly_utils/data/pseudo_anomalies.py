@@ -1,7 +1,9 @@
 """Synthetic anomalies pasted into defect-free images, for a labelled validation set.
 
 One module because every pasted-anomaly kind draws from the same seeded blending of a
-source patch into a normal image, and the labelled validation set mixes all of them.
+source patch into a normal image, and the labelled validation set mixes all of them; the kinds
+shaped like real defects live in :mod:`anomaly_utils.data.real_like_anomalies`, built on the
+helpers here.
 
 When a dataset has no labelled defects (e.g. only good magnetic-tile photographs), model
 selection and threshold choice still need anomalous examples. This module makes them from the
@@ -12,16 +14,28 @@ normal images themselves:
 2. :func:`stain`: a smooth blob of changed intensity (gray) or colour (RGB) with soft edges;
 3. :func:`scratch`: a thin random curve of darker or brighter pixels;
 4. :func:`shading_band`: a wide straight band of changed brightness across the image, an
-   area defect (uneven grinding, a wash-out) that the small kinds above never produce; not
-   in the default mix (:data:`ALL_KINDS` has it);
-5. :func:`make_labelled_validation`: copies a stack of normal images, keeps some clean and adds
-   one random anomaly to each of the others.
+   area defect (uneven grinding, a wash-out) that the small kinds above never produce;
+5. the real-like kinds (:data:`REAL_LIKE_KINDS`, made in
+   :mod:`~anomaly_utils.data.real_like_anomalies`): ``faint_area`` (a large soft region
+   0.3-1.5 image standard deviations brighter or darker), ``crack`` (a jagged, possibly
+   branching line 1-3 px wide, barely darker), ``local_blur`` and ``texture_warp`` (a soft
+   region whose texture is blurred, or rotated and rescaled, at the same mean brightness) and
+   ``dark_region`` (a border region cut off by a crack and darkened, like an inactive
+   solar-cell part). Cut-paste, stain and scratch are small and sharp, so every model finds
+   them and a validation set of them alone cannot rank models; these are faint, large, thin
+   or brightness-neutral, like many real defects;
+6. :func:`make_labelled_validation`: copies a stack of normal images, keeps some clean and adds
+   one random anomaly to each of the others, its kind drawn from :data:`VALIDATION_MIX` (every
+   kind) unless ``kinds`` says otherwise; ``kinds=SHARP_KINDS`` gives the mix used before the
+   real-like kinds existed.
 
 Every function accepts uint8 or float images shaped (H, W), (H, W, 1) or (H, W, 3), returns an
 image of the same shape and dtype plus a bool (H, W) mask, and changes no pixel outside the
-mask. Sizes are fractions of the image side; contrast is drawn from a range that includes faint
-anomalies. Float images in [0, 1] are kept in [0, 1]; other float images are kept within their
-own minimum and maximum.
+mask. A pixel inside the mask can stay unchanged where rounding to uint8 or clipping to the
+value range absorbs a faint change (or, for the texture kinds, where the new texture happens to
+equal the old). Sizes are fractions of the image side (a crack's width is in pixels); contrast
+is drawn from a range that includes faint anomalies. Float images in [0, 1] are kept in
+[0, 1]; other float images are kept within their own minimum and maximum.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -33,149 +47,36 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
+from anomaly_utils.data import real_like_anomalies as real
+from anomaly_utils.data.painting import (
+    as_work,
+    blob_mask,
+    checked_range,
+    direction,
+    distance_to_curve,
+    finish,
+    random_curve,
+)
 from anomaly_utils.errors import ParameterError
 
-PSEUDO_ANOMALY_KINDS: tuple[str, ...] = ("cut_paste", "stain", "scratch")
-ALL_KINDS: tuple[str, ...] = (*PSEUDO_ANOMALY_KINDS, "shading")
+# Small, sharp kinds: every model finds them (the default mix before the real-like kinds).
+SHARP_KINDS: tuple[str, ...] = ("cut_paste", "stain", "scratch")
+REAL_LIKE_KINDS: tuple[str, ...] = ("faint_area", "crack", "local_blur", "texture_warp",
+                                    "dark_region")
+ALL_KINDS: tuple[str, ...] = (*SHARP_KINDS, "shading", *REAL_LIKE_KINDS)
+VALIDATION_MIX: tuple[str, ...] = ALL_KINDS  # the default kinds of a labelled validation set
 NORMAL_KIND = "good"
-
-
-def blob_mask(shape: tuple[int, int], rng: np.random.Generator, center: Sequence[float],
-              radius: float, aspect: float = 1.0,
-              irregularity: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """An irregular, rotated ellipse-like blob.
-
-    Args:
-        shape: (H, W) of the canvas in pixels.
-        rng: source of the rotation and the boundary wobble.
-        center: (x, y) in pixels.
-        radius: mean radius along the major axis in pixels.
-        aspect: minor/major axis ratio in (0, 1].
-        irregularity: amplitude of the boundary wobble (0 = ellipse, ~0.6 = lumpy).
-
-    Returns:
-        ``(mask, depth)``: bool (H, W) and float32 (H, W) in [0, 1], 0 at and outside the edge
-        rising to 1 at the centre.
-
-    Example:
-        >>> m, d = blob_mask((32, 32), np.random.default_rng(0), (16, 16), 8)
-        >>> bool(m[16, 16]), bool(m[0, 0])
-        (True, False)
-    """
-    h, w = shape
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    angle = rng.uniform(0, np.pi)
-    dx, dy = x - np.float32(center[0]), y - np.float32(center[1])
-    ca, sa = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-    px, py = dx * ca + dy * sa, (-dx * sa + dy * ca) / np.float32(aspect)
-    theta = np.arctan2(py, px)
-    r_edge = np.ones_like(theta)
-    for k in range(2, 7):
-        r_edge += irregularity / k**1.5 * rng.normal() * np.cos(k * theta + rng.uniform(0, 6.3))
-    r_edge = np.float32(radius) * np.clip(r_edge, 0.5, None)
-    depth = 1 - np.hypot(px, py) / r_edge
-    return depth > 0, np.clip(depth, 0, 1)
-
-
-def random_curve(rng: np.random.Generator, start: Sequence[float], length: float,
-                 steps: int = 60, bend: float = 0.1) -> np.ndarray:
-    """Points of a smooth random curve.
-
-    Args:
-        rng: source of the heading and the turns.
-        start: (x, y) of the first point in pixels.
-        length: arc length in pixels.
-        steps: number of points.
-        bend: standard deviation of the heading change per step, radians.
-
-    Returns:
-        float64 (steps, 2) array of (x, y) pixel coordinates (may leave the canvas).
-
-    Example:
-        >>> random_curve(np.random.default_rng(0), (5, 5), 20, steps=10).shape
-        (10, 2)
-    """
-    heading = rng.uniform(0, 2 * np.pi)
-    turn = np.convolve(np.cumsum(rng.normal(0, bend, steps)), np.ones(5) / 5, mode="same")
-    angles = heading + turn
-    offsets = np.cumsum(np.stack([np.cos(angles), np.sin(angles)], 1) * (length / steps), 0)
-    return np.asarray(start, np.float64) + np.vstack([[0.0, 0.0], offsets])[:-1]
-
-
-def distance_to_curve(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """float32 (H, W): Euclidean distance in pixels from each pixel to the polyline ``points``."""
-    canvas = np.full(shape, 255, np.uint8)
-    cv2.polylines(canvas, [np.rint(points).astype(np.int32)], False, 0, 1, cv2.LINE_8)
-    return cv2.distanceTransform(canvas, cv2.DIST_L2, 5)
-
-
-def _as_work(image: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Validate ``image``; return float32 (H, W, C) plus the value range to stay within."""
-    if not isinstance(image, np.ndarray):
-        raise ParameterError(f"image must be a numpy array, got {type(image).__name__}",
-                             fix="pass an (H, W), (H, W, 1) or (H, W, 3) array")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
-        raise ParameterError(f"image must be shaped (H, W), (H, W, 1) or (H, W, 3), got "
-                             f"{image.shape}", fix="pass one image, not a batch")
-    if min(image.shape[:2]) < 8:
-        raise ParameterError(f"image must be at least 8x8 pixels, got {image.shape[:2]}",
-                             fix="use larger images")
-    if image.dtype == np.uint8:
-        lo, hi = 0.0, 255.0
-    elif np.issubdtype(image.dtype, np.floating):
-        if not np.isfinite(image).all():
-            raise ParameterError("image contains NaN or inf values",
-                                 fix="clean or re-load the image")
-        lo, hi = float(image.min()), float(image.max())
-        if lo >= 0 and hi <= 1:
-            lo, hi = 0.0, 1.0
-        elif hi - lo < 1e-6:
-            hi = lo + 1.0
-    else:
-        raise ParameterError(f"image dtype must be uint8 or float, got {image.dtype}",
-                             fix="convert with image.astype(np.float32) / 255")
-    work = image.astype(np.float32)
-    return (work[..., None] if image.ndim == 2 else work), lo, hi
-
-
-def _finish(image: np.ndarray, new: np.ndarray, mask: np.ndarray, lo: float,
-            hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """Copy ``new`` into ``image`` inside ``mask`` only, in ``image``'s dtype and shape."""
-    new = np.clip(new, lo, hi)
-    if image.dtype == np.uint8:
-        new = np.rint(new)
-    new = new.reshape(image.shape[:2] + (-1,)).astype(image.dtype)
-    out = image.copy()
-    out[mask] = new[mask] if image.ndim == 3 else new[mask][:, 0]
-    return out, mask
-
-
-def _range(name: str, value: Sequence[float], upper: float | None = None) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a (min, max) pair, got {value!r}",
-                             fix=f"pass e.g. {name}=(0.05, 0.2)") from None
-    if not (0 < a <= b) or (upper is not None and b > upper):
-        limit = f" and max <= {upper}" if upper is not None else ""
-        raise ParameterError(f"{name} must satisfy 0 < min <= max{limit}, got {value!r}",
-                             fix=f"pass e.g. {name}=(0.05, 0.2)")
-    return a, b
 
 
 def _signed_delta(rng: np.random.Generator, region: np.ndarray, lo: float, hi: float,
                   strength: float) -> float:
     """A change of ``strength`` * range, usually towards the side with more headroom."""
-    mean = float(region.mean()) if region.size else (lo + hi) / 2
-    toward_bright = (hi - mean) > (mean - lo)
-    if rng.random() < 0.2 and min(hi - mean, mean - lo) > 0.25 * (hi - lo):
-        toward_bright = not toward_bright
-    return (1.0 if toward_bright else -1.0) * strength * (hi - lo)
+    return direction(rng, region, lo, hi) * strength * (hi - lo)
 
 
 def _ensure_nonempty(mask: np.ndarray, center: Sequence[float]) -> np.ndarray:
@@ -211,9 +112,9 @@ def cut_paste(image: np.ndarray, rng: np.random.Generator,
         >>> out.dtype, bool((out[~mask] == img[~mask]).all())
         (dtype('float32'), True)
     """
-    work, lo, hi = _as_work(image)
-    a_lo, a_hi = _range("area", area, upper=0.5)
-    b_lo, b_hi = _range("brightness", brightness, upper=1.0)
+    work, lo, hi = as_work(image)
+    a_lo, a_hi = checked_range("area", area, upper=0.5)
+    b_lo, b_hi = checked_range("brightness", brightness, upper=1.0)
     h, w = work.shape[:2]
     frac = rng.uniform(a_lo, a_hi)
     aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
@@ -252,7 +153,7 @@ def cut_paste(image: np.ndarray, rng: np.random.Generator,
     mask = np.zeros((h, w), bool)
     mask[dy:dy + ph, dx:dx + pw] = shape_mask
     new[dy:dy + ph, dx:dx + pw] = patch
-    return _finish(image, new, mask, lo, hi)
+    return finish(image, new, mask, lo, hi)
 
 
 def stain(image: np.ndarray, rng: np.random.Generator,
@@ -278,9 +179,9 @@ def stain(image: np.ndarray, rng: np.random.Generator,
         >>> bool((out[mask] != 100).all()), bool((out[~mask] == 100).all())
         (True, True)
     """
-    work, lo, hi = _as_work(image)
-    r_lo, r_hi = _range("radius", radius, upper=1.0)
-    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    work, lo, hi = as_work(image)
+    r_lo, r_hi = checked_range("radius", radius, upper=1.0)
+    s_lo, s_hi = checked_range("strength", strength, upper=1.0)
     h, w, channels = work.shape
     r = max(1.5, rng.uniform(r_lo, r_hi) * min(h, w))
     centre = (rng.uniform(0, w - 1), rng.uniform(0, h - 1))
@@ -296,7 +197,7 @@ def stain(image: np.ndarray, rng: np.random.Generator,
     else:
         change = np.array([delta], np.float32)
     new = work + alpha[..., None] * change
-    return _finish(image, new, mask, lo, hi)
+    return finish(image, new, mask, lo, hi)
 
 
 def scratch(image: np.ndarray, rng: np.random.Generator,
@@ -321,10 +222,10 @@ def scratch(image: np.ndarray, rng: np.random.Generator,
         >>> bool(mask.any()), bool((out[~mask] == 0).all())
         (True, True)
     """
-    work, lo, hi = _as_work(image)
-    l_lo, l_hi = _range("length", length, upper=3.0)
-    w_lo, w_hi = _range("width", width, upper=0.2)
-    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    work, lo, hi = as_work(image)
+    l_lo, l_hi = checked_range("length", length, upper=3.0)
+    w_lo, w_hi = checked_range("width", width, upper=0.2)
+    s_lo, s_hi = checked_range("strength", strength, upper=1.0)
     h, w = work.shape[:2]
     side = min(h, w)
     start = (rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
@@ -335,7 +236,7 @@ def scratch(image: np.ndarray, rng: np.random.Generator,
     profile = 1 - 0.5 * np.clip(dist / (half + 0.5), 0, 1)
     delta = _signed_delta(rng, work[mask], lo, hi, rng.uniform(s_lo, s_hi))
     new = work + (profile * delta)[..., None]
-    return _finish(image, new, mask, lo, hi)
+    return finish(image, new, mask, lo, hi)
 
 
 def shading_band(image: np.ndarray, rng: np.random.Generator,
@@ -363,9 +264,9 @@ def shading_band(image: np.ndarray, rng: np.random.Generator,
         >>> bool((out[mask] != 0.5).all()), bool((out[~mask] == 0.5).all()), bool(mask.mean() > 0.05)
         (True, True, True)
     """
-    work, lo, hi = _as_work(image)
-    w_lo, w_hi = _range("width", width, upper=1.0)
-    s_lo, s_hi = _range("strength", strength, upper=1.0)
+    work, lo, hi = as_work(image)
+    w_lo, w_hi = checked_range("width", width, upper=1.0)
+    s_lo, s_hi = checked_range("strength", strength, upper=1.0)
     h, w = work.shape[:2]
     side = min(h, w)
     angle = rng.uniform(0, np.pi)
@@ -379,15 +280,20 @@ def shading_band(image: np.ndarray, rng: np.random.Generator,
     profile = 1.0 - 0.6 * np.clip(offset / half, 0, 1) ** 2
     delta = _signed_delta(rng, work[mask], lo, hi, rng.uniform(s_lo, s_hi))
     new = work + (profile * delta)[..., None]
-    return _finish(image, new, mask, lo, hi)
+    return finish(image, new, mask, lo, hi)
 
 
-_KIND_FUNCTIONS = {"cut_paste": cut_paste, "stain": stain, "scratch": scratch,
-                   "shading": shading_band}
+_KindFunction = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+_KIND_FUNCTIONS: dict[str, _KindFunction] = {
+    "cut_paste": cut_paste, "stain": stain, "scratch": scratch, "shading": shading_band,
+    "faint_area": real.faint_area, "crack": real.crack, "local_blur": real.local_blur,
+    "texture_warp": real.texture_warp, "dark_region": real.dark_region}
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in _KIND_FUNCTIONS:
+    if kind not in ALL_KINDS:
         raise ParameterError(f"kind '{kind}' is unknown",
                              fix=f"use one of {', '.join(ALL_KINDS)}")
 
@@ -399,8 +305,7 @@ def add_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator,
     Args:
         image: uint8 or float (H, W), (H, W, 1) or (H, W, 3).
         rng: source of every random choice.
-        kind: one of :data:`ALL_KINDS`, or None for a random one of
-            :data:`PSEUDO_ANOMALY_KINDS`.
+        kind: one of :data:`ALL_KINDS`, or None for a random one of :data:`VALIDATION_MIX`.
 
     Returns:
         ``(image_with_anomaly, mask)`` as for :func:`cut_paste`.
@@ -412,14 +317,14 @@ def add_pseudo_anomaly(image: np.ndarray, rng: np.random.Generator,
         ((32, 32), (32, 32))
     """
     if kind is None:
-        kind = PSEUDO_ANOMALY_KINDS[rng.integers(len(PSEUDO_ANOMALY_KINDS))]
+        kind = VALIDATION_MIX[rng.integers(len(VALIDATION_MIX))]
     _check_kind(kind)
     return _KIND_FUNCTIONS[kind](image, rng)
 
 
 def make_labelled_validation(
     normals: np.ndarray, rng_or_seed: np.random.Generator | int,
-    fraction_anomalous: float = 0.5, kinds: Sequence[str] = PSEUDO_ANOMALY_KINDS,
+    fraction_anomalous: float = 0.5, kinds: Sequence[str] = VALIDATION_MIX,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Turn defect-free images into a labelled validation set with pseudo-anomalies.
 

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from anomaly_utils.artifacts import replace_folder
-from anomaly_utils.data.pseudo_anomalies import blob_mask, distance_to_curve, random_curve
+from anomaly_utils.data.painting import blob_mask, distance_to_curve, random_curve
 from anomaly_utils.errors import LabError, ParameterError
 
 DEFECT_TYPES: tuple[str, ...] = ("color", "cut", "hole", "metal_contamination", "thread")

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 from pyfastnoiselite.pyfastnoiselite import FastNoiseLite, NoiseType
 
-from anomaly_utils.data.pseudo_anomalies import blob_mask
+from anomaly_utils.data.painting import blob_mask
 from anomaly_utils.errors import ParameterError
 
 FILL_KINDS: tuple[str, ...] = ("image", "noise", "colour", "shading")
