@@ -49,13 +49,13 @@ from anomaly_utils.pipeline.runs import (
     new_run_id,
     read_status,
 )
-from anomaly_utils.scoring.stored import load_scores
+from anomaly_utils.scoring.stored import CANDIDATES, FLOOR, load_scores
 
 # What each notebook reads from earlier notebooks, and what it writes into the run.
 UPSTREAM = {NOTEBOOKS[0]: (), NOTEBOOKS[1]: (), NOTEBOOKS[2]: (),
-            NOTEBOOKS[3]: (NOTEBOOKS[1], NOTEBOOKS[2]),
-            NOTEBOOKS[4]: (NOTEBOOKS[1], NOTEBOOKS[2], NOTEBOOKS[3])}
-OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", "figures/01_*"),
+            NOTEBOOKS[3]: (NOTEBOOKS[0], NOTEBOOKS[1], NOTEBOOKS[2]),
+            NOTEBOOKS[4]: (NOTEBOOKS[0], NOTEBOOKS[1], NOTEBOOKS[2], NOTEBOOKS[3])}
+OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", FLOOR, "figures/01_*"),
            NOTEBOOKS[1]: ("ae1", "figures/02_*"), NOTEBOOKS[2]: ("ae2", "figures/03_*"),
            NOTEBOOKS[3]: ("thresholds.json", "metrics.json", "figures/04_*"),
            NOTEBOOKS[4]: ("figures/05_*",)}
@@ -288,15 +288,15 @@ def comparison_table(sweep_dir: str | os.PathLike):
                   read_status(sweep_dir / name).items() if entry.get("error")]
         if errors:  # a failed configuration of a cluster sweep: its error, no metrics
             for group in (VALIDATION_METRICS, METRICS):
-                row.update({f"{model}_{metric}": None for model in ("ae1", "ae2")
+                row.update({f"{model}_{metric}": None for model in CANDIDATES
                             for metric in group})
             rows.append({**row, "error": errors[0]})
             continue
         metrics = read_json(sweep_dir / name / "metrics.json")
-        for model in ("ae1", "ae2"):
+        for model in CANDIDATES:
             row.update({f"{model}_{k}": v for k, v in
                         validation_metrics(sweep_dir / name / model).items()})
-        for model in ("ae1", "ae2"):
+        for model in CANDIDATES:
             for metric in METRICS:
                 row[f"{model}_{metric}"] = metrics.get(model, {}).get(metric)
         rows.append(row)
@@ -377,7 +377,7 @@ def plot_comparison(table, sweep_dir: str | os.PathLike):
     for j, param in enumerate(params):
         for i, metric in enumerate(METRICS):
             ax = axes[i, j]
-            for model in ("ae1", "ae2"):
+            for model in CANDIDATES:
                 grouped = table.groupby(param, sort=False)[f"{model}_{metric}"].mean()
                 ax.plot(grouped.index.astype(str), grouped.values, marker="o", label=model,
                         color=plots.MODEL_COLORS[model])

@@ -15,7 +15,7 @@ import seaborn as sns
 
 from anomaly_utils.artifacts import atomic_path
 
-MODEL_COLORS = {"ae1": "#4c72b0", "ae2": "#dd8452"}
+MODEL_COLORS = {"floor": "#55a868", "ae1": "#4c72b0", "ae2": "#dd8452"}
 sns.set_theme(style="whitegrid", context="notebook")
 
 # Inline figures at 72 dpi keep the committed notebooks small; saved figures use save()'s dpi.
