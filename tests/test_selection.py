@@ -7,6 +7,7 @@ import pytest
 
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.selection import (
+    choose_by_validation,
     choose_candidate,
     selection_score,
     validation_metrics,
@@ -55,3 +56,26 @@ def test_ties_keep_the_report_order_and_missing_scores_are_skipped():
     assert choice["model"] == "floor" and choice["ranking"] == ["floor", "ae2"]
     with pytest.raises(ParameterError, match="validation"):
         choose_candidate({"ae1": {"image_auroc": None, "pixel_auroc": None}})
+
+
+def test_choose_by_validation_scores_each_candidate_on_the_same_set():
+    v = _val_pseudo(2.0)
+    seen = []
+
+    class Result:
+        def __init__(self, scores, maps):
+            self.scores, self.maps = scores, maps
+
+    def sharp(images):
+        seen.append(images)
+        return Result(v["scores"], v["maps"])
+
+    def blind(images):
+        seen.append(images)
+        return Result(np.zeros(8), np.zeros((8, 16, 16), np.float32))
+
+    images = np.zeros((8, 16, 16, 1), np.float32)
+    choice, validation = choose_by_validation({"blind": blind, "sharp": sharp}, images,
+                                              v["labels"], v["masks"])
+    assert choice["model"] == "sharp" and validation["blind"]["image_auroc"] == 0.5
+    assert len(seen) == 2 and all(s is images for s in seen)

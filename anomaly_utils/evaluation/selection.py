@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,26 @@ def choose_candidate(validation: dict[str, dict[str, float | None]]) -> dict[str
     reason += f"; next {runner_up} {scores[runner_up]:.3f})" if runner_up else ")"
     return {"model": best, "score": scores[best], "ranking": ranked, "scores": scores,
             "by": "mean of validation " + " and ".join(SELECTION_METRICS), "reason": reason}
+
+
+def choose_by_validation(score: Mapping[str, Callable[[np.ndarray], Any]], images: np.ndarray,
+                         labels: np.ndarray, masks: np.ndarray
+                         ) -> tuple[dict[str, Any], dict[str, dict[str, float | None]]]:
+    """Score one pseudo-labelled validation set with each candidate and choose among them.
+
+    Args:
+        score: ``{candidate: function}``, each mapping ``images`` to a result with ``scores``
+            (P,) and ``maps`` (P, E, E) (as ``Scorer.score`` does).
+        images: (P, H, W, C) validation images; ``labels`` (P,) 1 = anomalous; ``masks``
+            (P, E, E) bool.
+
+    Returns:
+        ``(choose_candidate(validation), validation)`` with ``validation`` as
+        :func:`validation_metrics` gives it per candidate.
+    """
+    validation = {}
+    for name, function in score.items():
+        result = function(images)
+        validation[name] = validation_metrics({"labels": labels, "scores": result.scores,
+                                               "masks": masks, "maps": result.maps})
+    return choose_candidate(validation), validation

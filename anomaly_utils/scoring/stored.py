@@ -115,6 +115,7 @@ def load_run_scores(run_dir: str | os.PathLike,
                             fix="score every candidate on the same data (rerun notebooks 01-03)")
     return scores
 
+
 @dataclass
 class SplitScores:
     """What :func:`score_splits` wrote: the results on each split (see :class:`ScoreResult`)."""
@@ -124,35 +125,62 @@ class SplitScores:
     test: ScoreResult
 
 
-def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0) -> SplitScores:
+@dataclass
+class PseudoLabelled:
+    """The pseudo-labelled validation set: ``images`` (P, H, W, C) like the validation
+    normals, ``labels`` (P,) int with 1 = pasted anomaly, ``masks`` (P, E, E) bool at the
+    scoring resolution, ``kinds`` (P,) str ("good" or the pasted kind)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    kinds: np.ndarray
+
+
+def pseudo_labelled_validation(val_images: np.ndarray, eval_size: int,
+                               seed: int = 0) -> PseudoLabelled:
+    """The validation normals, each kept clean or given one pasted synthetic anomaly
+    (:func:`anomaly_utils.data.pseudo_anomalies.make_labelled_validation`, seeded by
+    ``seed``), with the masks resized to ``eval_size``: the same set for every candidate."""
+    images, labels, masks, kinds = pseudo_anomalies.make_labelled_validation(val_images, seed)
+    return PseudoLabelled(images, np.asarray(labels), np.stack(
+        [resize_mask(m, eval_size) for m in masks]) if len(masks) else
+        np.zeros((0, eval_size, eval_size), bool), np.asarray(kinds))
+
+
+def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, *,
+                 name: str | None = None, eval_size: int | None = None) -> SplitScores:
     """Score a dataset's validation normals, a pseudo-labelled validation set and the test set.
 
     Writes ``run_dir/<model>/scores_val.npz``, ``scores_val_pseudo.npz`` (the validation
-    normals with pasted synthetic anomalies from :mod:`anomaly_utils.data.pseudo_anomalies`, for
-    an F1-optimal threshold without touching the test set) and ``scores_test.npz`` (with the
-    reconstructions, for the gallery), each stamped with the dataset fingerprint.
+    normals with pasted synthetic anomalies, :func:`pseudo_labelled_validation`, for
+    choosing a candidate and an F1-optimal threshold without touching the test set) and
+    ``scores_test.npz`` (with the reconstructions, for the gallery), each stamped with the
+    dataset fingerprint.
 
     Args:
-        scorer: the trained model and how to score it.
+        scorer: anything with ``score(images) -> ScoreResult``: the trained model and how to
+            score it (:class:`Scorer`), or the statistics floor.
         ds: an :class:`anomaly_utils.data.loading.AnomalyDataset` loaded at the model's resolution,
-            with masks at ``scorer.config.eval_size``.
+            with masks at the scoring resolution.
         run_dir: the run directory.
         seed: seeds the pseudo-anomalies.
+        name, eval_size: the model folder and the maps' side, pixels (default: the scorer's
+            ``config.model`` and ``config.eval_size``).
     """
-
-    name = scorer.config.model
+    name = name or scorer.config.model
+    eval_size = eval_size or scorer.config.eval_size
     folder = Path(run_dir) / name
     fingerprint = ds.fingerprint
     val = scorer.score(ds.val_images)
     save_scores(folder / "scores_val.npz", val, labels=np.zeros(len(val.scores), int),
                 types=np.full(len(val.scores), "good"), masks=None, has_mask=None, paths=[],
                 fingerprint=fingerprint, model=name)
-    images, labels, masks, kinds = pseudo_anomalies.make_labelled_validation(ds.val_images, seed)
-    val_pseudo = scorer.score(images)
-    save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=labels,
-                types=np.array(kinds),
-                masks=np.stack([resize_mask(m, scorer.config.eval_size) for m in masks]),
-                has_mask=np.ones(len(labels), bool), paths=[], fingerprint=fingerprint,
+    pseudo = pseudo_labelled_validation(ds.val_images, eval_size, seed)
+    val_pseudo = scorer.score(pseudo.images)
+    save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=pseudo.labels,
+                types=pseudo.kinds, masks=pseudo.masks,
+                has_mask=np.ones(len(pseudo.labels), bool), paths=[], fingerprint=fingerprint,
                 model=name)
     test = scorer.score(ds.test_images)
     save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,
