@@ -16,7 +16,7 @@ from skimage.metrics import structural_similarity
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.similarity import (
     _blur_matrix,
-    _blur_matrix_tf,
+    _blur_matrix_dynamic,
     _gaussian_kernel,
     _matmul,
     _split_tf32,
@@ -78,7 +78,7 @@ def test_blur_matrix_is_scipy_reflect_gaussian(n):
     taps = _gaussian_kernel(1.5, 5)
     expected = ndimage.correlate1d(np.eye(n), taps, axis=0, mode="reflect")
     np.testing.assert_allclose(_blur_matrix(n, 1.5, 5), expected, atol=1e-7)
-    dynamic = _blur_matrix_tf(tf.constant(n), 1.5, 5).numpy()
+    dynamic = _blur_matrix_dynamic(tf.constant(n), 1.5, 5).numpy()
     np.testing.assert_allclose(dynamic, expected, atol=1e-7)
 
 

@@ -1,15 +1,18 @@
 """Training losses: 1 - SSIM, multi-scale gradient-magnitude similarity (GMS), and AE-2's
 weighted blend of SSIM, L1 and GMS; :func:`default_loss` picks a model's own.
+
+Written in ``keras.ops``: the same losses train on TensorFlow, JAX and PyTorch, and importing
+this module loads no TensorFlow under another backend.
 """
 
 from __future__ import annotations
 
+import sys
+
 import keras
 import numpy as np
-import tensorflow as tf
 
 from anomaly_utils.errors import ParameterError
-from anomaly_utils.models.ae1 import VariationalAutoencoder
 from anomaly_utils.models.building import PACKAGE
 from anomaly_utils.models.similarity import GMS_C, GMS_SCALES, PREWITT, ssim_map
 
@@ -17,8 +20,8 @@ from anomaly_utils.models.similarity import GMS_C, GMS_SCALES, PREWITT, ssim_map
 @keras.saving.register_keras_serializable(package=PACKAGE)
 def ssim_loss(y_true, y_pred):
     """Per-image ``1 - mean SSIM``: (N, H, W, C) in [0, 1] -> (N,) in [0, 2]."""
-    ssim = ssim_map(tf.cast(y_true, y_pred.dtype), y_pred)
-    return 1.0 - tf.reduce_mean(ssim, axis=[1, 2])
+    ssim = ssim_map(keras.ops.cast(y_true, y_pred.dtype), y_pred)
+    return 1.0 - keras.ops.mean(ssim, axis=(1, 2))
 
 
 def gms_loss(y_true, y_pred, scales: tuple[int, ...] = GMS_SCALES):
@@ -29,23 +32,29 @@ def gms_loss(y_true, y_pred, scales: tuple[int, ...] = GMS_SCALES):
     averaged over pixels and then over the scales that leave at least 3 pixels.
     (N, H, W, C) in [0, 1] -> (N,) in [0, 1].
     """
-    y_true = tf.cast(y_true, y_pred.dtype)
-    kernel = tf.constant(np.stack([PREWITT, PREWITT.T], axis=-1)[:, :, None, :], y_pred.dtype)
+    dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    y_true = keras.ops.cast(y_true, dtype)
+    kernel = keras.ops.convert_to_tensor(
+        np.stack([PREWITT, PREWITT.T], axis=-1)[:, :, None, :], dtype=dtype)
     size = min(y_pred.shape[1], y_pred.shape[2])
     used = [factor for factor in scales if size // factor >= 3] or [1]
-    total = tf.zeros(tf.shape(y_pred)[:1], y_pred.dtype)
+    total = None
     for factor in used:
         magnitudes = []
         for image in (y_true, y_pred):
-            gray = tf.reduce_mean(image, axis=-1, keepdims=True)
+            gray = keras.ops.mean(image, axis=-1, keepdims=True)
             if factor > 1:
-                gray = tf.nn.avg_pool2d(gray, factor, factor, "VALID")
-            gradients = tf.nn.conv2d(gray, kernel, 1, "SAME")
+                gray = keras.ops.average_pool(gray, factor, strides=factor, padding="valid",
+                                              data_format="channels_last")
+            gradients = keras.ops.conv(gray, kernel, padding="same", data_format="channels_last")
             # The epsilon keeps the square root's gradient finite on flat regions.
-            magnitudes.append(tf.sqrt(tf.reduce_sum(tf.square(gradients), axis=-1) + 1e-12))
+            magnitudes.append(keras.ops.sqrt(
+                keras.ops.sum(keras.ops.square(gradients), axis=-1) + 1e-12))
         m_true, m_pred = magnitudes
-        gms = (2 * m_true * m_pred + GMS_C) / (tf.square(m_true) + tf.square(m_pred) + GMS_C)
-        total += tf.reduce_mean(1.0 - gms, axis=[1, 2])
+        gms = (2 * m_true * m_pred + GMS_C) / (keras.ops.square(m_true)
+                                               + keras.ops.square(m_pred) + GMS_C)
+        term = keras.ops.mean(1.0 - gms, axis=(1, 2))
+        total = term if total is None else total + term
     return total / len(used)
 
 
@@ -67,14 +76,20 @@ class AE2Loss(keras.losses.Loss):
         self.gms_weight = float(gms_weight)
 
     def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, y_pred.dtype)
-        loss = tf.zeros(tf.shape(y_pred)[:1], y_pred.dtype)
+        y_true = keras.ops.cast(y_true, y_pred.dtype)
+        terms = []
         if self.ssim_weight:
-            loss += self.ssim_weight * ssim_loss(y_true, y_pred)
+            terms.append(self.ssim_weight * ssim_loss(y_true, y_pred))
         if self.l1_weight:
-            loss += self.l1_weight * tf.reduce_mean(tf.abs(y_true - y_pred), axis=[1, 2, 3])
+            terms.append(self.l1_weight
+                         * keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=(1, 2, 3)))
         if self.gms_weight:
-            loss += self.gms_weight * gms_loss(y_true, y_pred)
+            terms.append(self.gms_weight * gms_loss(y_true, y_pred))
+        if not terms:  # every weight 0 (make_ae2_loss refuses this)
+            return keras.ops.zeros_like(y_pred[:, 0, 0, 0])
+        loss = terms[0]
+        for term in terms[1:]:
+            loss = loss + term
         return loss
 
     def get_config(self):
@@ -116,7 +131,10 @@ def make_ae2_loss(ssim_weight: float = 1.0, l1_weight: float = 0.0,
 def default_loss(model: keras.Model):
     """The loss a lab model trains on: ``None`` for the VAE (its own ELBO), the SSIM loss
     for AE-2 (a model named ``ae2``), MSE otherwise."""
-    if isinstance(model, VariationalAutoencoder):
+    # A VAE exists only once models.ae1 is loaded; looking it up instead of importing it keeps
+    # this module free of ae1's TensorFlow import, so the losses load under any backend.
+    ae1 = sys.modules.get("anomaly_utils.models.ae1")
+    if ae1 is not None and isinstance(model, ae1.VariationalAutoencoder):
         return None
     if model.name == "ae2":
         return make_ae2_loss()
