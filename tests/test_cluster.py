@@ -51,9 +51,10 @@ def test_malformed_cluster_address_fails_before_any_folder(tmp_path: Path):
 
 def _fake_outputs(notebook: str, run_dir: Path, parameters: dict) -> None:
     """What each notebook writes that the comparison reads, scores apart by AE-2's epochs."""
-    if notebook in ("02_train_ae1", "03_train_ae2"):
-        model = "ae1" if notebook == "02_train_ae1" else "ae2"
-        rng = np.random.default_rng(parameters["epochs"])
+    models = {"01_data_exploration": "floor", "02_train_ae1": "ae1", "03_train_ae2": "ae2"}
+    if notebook in models:
+        model = models[notebook]
+        rng = np.random.default_rng(parameters.get("epochs", 0))
         labels = np.array([0, 0, 0, 1, 1, 1])
         masks = np.zeros((6, 4, 4), bool)
         masks[3:, :2] = True
@@ -66,7 +67,7 @@ def _fake_outputs(notebook: str, run_dir: Path, parameters: dict) -> None:
     if notebook == "04_threshold_selection":
         write_json(run_dir / "metrics.json", {m: {"image_auroc": 0.7, "pixel_auroc": 0.6,
                                                   "aupro": 0.3, "f1_max": 0.5}
-                                              for m in ("ae1", "ae2")})
+                                              for m in ("floor", "ae1", "ae2")})
     (run_dir / f"{notebook}.ipynb").write_text("{}")
 
 

@@ -130,6 +130,9 @@ def test_outcome_cells_compare_words_not_digits():
                          "05_results_gallery")]
     for cells in tagged:  # every training notebook reports its outcome in a tagged cell
         assert any(rules.OUTCOME_TAG in c.get("metadata", {}).get("tags", []) for c in cells)
-    data_cells = json.loads(NOTEBOOK.read_text())["cells"]  # data facts compare exactly
-    assert not any(rules.OUTCOME_TAG in c.get("metadata", {}).get("tags", [])
-                   for c in data_cells)
+    # Data facts compare exactly; only the statistics floor's measurement (numbers that move
+    # in the last digits with the CPU's float rounding) is an outcome in notebook 01.
+    data_cells = json.loads(NOTEBOOK.read_text())["cells"]
+    tagged_data = ["".join(c["source"]) for c in data_cells
+                   if rules.OUTCOME_TAG in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged_data) == 1 and "StatisticsFloor" in tagged_data[0]

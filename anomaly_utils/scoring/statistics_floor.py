@@ -1,0 +1,425 @@
+"""The statistics floor: a training-free candidate scored beside the autoencoders.
+
+No network: each pixel is described by a few local statistics, Gaussians are fitted to them
+over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis distance.
+
+1. Each image is standardised per channel by its own mean and standard deviation, so that a
+   brighter or darker exposure of the same surface is no anomaly (``normalize``).
+2. Features, per channel and box window w (odd, pixels at the input resolution): local mean,
+   local standard deviation and local mean Sobel gradient magnitude over w x w. By default
+   the windows scale with the image: 1/16, 1/8 and 1/4 of its side rounded down to odd
+   (7, 15, 31 at 128 px). D = 3 x len(windows) x C features.
+3. Statistics, by ``variant`` (:data:`FLOOR_VARIANTS`):
+
+   - ``"positional"``: one Gaussian per cell of a ``grid`` x ``grid`` partition (2 x 2 px
+     cells at 128 px), for aligned objects such as registered solar cells.
+   - ``"global"``: one Gaussian over all pixels, shift-invariant, for textures.
+
+   Means and covariances are accumulated over every training pixel in batches, in float64,
+   without subsampling or randomness, and shrunk: ``cov + shrinkage * trace(cov) / D * I``.
+4. Map: the Mahalanobis distance of each pixel (in standard deviations), resized to
+   ``eval_size`` and smoothed by a Gaussian of ``smooth_sigma`` eval pixels.
+5. Image score: the peak of the map after a ``score_window`` x ``score_window`` mean filter,
+   so that no single hot pixel decides an image.
+
+The defaults were chosen on the pseudo-labelled validation sets of the synthetic carpet,
+magnetic_tile and ELPV mono and poly (``experiments/floor_variants.py``).
+
+One module because the features, the fitted cells and the saved files must agree exactly
+(feature order, cell layout, shrinkage redone on load); apart, each would reach into the
+others' internals.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.normal(0.5, 0.05, (8, 64, 64, 1)).clip(0, 1).astype(np.float32)
+    >>> test = train[:2].copy(); test[1, 20:28, 20:28] = 1.0
+    >>> result = StatisticsFloor(eval_size=64).fit(train).score(test)
+    >>> result.maps.shape, bool(result.scores[1] > result.scores[0])
+    ((2, 64, 64), True)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from anomaly_utils.artifacts import load_npz, read_json, save_npz, write_json
+from anomaly_utils.errors import ArtifactError, LabError, ParameterError
+from anomaly_utils.scoring.stored import ScoreResult
+
+FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
+WINDOW_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # default windows, as fractions of the image side
+DEFAULT_SMOOTH_SIGMA = 2.0
+DEFAULT_SCORE_WINDOW = 5
+DEFAULT_GRID = 64
+DEFAULT_SHRINKAGE = 0.001
+_FORMAT = 1
+_CONFIG_FILE = "statistics_floor.json"
+_ARRAYS_FILE = "statistics_floor.npz"
+_BATCH_PIXELS = 1 << 20  # image pixels per batch: the features take 4 x D bytes each
+_MIN_STD = 0.01  # floor of an image's standard deviation when standardising it
+
+
+def default_windows(side: int) -> tuple[int, ...]:
+    """The default box windows for images of ``side`` pixels: :data:`WINDOW_FRACTIONS` of the
+    side, rounded down to odd, at least 1, without repeats.
+
+    Example:
+        >>> default_windows(128), default_windows(256), default_windows(20)
+        ((7, 15, 31), (15, 31, 63), (1, 3))
+    """
+    return tuple(sorted({max(1, 2 * int(side * f / 2) - 1) for f in WINDOW_FRACTIONS}))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, fix: str, odd: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
+            or (odd and value % 2 == 0):
+        what = "an odd integer" if odd else "an integer"
+        raise ParameterError(f"{name} must be {what} >= {low}, got {value!r}", fix=fix)
+    return int(value)
+
+
+def _check_windows(windows: Any) -> tuple[int, ...] | None:
+    if windows is None:
+        return None
+    fix = "pass odd box sizes in pixels such as (7, 15, 31), or None for the default"
+    if isinstance(windows, (int, np.integer, str)) or not isinstance(windows, Sequence) \
+            or not windows:
+        raise ParameterError(f"windows must be a non-empty tuple of odd box sizes, got "
+                             f"{windows!r}", fix=fix)
+    windows = tuple(_check_int("each of windows", w, 1, fix, odd=True) for w in windows)
+    if len(set(windows)) != len(windows):
+        raise ParameterError(f"windows repeats a size: {windows}", fix="list each size once")
+    return windows
+
+
+def as_unit_images(images: Any, name: str = "images") -> np.ndarray:
+    """Check and convert images to float32 (N, H, W, C) in [0, 1].
+
+    Args:
+        images: (N, H, W, C) with C = 1 or 3 and N >= 1; uint8, or float in [0, 1].
+        name: the argument's name in the error messages.
+
+    Raises:
+        ParameterError: another shape, dtype or range, naming ``name``.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ParameterError(
+            f"{name} must be shaped (N, H, W, C) with C = 1 (grayscale) or 3 (RGB), got "
+            f"{images.shape}", fix="stack the images along axis 0; give grayscale images a "
+            "channel axis with images[..., None]")
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise ParameterError(f"{name} holds no images or no pixels (shape {images.shape})",
+                             fix="pass at least one image")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ParameterError(f"{name} has dtype {images.dtype}",
+                             fix="pass uint8 images, or float images scaled to [0, 1]")
+    images = images.astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise ParameterError(f"{name} holds NaN or infinite values",
+                             fix="pass finite images in [0, 1]")
+    if images.min() < 0 or images.max() > 1:
+        raise ParameterError(f"{name} must be in [0, 1], got values in "
+                             f"[{images.min()}, {images.max()}]",
+                             fix="divide uint8 images by 255 (or pass them as uint8)")
+    return images
+
+
+def _edges(size: int, cells: int) -> np.ndarray:
+    """Boundaries of ``cells`` near-equal cells along an axis of ``size`` pixels."""
+    return np.linspace(0, size, cells + 1).round().astype(int)
+
+
+class StatisticsFloor:
+    """Local statistics, Gaussians over the training pixels, Mahalanobis distance.
+
+    See the module docstring for the method. Fit on defect-free images, then score images of
+    the same size and colour mode.
+
+    Args:
+        variant: ``"positional"`` (one Gaussian per grid cell) or ``"global"`` (one for all
+            pixels); see :data:`FLOOR_VARIANTS`.
+        windows: odd box sizes, pixels at the input resolution; ``None``:
+            :func:`default_windows` of the training images' shorter side.
+        eval_size: side of the returned maps, pixels.
+        smooth_sigma: Gaussian smoothing of the maps, eval pixels (0 = none).
+        score_window: odd side of the mean filter before the peak, eval pixels (1 = the peak
+            pixel itself).
+        grid: cells per side of the positional variant, at most one per pixel (the global
+            variant has one cell).
+        normalize: standardise each image per channel before the features.
+        shrinkage: covariance shrinkage towards the mean variance, in (0, 1].
+    """
+
+    def __init__(self, variant: str = "positional", windows: Sequence[int] | None = None,
+                 eval_size: int = 128, smooth_sigma: float = DEFAULT_SMOOTH_SIGMA,
+                 score_window: int = DEFAULT_SCORE_WINDOW, grid: int = DEFAULT_GRID,
+                 normalize: bool = True, shrinkage: float = DEFAULT_SHRINKAGE):
+        for ok, message, fix in (
+            (variant in FLOOR_VARIANTS, f"variant {variant!r} is not known",
+             f"use one of {', '.join(FLOOR_VARIANTS)}"),
+            (_is_number(smooth_sigma) and smooth_sigma >= 0, f"smooth_sigma must be a number "
+             f"of eval pixels >= 0, got {smooth_sigma!r}", f"use {DEFAULT_SMOOTH_SIGMA}"),
+            (isinstance(normalize, (bool, np.bool_)),
+             f"normalize must be True or False, got {normalize!r}", "pass normalize=True"),
+            (_is_number(shrinkage) and 0 < shrinkage <= 1,
+             f"shrinkage must be in (0, 1], got {shrinkage!r}", f"use {DEFAULT_SHRINKAGE}")):
+            if not ok:
+                raise ParameterError(message, fix=fix)
+        self.variant = variant
+        self.windows = _check_windows(windows)
+        self.eval_size = _check_int("eval_size", eval_size, 1, "pass e.g. 128")
+        self.smooth_sigma = float(smooth_sigma)
+        self.score_window = _check_int("score_window", score_window, 1,
+                                       f"use {DEFAULT_SCORE_WINDOW}", odd=True)
+        self.grid = _check_int("grid", grid, 1, f"use {DEFAULT_GRID}")
+        self.normalize = bool(normalize)
+        self.shrinkage = float(shrinkage)
+        # Set by fit (or load):
+        self.image_shape: tuple[int, int, int] | None = None  # (H, W, C) fitted on
+        self.used_windows: tuple[int, ...] | None = None  # windows, or the default's sizes
+        self.n_train = 0
+        self.mean: np.ndarray | None = None  # (GH, GW, D) float64
+        self.covariance: np.ndarray | None = None  # (GH, GW, D, D) float64, shrunk
+        self._raw_covariance: np.ndarray | None = None  # before shrinkage, as saved
+        self._whiten: np.ndarray | None = None  # (GH, GW, D, D): z = (x - mean) @ whiten
+
+    # -- features ---------------------------------------------------------------------------
+
+    def features(self, images: np.ndarray, windows: Sequence[int]) -> np.ndarray:
+        """Per-pixel features of float32 (N, H, W, C) images in [0, 1].
+
+        Returns:
+            (N, H, W, 3 x len(windows) x C) float32: per channel and window, the local mean,
+            local standard deviation and local mean Sobel gradient magnitude, in units of the
+            standardised image when ``normalize`` (else of [0, 1] intensity).
+        """
+        n, height, width, channels = images.shape
+        out = np.empty((n, height, width, 3 * len(windows) * channels), np.float32)
+        border = cv2.BORDER_REFLECT
+        for i, image in enumerate(images):
+            if self.normalize:
+                image = (image - image.mean(axis=(0, 1))) / np.maximum(
+                    image.std(axis=(0, 1)), _MIN_STD)
+            k = 0
+            for c in range(channels):
+                plane = np.ascontiguousarray(image[..., c], dtype=np.float32)
+                square = plane * plane
+                gx = cv2.Sobel(plane, cv2.CV_32F, 1, 0, ksize=3, borderType=border)
+                gy = cv2.Sobel(plane, cv2.CV_32F, 0, 1, ksize=3, borderType=border)
+                # not cv2.magnitude: its result depends on the arrays' memory alignment
+                gradient = np.sqrt(gx * gx + gy * gy)
+                for w in windows:
+                    mean = cv2.blur(plane, (w, w), borderType=border)
+                    variance = cv2.blur(square, (w, w), borderType=border) - mean * mean
+                    out[i, ..., k] = mean
+                    out[i, ..., k + 1] = np.sqrt(np.maximum(variance, 0))
+                    out[i, ..., k + 2] = cv2.blur(gradient, (w, w), borderType=border)
+                    k += 3
+        return out
+
+    def _batches(self, images: np.ndarray,
+                 windows: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        step = max(1, _BATCH_PIXELS // (images.shape[1] * images.shape[2]))
+        for start in range(0, len(images), step):
+            yield start, self.features(images[start:start + step], windows)
+
+    def _grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        if self.variant == "global":
+            return 1, 1
+        return min(self.grid, height), min(self.grid, width)
+
+    def _cells(self, height: int, width: int) -> Iterator[tuple[int, int, slice, slice]]:
+        rows, cols = self._grid_shape(height, width)
+        row_edges, col_edges = _edges(height, rows), _edges(width, cols)
+        for i in range(rows):
+            for j in range(cols):
+                yield (i, j, slice(row_edges[i], row_edges[i + 1]),
+                       slice(col_edges[j], col_edges[j + 1]))
+
+    # -- fitting and scoring ----------------------------------------------------------------
+
+    def fit(self, train_images: np.ndarray) -> StatisticsFloor:
+        """Fit the Gaussians on defect-free images.
+
+        Args:
+            train_images: (N, H, W, C) uint8, or float in [0, 1]; C = 1 or 3; N >= 1.
+
+        Returns:
+            ``self``, fitted (refitting replaces the earlier fit).
+
+        Raises:
+            ParameterError: wrong shape, dtype or range; fewer than 2 pixels per cell.
+        """
+        images = as_unit_images(train_images, "train_images")
+        n, height, width, channels = images.shape
+        windows = self.windows or default_windows(min(height, width))
+        d = 3 * len(windows) * channels
+        grid = self._grid_shape(height, width)
+        shift = np.zeros((*grid, d))
+        total = np.zeros((*grid, d))
+        outer = np.zeros((*grid, d, d))
+        count = np.zeros(grid)
+        for start, feats in self._batches(images, windows):
+            for i, j, rows, cols in self._cells(height, width):
+                x = feats[:, rows, cols].reshape(-1, d).astype(np.float64)
+                if start == 0:  # centre on a first estimate, so the sums of squares stay exact
+                    shift[i, j] = x.mean(axis=0)
+                x -= shift[i, j]
+                total[i, j] += x.sum(axis=0)
+                outer[i, j] += x.T @ x
+                count[i, j] += len(x)
+        if count.min() < 2:
+            raise ParameterError(
+                f"train_images: {n} image(s) of {height}x{width} px give {int(count.min())} "
+                f"pixel per cell of the {grid[0]}x{grid[1]} grid; a covariance needs 2",
+                fix="pass more training images or a smaller grid")
+        mean = total / count[..., None]
+        raw_cov = (outer - count[..., None, None] * mean[..., :, None] * mean[..., None, :]) \
+            / (count[..., None, None] - 1)
+        self.image_shape, self.used_windows = (height, width, channels), windows
+        self._set(shift + mean, raw_cov, n)
+        return self
+
+    def _set(self, mean: np.ndarray, raw_cov: np.ndarray, n_train: int) -> None:
+        """Shrink the covariances and derive the whitening matrices (also on load, so that a
+        loaded floor computes exactly what the saved one did)."""
+        d = mean.shape[-1]
+        ridge = self.shrinkage * np.trace(raw_cov, axis1=-2, axis2=-1) / d
+        cov = raw_cov + np.maximum(ridge, 1e-12)[..., None, None] * np.eye(d)
+        chol = np.linalg.cholesky(cov)  # cov = L L^T, z = L^-1 (x - mean)
+        self.mean, self.covariance, self._raw_covariance = mean, cov, raw_cov
+        self._whiten = np.swapaxes(np.linalg.inv(chol), -1, -2)
+        self.n_train = int(n_train)
+
+    def _checked(self, images: Any) -> np.ndarray:
+        if self.mean is None:
+            raise LabError("the statistics floor is not fitted",
+                           fix="call fit(train_images) or StatisticsFloor.load(folder) first")
+        images = as_unit_images(images, "images")
+        if images.shape[1:] != self.image_shape:
+            raise ParameterError(
+                f"images are {images.shape[1:]} (H, W, C) but the floor was fitted on "
+                f"{self.image_shape}", fix="load them at the training images' size and "
+                "colour mode")
+        return images
+
+    def raw_maps(self, images: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each pixel at the input resolution, unsmoothed.
+
+        Args:
+            images: as for :meth:`score`.
+
+        Returns:
+            (N, H, W) float32, in standard deviations.
+        """
+        return self._raw_maps(self._checked(images))
+
+    def _raw_maps(self, images: np.ndarray) -> np.ndarray:
+        maps = np.empty(images.shape[:3], np.float32)
+        d = self.mean.shape[-1]
+        for start, feats in self._batches(images, self.used_windows):
+            stop = start + len(feats)
+            for i, j, rows, cols in self._cells(*images.shape[1:3]):
+                x = feats[:, rows, cols].astype(np.float64) - self.mean[i, j]
+                z = x.reshape(-1, d) @ self._whiten[i, j]
+                maps[start:stop, rows, cols] = np.sqrt(
+                    np.einsum("nd,nd->n", z, z)).reshape(x.shape[:3])
+        return maps
+
+    def score(self, images: np.ndarray) -> ScoreResult:
+        """Anomaly maps and image scores.
+
+        Args:
+            images: (N, H, W, C) uint8, or float in [0, 1], at the training images' size and
+                channels.
+
+        Returns:
+            :class:`ScoreResult`: ``scores`` (N,) float32 and ``maps`` (N, E, E) float32 with
+            E = ``eval_size``, both in standard deviations (Mahalanobis distance). The floor
+            reconstructs nothing: ``recons`` holds the input images, float32 (N, H, W, C) in
+            [0, 1], so that galleries show the image itself.
+        """
+        images = self._checked(images)
+        raw = self._raw_maps(images)
+        size, w = self.eval_size, self.score_window
+        maps = np.empty((len(raw), size, size), np.float32)
+        scores = np.empty(len(raw), np.float32)
+        for k, m in enumerate(raw):
+            if m.shape != (size, size):
+                shrink = size < min(m.shape)
+                m = cv2.resize(m, (size, size),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            if self.smooth_sigma > 0:
+                m = cv2.GaussianBlur(m, (0, 0), self.smooth_sigma, borderType=cv2.BORDER_REFLECT)
+            maps[k] = m
+            scores[k] = (cv2.blur(m, (w, w), borderType=cv2.BORDER_REFLECT) if w > 1 else m).max()
+        return ScoreResult(scores=scores, maps=maps, recons=images)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The settings, and what the floor was fitted on, as JSON values."""
+        listed = {k: None if v is None else list(v) for k, v in (
+            ("windows", self.windows), ("image_shape", self.image_shape),
+            ("used_windows", self.used_windows))}
+        return {"format": _FORMAT, "variant": self.variant, "eval_size": self.eval_size,
+                "smooth_sigma": self.smooth_sigma, "score_window": self.score_window,
+                "grid": self.grid, "normalize": self.normalize, "shrinkage": self.shrinkage,
+                "n_train": self.n_train, **listed}
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write ``statistics_floor.npz`` (means and covariances), then
+        ``statistics_floor.json`` (settings) into ``folder``, each atomically, without pickle.
+        """
+        if self.mean is None:
+            raise LabError("the statistics floor is not fitted", fix="call fit(train_images)")
+        folder = Path(folder)
+        save_npz(folder / _ARRAYS_FILE, mean=self.mean, raw_covariance=self._raw_covariance)
+        write_json(folder / _CONFIG_FILE, self.config())
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> StatisticsFloor:
+        """Read a floor written by :meth:`save`; it gives the saved floor's maps exactly.
+
+        Raises:
+            ArtifactError: a file is missing or corrupt, or the two do not match.
+        """
+        folder = Path(folder)
+        config = read_json(folder / _CONFIG_FILE)
+        arrays = load_npz(folder / _ARRAYS_FILE)
+        try:
+            if config.pop("format") != _FORMAT:
+                raise ValueError("another format")
+            shape, used, n_train = (config.pop(k) for k in ("image_shape", "used_windows",
+                                                             "n_train"))
+            floor = cls(**config)
+            floor.image_shape, floor.used_windows = tuple(shape), tuple(used)
+            mean, raw_cov = arrays["mean"], arrays["raw_covariance"]
+            d = 3 * len(floor.used_windows) * floor.image_shape[2]
+            grid = floor._grid_shape(*floor.image_shape[:2])
+            if mean.shape != (*grid, d) or raw_cov.shape != (*grid, d, d):
+                raise ValueError(f"arrays shaped {mean.shape} and {raw_cov.shape} for a "
+                                 f"{grid} grid of {d} features")
+            floor._set(mean, raw_cov, n_train)
+        except (KeyError, TypeError, ValueError, AttributeError, np.linalg.LinAlgError,
+                ParameterError) as exc:
+            raise ArtifactError(f"'{folder}' does not hold a statistics floor this lab can read "
+                                f"({type(exc).__name__}: {exc})",
+                                fix="fit the floor again and save it") from exc
+        return floor
