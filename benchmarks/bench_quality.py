@@ -39,13 +39,13 @@ class DevelopmentSet:
     options: tuple[str, ...] = ()
 
 
-SETS = (
-    DevelopmentSet("carpet", ROOT / "data" / "synthetic_carpet"),
-    DevelopmentSet("magnetic_tile", SHARED / "magnetic_tile"),
+SETS = (  # the real sets first: they take longest to look at
     DevelopmentSet("elpv_mono", ROOT / "data" / "elpv" / "mono",
                    ("-p", "allow_missing_masks", "True")),
     DevelopmentSet("elpv_poly", ROOT / "data" / "elpv" / "poly",
                    ("-p", "allow_missing_masks", "True")),
+    DevelopmentSet("magnetic_tile", SHARED / "magnetic_tile"),
+    DevelopmentSet("carpet", ROOT / "data" / "synthetic_carpet"),
 )
 
 

@@ -1,4 +1,5 @@
-"""Tests for the DRAEM-style training anomalies (anomaly_utils.data.training_anomalies)."""
+"""Tests for the DRAEM-style training anomalies (anomaly_utils.data.training_anomalies) and the
+real-defect-like fills beside them (anomaly_utils.data.training_fills)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ from anomaly_utils.data.training_anomalies import (
     perlin_mask,
     perlin_noise,
 )
+from anomaly_utils.data.training_fills import (
+    FILLS,
+    MIN_SPREAD,
+    blur_fill,
+    crack_fill,
+    gradient_fill,
+    texture_fill,
+)
 from anomaly_utils.errors import ParameterError
+
+NEW_FILLS = ("gradient", "crack", "blur", "texture")
 
 
 def _textures(n: int, side: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -243,6 +254,141 @@ def test_add_training_anomaly_alone():
     assert out.shape == (32, 32, 1) and out.dtype == np.float32 and mask.shape == (32, 32)
     np.testing.assert_array_equal(out[~mask], _as_unit(image)[~mask])
     assert mask.any()
+
+
+# --- the real-defect-like fills (training_fills) ---------------------------------------------
+
+def test_every_fill_has_a_name_and_the_new_ones_are_not_in_the_default():
+    assert set(FILLS) <= set(FILL_KINDS) and set(NEW_FILLS) <= set(FILLS)
+    assert len(set(FILL_KINDS)) == len(FILL_KINDS)
+    assert not set(NEW_FILLS) & set(make_training_anomalies.__kwdefaults__["fills"])
+
+
+@pytest.mark.parametrize("fill", NEW_FILLS)
+def test_new_fills_are_seeded_and_opacity_does_not_weaken_them(fill):
+    images = _textures(8, side=48, seed=7)
+    a = make_training_anomalies(images, None, 11, clean_fraction=0.0, fills=(fill,))
+    b = make_training_anomalies(images, None, 11, clean_fraction=0.0, fills=(fill,))
+    c = make_training_anomalies(images, None, 12, clean_fraction=0.0, fills=(fill,))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    # the fill is written at full strength: the opacity range does not enter
+    d = make_training_anomalies(images, None, 11, clean_fraction=0.0, fills=(fill,),
+                                opacity=(0.7, 0.7))
+    np.testing.assert_array_equal(a[0], d[0])
+
+
+@pytest.mark.parametrize("side", [32, 64, 128])
+def test_crack_mask_is_a_thin_small_line_of_one_sign(side):
+    """A 4x4 erosion (pixels outside the image count as background) removes every crack; at
+    64 px it covers under 10 % of the image; widths above 1 px occur; the change has one sign
+    and is 0.6 * 0.5 to 2 image spreads."""
+    rng = np.random.default_rng(side)
+    wide = 0
+    for _ in range(150):
+        image = rng.uniform(0.3, 0.7, (side, side, 1)).astype(np.float32)
+        fill, mask = crack_fill(image, np.zeros((side, side), bool), rng)
+        line = mask.astype(np.uint8)
+        assert mask.any()
+        assert not cv2.erode(line, np.ones((4, 4), np.uint8), borderValue=0).any()
+        wide += bool(cv2.erode(line, np.ones((2, 2), np.uint8), borderValue=0).any())
+        if side == 64:
+            assert mask.mean() < 0.1
+        change = (fill - image)[mask]
+        spread = max(float(image.std()), MIN_SPREAD)
+        # values near 0.3 / 0.7 may clip only beyond the range of the draw
+        assert (change < 0).all() or (change > 0).all(), "a crack both darkens and brightens"
+        assert 0.3 * spread - 1e-6 <= np.abs(change).max() <= 2 * spread + 1e-6
+    assert 20 < wide < 140, "cracks are all one pixel wide, or all wider"
+
+
+def test_cracks_are_lines_not_dots():
+    """The main walk is 0.3-0.9 of the side long and starts heading inwards: the mask
+    usually reaches across a quarter of the side, and fills little of its bounding box."""
+    rng = np.random.default_rng(3)
+    extents = []
+    for _ in range(80):
+        _, mask = crack_fill(np.full((64, 64, 3), 0.5, np.float32), None, rng)
+        ys, xs = np.nonzero(mask)
+        extents.append(max(np.ptp(ys), np.ptp(xs)) + 1)
+        assert extents[-1] < 16 or mask.sum() < 0.6 * (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+    assert np.median(extents) >= 16 and np.mean(np.array(extents) < 8) < 0.1
+
+
+def test_gradient_is_a_large_smooth_one_signed_change_measured_in_the_spread():
+    images = 0.4 + 0.2 * _textures(60, side=64, seed=6)
+    for i, image in enumerate(images):
+        fill, mask = gradient_fill(image, np.zeros((64, 64), bool), np.random.default_rng(i))
+        change = (fill - image)[..., 0]
+        peak = np.abs(change[mask]).max()
+        spread = max(float(image.std()), MIN_SPREAD)
+        assert 0.09 < mask.mean() < 0.51
+        assert (change[mask] > 0).all() or (change[mask] < 0).all()
+        assert 0.25 * spread - 1e-6 <= peak <= 2 * spread + 1e-6
+        np.testing.assert_allclose(fill[..., 1:], fill[..., :1] + image[..., 1:] - image[..., :1],
+                                   atol=1e-6)  # the same change in every channel
+        # smooth: between neighbours inside the region the change moves little
+        steps = np.abs(np.diff(change, axis=1))[mask[:, 1:] & mask[:, :-1]]
+        assert steps.mean() < 0.15 * peak and steps.max() < 0.6 * peak
+
+
+def test_blur_keeps_the_region_mean_and_changes_its_sharpness():
+    images = 0.3 + 0.4 * _textures(40, side=64, seed=8)
+    blurred = sharpened = 0
+    for i, image in enumerate(images):
+        mask = perlin_mask((64, 64), np.random.default_rng(100 + i), (1, 2))
+        fill, same = blur_fill(image, mask, np.random.default_rng(i))
+        assert same is mask
+        np.testing.assert_allclose(fill[mask].mean(0), image[mask].mean(0), atol=0.01)
+        detail = np.abs(cv2.Laplacian(fill, cv2.CV_32F)).reshape(64, 64, -1)[mask].mean()
+        before = np.abs(cv2.Laplacian(image, cv2.CV_32F)).reshape(64, 64, -1)[mask].mean()
+        blurred += detail < 0.8 * before
+        sharpened += detail > 1.2 * before
+    assert blurred + sharpened == 40 and blurred > sharpened > 0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_texture_changes_the_texture_not_the_brightness(channels):
+    """Per channel the region's mean is kept within 0.01 and its standard deviation within
+    15 % (textures in [0.3, 0.7]: little clipping), while the pixels no longer follow the
+    image (median correlation under 0.3)."""
+    images = 0.3 + 0.4 * _textures(40, side=64, channels=channels, seed=9)
+    correlations = []
+    for i, image in enumerate(images):
+        mask = perlin_mask((64, 64), np.random.default_rng(200 + i), (1, 2))
+        if mask.sum() < 30:
+            continue
+        fill, same = texture_fill(image, mask, np.random.default_rng(i))
+        assert same is mask
+        before, after = image[mask], fill[mask]
+        np.testing.assert_allclose(after.mean(0), before.mean(0), atol=0.01)
+        target = np.maximum(before.std(0), MIN_SPREAD)
+        np.testing.assert_allclose(after.std(0), target, rtol=0.15)
+        correlations.append(abs(np.corrcoef(before[:, 0], after[:, 0])[0, 1]))
+    assert len(correlations) > 20 and np.median(correlations) < 0.3
+
+
+def test_texture_on_a_flat_image_has_the_minimum_spread():
+    image = np.full((64, 64, 1), 0.5, np.float32)
+    mask = np.zeros((64, 64), bool)
+    mask[10:40, 5:50] = True
+    fill, _ = texture_fill(image, mask, np.random.default_rng(0))
+    assert abs(fill[mask].mean() - 0.5) < 1e-3 and abs(fill[mask].std() - MIN_SPREAD) < 3e-3
+
+
+def test_old_fills_draw_the_same_as_before_the_new_ones_existed():
+    """Adding fills must not change what DRAEM's fills and shading draw under a seed (runs
+    stay reproducible): a fingerprint of one batch per fill, taken before the change."""
+    images = np.rint(_textures(6, side=32, seed=10) * 255).astype(np.uint8)
+    sums = {}
+    for fill in ("image", "noise", "colour", "shading"):
+        out, masks = make_training_anomalies(images, None, 5, clean_fraction=0.3, fills=(fill,))
+        sums[fill] = (float(out.sum()), int(masks.sum()))
+    before = {"image": (9159.34, 353), "noise": (9195.36, 350), "colour": (9178.56, 267),
+              "shading": (9162.92, 386)}
+    for fill, (total, area) in before.items():
+        assert sums[fill][1] == area and sums[fill][0] == pytest.approx(total, abs=0.01)
 
 
 # --- arguments --------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ corrupted on the fly, with the corruption's mask as its target:
    ``"noise"``, new Perlin noise rescaled to [0, 1], one map per channel; ``"colour"``, a flat
    colour, half the time with per-pixel jitter; ``"shading"`` (not DRAEM's), the image
    itself, brightness shifted by 0.05-0.3 and contrast scaled by 0.8-1.25: normal texture
-   at another level, like an unevenly ground region, which the other fills never make;
+   at another level, like an unevenly ground region; and, not in the default either, the
+   fills of :mod:`~anomaly_utils.data.training_fills` shaped like real defects:
+   ``"gradient"``, ``"crack"`` (each with its own mask), ``"blur"`` and ``"texture"``;
 4. :func:`add_training_anomaly`: ``out = image * (1 - m) + (1 - beta) * fill * m + beta *
-   image * m`` with the opacity beta drawn from ``opacity`` (DRAEM: [0, 0.8]; 0 for
-   ``"shading"``, whose shift draw is its strength). The mask returned is m itself, DRAEM's
-   target: every pixel the fill was blended into, even where fill and image agree;
+   image * m``, beta drawn from ``opacity`` (DRAEM: [0, 0.8]) for DRAEM's fills, 0 for the
+   others (their own draws set their strength). The mask returned is m, DRAEM's target:
+   every pixel the fill was blended into, even where fill and image agree;
 5. :func:`make_training_anomalies`: a batch, about ``clean_fraction`` of it left untouched
    with an empty mask (each sample clean with that probability, as in DRAEM).
 
@@ -45,10 +47,11 @@ import cv2
 import numpy as np
 from pyfastnoiselite.pyfastnoiselite import FastNoiseLite, NoiseType
 
+from anomaly_utils.data import training_fills
 from anomaly_utils.data.painting import blob_mask
 from anomaly_utils.errors import ParameterError
 
-FILL_KINDS: tuple[str, ...] = ("image", "noise", "colour", "shading")
+FILL_KINDS: tuple[str, ...] = ("image", "noise", "colour", *training_fills.FILLS)
 DRAEM_FILLS: tuple[str, ...] = ("image", "noise", "colour")  # the default: DRAEM's sources
 AUGMENTATIONS: tuple[str, ...] = ("gamma", "brightness", "sharpen", "hue", "solarize",
                                   "posterize", "invert", "autocontrast", "equalize")
@@ -254,14 +257,6 @@ def _colour_fill(shape: tuple[int, int, int], rng: np.random.Generator) -> np.nd
     return fill
 
 
-def _shading_fill(work: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """float32 (H, W, C) ``work``, contrast x0.8-1.25 about its mean, brightness +-0.05-0.3."""
-    mean = work.mean(dtype=np.float32)
-    gain = np.float32(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    shift = np.float32(rng.uniform(0.05, 0.3) * rng.choice((-1.0, 1.0)))
-    return np.clip((work - mean) * gain + mean + shift, 0, 1, dtype=np.float32)
-
-
 def _opacity(value: Sequence[float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
@@ -338,8 +333,8 @@ def _add(work: np.ndarray, rng: np.random.Generator, sources: np.ndarray | None,
     elif kind == "colour":
         fill = _colour_fill(work.shape, rng)
     else:
-        fill = _shading_fill(work, rng)
-    beta = np.float32(rng.uniform(*opacity)) if kind != "shading" else np.float32(0)
+        fill, mask = training_fills.FILLS[kind](work, mask, rng)
+    beta = np.float32(rng.uniform(*opacity)) if kind in DRAEM_FILLS else np.float32(0)
     work[mask] = (1 - beta) * fill[mask] + beta * work[mask]
     return np.clip(work, 0, 1, out=work), mask
 
