@@ -55,6 +55,12 @@ RUN_HERE = (MAKE_RUN, CHECK_DATA, OWN_DATA, PRESET, RERUN, RESUME, SWEEP, PAPERM
             MAKE_LAB)
 NOT_RUN = {
     MAKE_TEST: "it is the command that runs this suite",
+    ".venv/bin/python -m pip install elpv-dataset==1.0.0.post1": "downloads 90 MB; "
+        "tests/test_elpv.py runs the dataset command on a generated stand-in instead",
+    ".venv/bin/python -m anomaly_utils make-elpv data/elpv": "needs the elpv-dataset package; "
+        "tests/test_elpv.py runs it on a generated stand-in (--source)",
+    "make bench-quality": "runs the full defaults on four datasets (about an hour on 2 cores); "
+        "its parts are tested in tests/test_elpv.py and tests/test_selection.py",
     DOWNLOAD: "needs the network (the downloader is tested against archives served on "
               "loopback in test_download.py); data/carpet here is the tiny carpet instead",
 }
