@@ -346,4 +346,9 @@ def finished_run(fresh_root: Path, background: Background) -> Path:
     assert "ae2" in result.stdout and "img AUROC" in result.stdout  # the summary
     # The kernels' sockets are encrypted (pipeline.kernel_config), so ipykernel stays quiet.
     assert "without encryption" not in result.stderr, result.stderr[-3000:]
+    # The kernels' own C++ log lines (TensorFlow's E0000/I0000 notices) go to the run's logs,
+    # not the console.
+    assert not re.search(r"^[EIW]\d{4} ", result.stdout + result.stderr, flags=re.M), \
+        result.stderr[-3000:]
+    assert (run / "logs" / "03_train_ae2.stderr.log").is_file()
     return run

@@ -69,20 +69,47 @@ def software_info() -> dict:
             "git_dirty": None if status is None else bool(status)}
 
 
-def kernel_config():
+def kernel_config(stderr_log: str | os.PathLike | None = None):
     """traitlets configuration for the kernels that execute notebooks.
 
     The kernel's sockets are encrypted with CurveZMQ where the kernel supports it ("auto":
     ipykernel >= 7.3 declares it), which also stops ipykernel from warning on every
     notebook that it runs over TCP without encryption. Without CurveZMQ in pyzmq the
     configuration is empty and kernels start as before.
+
+    With ``stderr_log``, the kernel process's own standard error (what C++ libraries write
+    there directly, such as TensorFlow's ``E0000 ... remapper failed`` and oneDNN notices) is
+    appended to that file instead of the console, through :func:`kernel_manager_class`. What
+    a cell prints, errors and warnings included, still goes into the notebook.
     """
     import zmq
     from traitlets.config import Config
 
-    if not zmq.has("curve"):
-        return Config()
-    return Config({"KernelManager": {"transport_encryption": "auto"}})
+    config = Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has(
+        "curve") else Config()
+    if stderr_log is not None:
+        config["LoggedKernelManager"] = Config({"stderr_log": str(stderr_log)})
+    return config
+
+
+def kernel_manager_class():
+    """A Jupyter kernel manager whose kernels write their process's standard error to the
+    file named by its ``stderr_log`` setting (:func:`kernel_config`), not to the console."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode
+
+    class LoggedKernelManager(AsyncKernelManager):
+        stderr_log = Unicode("", config=True, help="file the kernel's stderr is appended to")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if self.stderr_log:
+                Path(self.stderr_log).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.stderr_log, "ab") as log:  # the child keeps its own copy
+                    kw["stderr"] = log
+                    return await super()._async_launch_kernel(kernel_cmd, **kw)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
 
 
 def environment_info(data_fingerprint: str | None) -> dict:

@@ -38,6 +38,7 @@ from anomaly_utils.pipeline.provenance import (
     data_fingerprint,
     environment_info,
     kernel_config,
+    kernel_manager_class,
 )
 from anomaly_utils.scoring.stored import CANDIDATES
 
@@ -79,6 +80,9 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
                      kernel_name: str | None = None) -> float:
     """Run one notebook with papermill into ``run_dir/<notebook>.ipynb``; return seconds.
 
+    What the kernel process writes to its standard error outside any cell (TensorFlow's C++
+    log lines) goes to ``run_dir/logs/<notebook>.stderr.log``, not the console.
+
     Raises:
         LabError: a cell failed; the message names the notebook and the cell, and the
             partially executed notebook stays at ``run_dir/<notebook>.ipynb``.
@@ -94,7 +98,9 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
         papermill.execute_notebook(
             str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
             cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
-            request_save_on_cell_execute=True, config=kernel_config(),
+            request_save_on_cell_execute=True,
+            config=kernel_config(run_dir.resolve() / "logs" / f"{notebook}.stderr.log"),
+            kernel_manager_class=kernel_manager_class(),
         )
     except PapermillExecutionError as exc:
         raise LabError(_failure_message(notebook, exc),
