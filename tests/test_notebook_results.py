@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from anomaly_utils.scoring.stored import CANDIDATES
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDING = 0.0055
 
@@ -47,8 +49,12 @@ def metrics_table() -> dict[str, list[float]]:
     return _table(_outputs("04_threshold_selection", "chosen, reports = "))
 
 
-@pytest.mark.parametrize("notebook,model,column", [("02_train_ae1", "AE-1", 0),
-                                                   ("03_train_ae2", "AE-2", 1)])
+# Notebook 04's tables have one column (or column pair) per candidate, in CANDIDATES order.
+AE1, AE2 = CANDIDATES.index("ae1"), CANDIDATES.index("ae2")
+
+
+@pytest.mark.parametrize("notebook,model,column", [("02_train_ae1", "AE-1", AE1),
+                                                   ("03_train_ae2", "AE-2", AE2)])
 def test_training_notebooks_print_the_report_numbers(notebook, model, column, metrics_table):
     printed = _outputs(notebook, "fig = plots.score_distributions")
     match = re.search(rf"{model} image AUROC (\d\.\d+), pixel AUROC (\d\.\d+)", printed)
@@ -66,7 +72,9 @@ def test_gallery_per_defect_table_matches_the_report():
     # columns and ae2's image and pixel AUROC, in that order.
     first_block = _table(gallery.split("\n\n")[0])
     assert set(first_block) == set(report)
-    for defect, (ae1_img, ae1_px, ae2_img, ae2_px) in report.items():
+    for defect, values in report.items():
+        ae1_img, ae1_px = values[2 * AE1:2 * AE1 + 2]
+        ae2_img, ae2_px = values[2 * AE2:2 * AE2 + 2]
         ours = first_block[defect]
         assert ours[0] == pytest.approx(ae1_img, abs=ROUNDING), defect
         assert ours[1] == pytest.approx(ae1_px, abs=ROUNDING), defect
@@ -77,7 +85,8 @@ def test_gallery_per_defect_table_matches_the_report():
 def test_readme_carpet_table_matches_the_committed_report(metrics_table):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Synthetic carpet, the defaults"):]
-    for column, label in ((0, "AE-1 (baseline)"), (1, "AE-2")):
+    for column, label in ((CANDIDATES.index("floor"), "statistics floor"),
+                          (AE1, "AE-1 (baseline)"), (AE2, "AE-2")):
         row = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
         image, pixel, aupro = float(cells[1].split()[0].strip("*")), float(cells[2]), \
