@@ -167,6 +167,30 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
+def check_replaceable(out: str | os.PathLike, overwrite: bool, marker: str, writer: str,
+                      overwrite_option: str) -> None:
+    """Refuse to write a generated dataset onto ``out`` unless it is absent, empty, or (with
+    ``overwrite``) a folder whose ``README.md`` holds ``marker``, i.e. one ``writer`` wrote.
+
+    Raises:
+        LabError: ``out`` is a file; it is not empty and ``overwrite`` is false; or it was not
+            written by ``writer``, so ``overwrite_option`` will not delete it.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LabError(f"'{out}' is a file", fix="choose a folder path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise LabError(f"'{out}' already exists and is not empty",
+                       fix=f"choose another folder or pass {overwrite_option}")
+    readme = out / "README.md"
+    if not readme.is_file() or marker not in readme.read_text(errors="replace"):
+        raise LabError(f"'{out}' is not empty and was not written by {writer}, so "
+                       f"{overwrite_option} will not delete it",
+                       fix="delete the folder yourself or choose another one")
+
+
 def replace_folder(partial: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move a completely written folder ``partial`` onto ``out``, replacing an old ``out``.
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomaly_utils.artifacts import replace_folder
-from anomaly_utils.errors import DataError, LabError, ParameterError
+from anomaly_utils.artifacts import check_replaceable, replace_folder
+from anomaly_utils.errors import DataError, ParameterError
 
 PACKAGE = "elpv-dataset==1.0.0.post1"  # the release this module was written against
 MODULE_TYPES: tuple[str, ...] = ("mono", "poly")
@@ -150,7 +150,8 @@ def write_elpv(dest: str | os.PathLike, source: str | os.PathLike | None = None,
     cells = read_labels(source)
     dest = Path(dest)
     for module_type in MODULE_TYPES:
-        _check_target(dest / module_type, overwrite)
+        check_replaceable(dest / module_type, overwrite, _README_MARKER, "make-elpv",
+                          "--overwrite")
     written = {}
     for module_type in MODULE_TYPES:
         groups = split_cells(cells, module_type, seed, test_fraction)
@@ -198,19 +199,6 @@ def _readme(groups: dict[str, list[Cell]], module_type: str, seed: int,
         f"SOURCES.tsv maps each file to the package's file and probability.\n\n"
         f"Please cite: {CITATION}\n")
 
-
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LabError(f"'{out}' is a file", fix="choose another --dest folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise LabError(f"'{out}' already exists and is not empty",
-                       fix="choose another --dest folder or pass --overwrite")
-    readme = out / "README.md"
-    if not readme.is_file() or _README_MARKER not in readme.read_text(errors="replace"):
-        raise LabError(f"'{out}' was not written by make-elpv, so --overwrite will not delete it",
-                       fix="delete the folder yourself or choose another --dest")
 
 
 def write_stand_in(out: str | os.PathLike, per_group: int = 4, size: int = 48,

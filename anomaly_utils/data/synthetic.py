@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomaly_utils.artifacts import replace_folder
+from anomaly_utils.artifacts import check_replaceable, replace_folder
 from anomaly_utils.data.painting import blob_mask, distance_to_curve, random_curve
 from anomaly_utils.errors import LabError, ParameterError
 
@@ -428,7 +428,7 @@ def generate_dataset(out_dir: str | os.PathLike, seed: int = 0, size: int = 256,
             f"got {defect_types!r}", fix="drop the unknown or repeated names")
 
     out = Path(out_dir)
-    _check_target(out, overwrite)
+    check_replaceable(out, overwrite, _README_MARKER, "generate_dataset", "overwrite=True")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
     try:
@@ -460,18 +460,3 @@ def _jobs(root: Path, seed: int, size: int, n_train: int, n_test_good: int, n_pe
         jobs += [(str(root), i, slot, seq, size)
                  for i, seq in enumerate(_image_seeds(seed, 2 + slot, n_per_defect))]
     return jobs
-
-
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LabError(f"out_dir '{out}' is a file", fix="choose a folder path")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise LabError(f"out_dir '{out}' already exists and is not empty",
-                       fix="choose another folder or pass overwrite=True")
-    readme = out / "README.md"
-    if not readme.is_file() or _README_MARKER not in readme.read_text(errors="replace"):
-        raise LabError(f"out_dir '{out}' is not empty and was not written by generate_dataset, "
-                       "so overwrite=True will not delete it",
-                       fix="delete the folder yourself or choose another one")
