@@ -1,29 +1,41 @@
-"""The lab's compute on another Keras backend: SSIM map, GMS loss and the AE-2 loss computed on
-JAX equal TensorFlow's, the SSIM map matches scikit-image on both, and the compute modules load
-no TensorFlow under JAX.
+"""The lab on another Keras backend: SSIM map, GMS loss and the AE-2 loss computed on JAX equal
+TensorFlow's, the SSIM map matches scikit-image on both, and the compute modules load no
+TensorFlow under JAX; training on JAX (the VAE resumed, the joint head, the refused
+strategies); the tiny notebook chain run on JAX; the run's ``--backend`` and its record.
 
-One JAX subprocess (CPU, one thread) does all the JAX work on inputs saved to an .npz and
+One JAX subprocess (CPU, one thread) does the compute work on inputs saved to an .npz and
 writes its results to another; this process computes the same on TensorFlow. The SSIM
 fixtures are those of tests/test_scoring.py, whose skimage comparison this extends to JAX.
+A second JAX subprocess trains; a third is the command line running the chain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import papermill
 import pytest
 import tensorflow as tf
 from scipy import ndimage
 
+from anomaly_utils.artifacts import read_json, write_json
+from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.losses import gms_loss, make_ae2_loss
 from anomaly_utils.models.similarity import ssim_map
+from anomaly_utils.pipeline import provenance
+from anomaly_utils.pipeline.parameters import NOTEBOOKS
+from anomaly_utils.pipeline.runs import create_run, run_pipeline
+from anomaly_utils.scoring.stored import CANDIDATES
+from tests.conftest import TINY
 from tests.test_scoring import TOL, noisy_copy, skimage_ssim_map, structured_pair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +52,11 @@ GRAD_RTOL = 1e-4
 BLENDS = {"default": (1.0, 0.0, 0.0), "blend": (0.6, 0.2, 0.2)}
 COMPUTE_MODULES = ("anomaly_utils.models.similarity", "anomaly_utils.models.losses",
                    "anomaly_utils.models.precision", "anomaly_utils.seeding")
+# A JAX process on one CPU thread.
+JAX_ENV = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+           "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
 
 JAX_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -118,9 +135,7 @@ def jax_run(tmp_path_factory) -> tuple[dict, dict[str, np.ndarray], dict[str, np
     inputs = _inputs()
     np.savez(folder / "inputs.npz", **inputs)
     script = (f"MODULES = {COMPUTE_MODULES!r}\nBLENDS = {BLENDS!r}\n" + JAX_SCRIPT)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **JAX_ENV}
     result = subprocess.run([sys.executable, "-c", script, str(folder / "inputs.npz"),
                              str(folder / "outputs.npz")], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
@@ -184,3 +199,266 @@ def test_mixed_precision_policy_follows_the_gpu(monkeypatch, capability, policy)
     assert precision._parse_capability("8.6") == (8, 6)
     assert precision._parse_capability((7, 5)) == (7, 5)
     assert precision._parse_capability("rocm") is None
+
+
+# --------------------------------------------------------------------------- training on JAX
+
+TRAINING_SCRIPT = textwrap.dedent("""
+    import json, sys, tempfile
+    from pathlib import Path
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from anomaly_utils.errors import ParameterError
+    from anomaly_utils.models.ae1 import build_ae1
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.models.segmentation_head import build_segmentation_head
+    from anomaly_utils.training.fit import fit_autoencoder
+    from anomaly_utils.training.head import fit_segmentation_head
+    from anomaly_utils.training.strategy import make_strategy
+
+    root = Path(sys.argv[1])
+    report = {"backend": keras.backend.backend(), "default": repr(make_strategy("default"))}
+    for name in ("mirrored", "multiworker"):
+        try:
+            make_strategy(name)
+        except ParameterError as exc:
+            report[name] = str(exc)
+    x = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+
+    def vae():
+        return build_ae1(16, latent_dim=8, variant="vae", encoder_filters=(8, 16, 32),
+                         decoder_filters=(16, 8), seed=3)
+
+    try:
+        fit_autoencoder(vae(), x, x, root / "m", epochs=1, learning_rate=1e-3, seed=0,
+                        strategy=tf.distribute.MirroredStrategy(["/cpu:0"]))
+    except ParameterError as exc:
+        report["fit_mirrored"] = str(exc)
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def fit_vae(folder, callbacks=()):
+        return fit_autoencoder(vae(), x[:8], x[8:], root / folder, epochs=4,
+                               learning_rate=1e-3, seed=7, batch_size=4, verbose=0,
+                               backup_overhead=1.0, callbacks=callbacks)
+
+    report["vae"] = fit_vae("vae")["history"]
+    try:
+        fit_vae("killed", [Kill()])
+    except KeyboardInterrupt:
+        report["backup"] = (root / "killed" / "backup").is_dir()
+    resumed = fit_vae("killed")
+    report["resumed"], report["initial_epoch"] = resumed["history"], resumed["initial_epoch"]
+    report["config_backend"] = json.loads((root / "vae" / "config.json").read_text())["backend"]
+    images = (x[8:] / 255).astype("float32")
+    model = resumed["model"]
+    a, b = (model.sample_reconstructions(images, 2, seed=s) for s in (1, 1))
+    c = model.sample_reconstructions(images, 2, seed=2)
+    report["samples"] = {"shape": list(a.shape), "same_seed": bool(np.array_equal(a, b)),
+                         "other_seed": bool(np.array_equal(a, c)),
+                         "finite": bool(np.isfinite(a).all())}
+    head = fit_segmentation_head(
+        build_ae2(32, 3, 4, widths=[4] * 8, bottleneck="spatial"),
+        build_segmentation_head(3, (4, 8)), np.repeat(np.repeat(x, 2, 1), 2, 2),
+        root / "head", patch_size=32, epochs=1, patches_per_epoch=16, batch_size=8,
+        learning_rate=1e-3, seed=0, training="joint")
+    report["joint"] = {k: v for k, v in head["history"].items() if k.endswith("loss")}
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def jax_training(tmp_path_factory) -> dict:
+    """What the training subprocess on JAX reports."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
+    folder = tmp_path_factory.mktemp("jax_training")
+    result = subprocess.run([sys.executable, "-c", TRAINING_SCRIPT, str(folder)], cwd=ROOT,
+                            env={**os.environ, **JAX_ENV}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_tf_distribute_strategies_are_refused_on_jax_and_default_is_one_device(jax_training):
+    assert jax_training["backend"] == "jax" and jax_training["default"] == "None"
+    for name in ("mirrored", "multiworker"):
+        message = jax_training[name]
+        assert f"strategy '{name}'" in message and "'jax'" in message
+        assert "-p ae1.strategy default" in message and "--backend tensorflow" in message
+    assert "strategy 'MirroredStrategy'" in jax_training["fit_mirrored"]
+
+
+@pytest.mark.slow
+def test_the_vae_trains_resumes_and_samples_on_jax(jax_training):
+    vae, resumed = jax_training["vae"], jax_training["resumed"]
+    assert jax_training["config_backend"] == "jax"
+    assert jax_training["backup"] and jax_training["initial_epoch"] == 2
+    # The noise of each step is keyed on (seed, step): the resumed run draws what the
+    # uninterrupted one drew, so the losses agree to the bit.
+    for key in ("loss", "val_loss", "kl_loss"):
+        assert resumed[key] == vae[key], key
+    assert all(np.isfinite(vae["loss"])) and vae["loss"][-1] < vae["loss"][0]
+    assert jax_training["samples"] == {"shape": [2, 4, 16, 16, 3], "same_seed": True,
+                                       "other_seed": False, "finite": True}
+
+
+@pytest.mark.slow
+def test_the_joint_head_trains_on_jax(jax_training):
+    joint = jax_training["joint"]
+    assert {"loss", "mask_loss", "reconstruction_loss"} <= set(joint)
+    assert all(np.isfinite(v).all() for v in joint.values())
+
+
+# --------------------------------------------------------------------------- the chain on JAX
+
+# Every model trains one epoch: enough to run every cell of every notebook.
+JAX_CHAIN = {**TINY, "epochs": "1", "ae2.epochs": "1", "head_epochs": "1"}
+
+
+@pytest.mark.chain
+def test_the_tiny_chain_runs_under_keras_backend_jax(tiny_data, tmp_path):
+    """``python -m anomaly_utils run`` with ``KERAS_BACKEND=jax`` (TensorFlow installed, its
+    tf.data pipelines feeding JAX): every notebook completes, every candidate is scored."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
+    pairs = [a for name, value in JAX_CHAIN.items() for a in ("-p", name, value)]
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly_utils", "run", "--data-dir", str(tiny_data),
+         "--runs-dir", str(tmp_path), "--run-id", "jax", "--quiet", *pairs],
+        cwd=ROOT, env={**os.environ, **JAX_ENV}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    run = tmp_path / "jax"
+    status = read_json(run / "status.json")
+    assert {nb: status[nb]["state"] for nb in status} == dict.fromkeys(NOTEBOOKS, "completed")
+    metrics = read_json(run / "metrics.json")
+    assert CANDIDATES == ("floor", "ae1", "ae2")
+    for candidate in CANDIDATES:
+        assert 0.0 <= metrics[candidate]["image_auroc"] <= 1.0, candidate
+    backend = read_json(run / "env.json")["backend"]
+    assert backend["name"] == "jax" and backend["set_by"] == "KERAS_BACKEND"
+    assert backend["version"] == backend["packages"]["jax"] == metadata.version("jax")
+    for model in ("ae1", "ae2", "ae2/head"):  # the kernels trained on JAX
+        assert read_json(run / model / "config.json")["backend"] == "jax", model
+
+
+# --------------------------------------------------------------------------- --backend
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    from tests.test_data import make_dataset
+
+    return make_dataset(tmp_path / "data")
+
+
+def _clean_backend_environment(monkeypatch, tmp_path, keras_json=None):
+    """No KERAS_BACKEND, and a Keras home holding ``keras_json`` (or nothing)."""
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    if keras_json is not None:
+        (home / "keras.json").write_text(json.dumps(keras_json))
+    monkeypatch.setenv("KERAS_HOME", str(home))
+
+
+@pytest.mark.parametrize(("requested", "environment", "keras_json", "expected"), [
+    ("jax", "tensorflow", {"backend": "tensorflow"}, ("jax", "--backend")),
+    (None, "jax", {"backend": "tensorflow"}, ("jax", "KERAS_BACKEND")),
+    (None, None, {"backend": "jax"}, ("jax", "keras.json")),
+    (None, "", {"floatx": "float32"}, ("tensorflow", "default")),
+    (None, None, None, ("tensorflow", "default")),
+])
+def test_the_backend_is_found_as_keras_finds_it(monkeypatch, tmp_path, requested, environment,
+                                                keras_json, expected):
+    _clean_backend_environment(monkeypatch, tmp_path, keras_json)
+    if environment is not None:
+        monkeypatch.setenv("KERAS_BACKEND", environment)
+    record = provenance.keras_backend(requested)
+    assert (record["name"], record["set_by"]) == expected
+    assert record["packages"]["keras"] == metadata.version("keras")
+    assert set(record["packages"]) == set(provenance.BACKEND_PACKAGES)
+
+
+def test_unknown_and_missing_backends_are_refused(monkeypatch, tmp_path):
+    _clean_backend_environment(monkeypatch, tmp_path, {"backend": "numpy"})
+    with pytest.raises(ParameterError, match=r"'numpy' \(from keras.json\).*--backend"):
+        provenance.keras_backend()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ParameterError, match=r"'torch' \(from --backend\) needs the package"):
+        provenance.keras_backend("torch")
+
+
+def test_a_run_records_its_backend_and_refuses_tf_distribute_on_another(small_data, tmp_path):
+    create_run({"data_dir": str(small_data)}, tmp_path / "run", backend="jax")
+    env = read_json(tmp_path / "run" / "env.json")
+    assert env["backend"]["name"] == "jax" and env["backend"]["set_by"] == "--backend"
+    assert provenance.recorded_backend(tmp_path / "run") == "jax"
+    with pytest.raises(ParameterError, match=r"strategy 'mirrored'.*'jax'.*--backend tensorflow"):
+        create_run({"data_dir": str(small_data), "ae2.strategy": "mirrored"},
+                   tmp_path / "mirrored", backend="jax")
+    assert not (tmp_path / "mirrored").exists()  # refused before the folder was made
+    create_run({"data_dir": str(small_data), "ae2.strategy": "mirrored"},
+               tmp_path / "tensorflow", backend="tensorflow")
+
+
+def test_a_resumed_run_keeps_its_backend(small_data, tmp_path, monkeypatch):
+    create_run({"data_dir": str(small_data)}, tmp_path / "run", backend="jax")
+    with pytest.raises(ParameterError, match=r"started on the Keras backend 'jax'.*"
+                                             r"--backend tensorflow cannot apply"):
+        run_pipeline({}, run_id="run", runs_dir=tmp_path, resume=True, backend="tensorflow")
+    # The kernels of a resume run on the run's backend, whatever KERAS_BACKEND says.
+    ran = []
+
+    def fake_papermill(input_path, output_path, config=None, **kwargs):
+        ran.append((Path(output_path).stem, config["LoggedKernelManager"].get("keras_backend")))
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_papermill)
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    log = []
+    run_pipeline({}, run_id="run", runs_dir=tmp_path, resume=True, until="01", log=log.append)
+    assert ran == [(NOTEBOOKS[0], "jax")]
+    assert any("continues on it (KERAS_BACKEND=tensorflow applies to new runs only)" in line
+               for line in log)
+    assert not any(line.startswith("warning") for line in log)  # same packages
+    # The backends' packages are compared on resume like the others.
+    env = read_json(tmp_path / "run" / "env.json")
+    env["backend"]["packages"]["jax"] = "0.0.1"
+    write_json(tmp_path / "run" / "env.json", env)
+    log.clear()
+    run_pipeline({}, run_id="run", runs_dir=tmp_path, resume=True, until="01", log=log.append)
+    warning = next(line for line in log if line.startswith("warning"))
+    assert f"jax 0.0.1 -> {metadata.version('jax')}" in warning
+    assert set(read_json(tmp_path / "run" / "env.json")["resumes"][-1]["differences"]) == {
+        "packages"}
+    # A run from before backends were recorded takes --backend (else the environment's).
+    env = read_json(tmp_path / "run" / "env.json")
+    del env["backend"]
+    write_json(tmp_path / "run" / "env.json", env)
+    ran.clear()
+    run_pipeline({}, run_id="run", runs_dir=tmp_path, resume=True, backend="jax",
+                 log=lambda *_: None)
+    assert ran == [(notebook, "jax") for notebook in NOTEBOOKS[1:]]
+
+
+def test_kernels_run_on_the_backend_they_are_given(monkeypatch):
+    from jupyter_client.manager import AsyncKernelManager
+
+    seen = {}
+
+    async def launch(self, kernel_cmd, **kw):
+        seen.update(kw)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_launch_kernel", launch)
+    manager = provenance.kernel_manager_class()(
+        config=provenance.kernel_config(keras_backend="jax"))
+    asyncio.run(manager._async_launch_kernel(["python"], env={"KERAS_BACKEND": "tensorflow",
+                                                               "OTHER": "1"}))
+    assert seen["env"] == {"KERAS_BACKEND": "jax", "OTHER": "1"}

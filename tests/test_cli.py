@@ -69,6 +69,8 @@ def test_skip_unreadable_lists_the_skipped_files(tmp_path: Path):
     (["-p", "ae2.bottleneck", "unet"], ["'head'", "unet", "head none"]),
     (["-p", "no_such_knob", "1"], ["'no_such_knob' is not declared", "02_train_ae1"]),
     (["-p", "zz.epochs", "1"], ["unknown scope 'zz'"]),
+    (["--backend", "jax", "-p", "ae2.strategy", "mirrored"],
+     ["strategy 'mirrored'", "'jax'", "-p ae1.strategy default", "--backend tensorflow"]),
 ])
 def test_bad_parameters_fail_before_any_run(tmp_path: Path, params, fragments, capsys):
     # In this process (the CLI's own entry point, main): the checks need no subprocess, and
@@ -81,6 +83,27 @@ def test_bad_parameters_fail_before_any_run(tmp_path: Path, params, fragments, c
     assert_clean_error(subprocess.CompletedProcess([], code, captured.out, captured.err),
                        *fragments)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_backend_is_one_of_the_three_keras_backends(command: str):
+    result = cli(command, "--backend", "numpy")
+    assert result.returncode == 2 and "invalid choice: 'numpy'" in result.stderr
+    assert all(f"'{name}'" in result.stderr for name in ("tensorflow", "jax", "torch"))
+
+
+def test_a_resume_refuses_another_backend_than_the_runs(tmp_path: Path, capsys):
+    from anomaly_utils.pipeline.cli import main
+    from anomaly_utils.pipeline.runs import create_run
+
+    create_run({"data_dir": str(make_dataset(tmp_path / "cat"))}, tmp_path / "runs" / "r",
+               backend="jax")
+    code = main(["run", "--resume", "r", "--runs-dir", str(tmp_path / "runs"),
+                 "--backend", "tensorflow"])
+    captured = capsys.readouterr()
+    assert_clean_error(subprocess.CompletedProcess([], code, captured.out, captured.err),
+                       "run 'r' started on the Keras backend 'jax'", "--backend tensorflow",
+                       "drop --backend")
 
 
 def test_run_refuses_a_missing_data_dir_before_creating_the_run(tmp_path: Path):

@@ -144,6 +144,65 @@ def test_vae_call_decodes_the_mean_and_samples_vary_with_seed():
     assert not np.array_equal(samples[0], samples[1])
 
 
+class _GradientTapeVAE(VariationalAutoencoder):
+    """The VAE's training as it was written for TensorFlow alone: a GradientTape step with
+    noise keyed on (seed, optimizer.iterations), validation on (seed, -1). The reference for
+    the backend-neutral ``compute_loss``: on TensorFlow both must give the same bits."""
+
+    def _reference_elbo(self, x, y, noise_seed, training):
+        mean, log_var = self.encoder(x, training=training)
+        eps = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=mean.dtype)
+        recon = self.decoder(mean + tf.exp(0.5 * log_var) * eps, training=training)
+        reconstruction = tf.reduce_sum(tf.square(tf.cast(y, recon.dtype) - recon), [1, 2, 3])
+        kl = -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mean) - tf.exp(log_var), axis=-1)
+        loss = tf.reduce_mean(reconstruction + kl)
+        for tracker, value in zip(self.metrics, (loss, tf.reduce_mean(reconstruction),
+                                                 tf.reduce_mean(kl)), strict=True):
+            tracker.update_state(value)
+        return loss
+
+    def train_step(self, data):
+        x, y = data
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        with tf.GradientTape() as tape:
+            loss = self._reference_elbo(x, y, tf.stack([tf.constant(self.seed, tf.int64), step]),
+                                        True)
+        self.optimizer.apply(tape.gradient(loss, self.trainable_weights), self.trainable_weights)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y = data
+        self._reference_elbo(x, y, tf.constant([self.seed, -1], tf.int64), False)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def test_vae_compute_loss_equals_the_tensorflow_gradient_tape_step_bit_for_bit():
+    x = _smooth_images(8, 16, 3)
+
+    def build(cls):
+        model = build_ae1(16, latent_dim=8, variant="vae", encoder_filters=(8, 16, 32),
+                          decoder_filters=(16, 8), seed=3)
+        model = cls(model.encoder, model.decoder, seed=model.seed)
+        model.compile(keras.optimizers.Adam(1e-3))
+        return model
+
+    histories = []
+    for cls in (VariationalAutoencoder, _GradientTapeVAE):
+        model = build(cls)
+        first = model.fit(x[:6], x[:6], validation_data=(x[6:], x[6:]), batch_size=2,
+                          epochs=2, shuffle=False, verbose=0).history
+        # A second fit continues the noise at the optimizer's step, as a resume does.
+        second = model.fit(x[:6], x[:6], batch_size=2, epochs=1, shuffle=False,
+                           verbose=0).history
+        samples = model.sample_reconstructions(x[6:], 2, seed=1)
+        histories.append((first, second, samples))
+    (first, second, samples), (ref_first, ref_second, ref_samples) = histories
+    assert set(first) == {"loss", "reconstruction_loss", "kl_loss", "val_loss",
+                          "val_reconstruction_loss", "val_kl_loss"}
+    assert first == ref_first and second == ref_second
+    np.testing.assert_array_equal(samples, ref_samples)
+
+
 # --------------------------------------------------------------------------- AE-2 loss
 
 

@@ -1,5 +1,5 @@
 """AE-1, the study's baseline: a convolutional autoencoder with a dense latent (1024 by
-default) on 64x64 images, and its variational variant.
+default) on 64x64 images, and its variational variant (TensorFlow and JAX backends).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.building import (
@@ -132,10 +132,13 @@ class VariationalAutoencoder(keras.Model):
     size and is not comparable to AE-1's per-pixel MSE. The logged metrics are ``loss``,
     ``reconstruction_loss`` and ``kl_loss``.
 
-    The training noise is drawn with stateless ops keyed on ``(seed, optimizer.iterations)``:
-    a run resumed from a backup (which restores ``iterations``) draws the same noise as an
-    uninterrupted one. Validation uses fixed noise keyed on ``seed`` alone, so ``val_loss``
-    is deterministic. Runs on the TensorFlow backend (its ``train_step`` uses GradientTape).
+    The training noise of step ``k`` is keyed on ``(seed, k)``: the state of a
+    ``keras.random.SeedGenerator``, which every backend threads through its compiled train
+    step, and which :meth:`fit` sets to the optimizer's step count (restored from a backup on
+    resume), so a resumed run draws the same noise as an uninterrupted one. Validation uses
+    fixed noise keyed on ``(seed, -1)``, so ``val_loss`` is deterministic. The ELBO is a
+    ``compute_loss`` in ``keras.ops``; the noise comes from :func:`standard_normal`
+    (TensorFlow or JAX).
 
     Calling the model (``model(x)``, ``predict``) returns the reconstruction decoded from the
     posterior mean; :meth:`sample_reconstructions` draws several stochastic ones.
@@ -146,6 +149,7 @@ class VariationalAutoencoder(keras.Model):
         self.encoder = encoder
         self.decoder = decoder
         self.seed = int(seed)
+        self.noise = keras.random.SeedGenerator(self.seed, name="noise")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_tracker = keras.metrics.Mean(name="kl_loss")
@@ -158,41 +162,37 @@ class VariationalAutoencoder(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
 
-    def _elbo(self, x, y, noise_seed, training):
+    def _start_noise(self) -> None:
+        """Key the next training step's noise on the optimizer's step count."""
+        if self.optimizer is not None:
+            step = int(ops.convert_to_numpy(self.optimizer.iterations))
+            self.noise.state.assign(ops.convert_to_tensor([self.seed, step],
+                                                          self.noise.state.dtype))
+
+    def fit(self, *args, **kwargs):
+        self._start_noise()
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._start_noise()
+        return super().train_on_batch(*args, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The negative ELBO of one reparameterised sample (``y_pred``, the decoded mean, is
+        not used); updates the three logged metrics."""
+        key = self.noise.next() if training else [self.seed, -1]
         mean, log_var = self.encoder(x, training=training)
-        eps = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=mean.dtype)
-        z = mean + tf.exp(0.5 * log_var) * eps
+        z = mean + ops.exp(0.5 * log_var) * standard_normal(ops.shape(mean), key, mean.dtype)
         recon = self.decoder(z, training=training)
-        reconstruction = tf.reduce_sum(tf.square(tf.cast(y, recon.dtype) - recon), axis=[1, 2, 3])
-        kl = -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mean) - tf.exp(log_var), axis=-1)
-        return tf.reduce_mean(reconstruction + kl), tf.reduce_mean(reconstruction), \
-            tf.reduce_mean(kl)
-
-    def _update_metrics(self, loss, reconstruction, kl):
+        target = x if y is None else y
+        reconstruction = ops.sum(ops.square(ops.cast(target, recon.dtype) - recon),
+                                 axis=(1, 2, 3))
+        kl = -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), axis=-1)
+        loss = ops.mean(reconstruction + kl)
         self.loss_tracker.update_state(loss)
-        self.reconstruction_tracker.update_state(reconstruction)
-        self.kl_tracker.update_state(kl)
-        return {m.name: m.result() for m in self.metrics}
-
-    @staticmethod
-    def _unpack(data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return x, (x if y is None else y)
-
-    def train_step(self, data):
-        x, y = self._unpack(data)
-        step = tf.cast(self.optimizer.iterations, tf.int64)
-        noise_seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-        with tf.GradientTape() as tape:
-            loss, reconstruction, kl = self._elbo(x, y, noise_seed, training=True)
-        grads = tape.gradient(loss, self.trainable_weights)
-        self.optimizer.apply(grads, self.trainable_weights)
-        return self._update_metrics(loss, reconstruction, kl)
-
-    def test_step(self, data):
-        x, y = self._unpack(data)
-        noise_seed = tf.constant([self.seed, -1], tf.int64)
-        return self._update_metrics(*self._elbo(x, y, noise_seed, training=False))
+        self.reconstruction_tracker.update_state(ops.mean(reconstruction))
+        self.kl_tracker.update_state(ops.mean(kl))
+        return loss
 
     def sample_reconstructions(self, x, n_samples: int, seed: int) -> np.ndarray:
         """Decode ``n_samples`` posterior samples per image.
@@ -211,14 +211,12 @@ class VariationalAutoencoder(keras.Model):
             (4, 2, 16, 16, 3)
         """
         n_samples = check_positive_int("n_samples", n_samples)
-        mean, log_var = self.encoder(tf.convert_to_tensor(x, tf.float32), training=False)
+        mean, log_var = self.encoder(ops.convert_to_tensor(x, "float32"), training=False)
         samples = []
         for i in range(n_samples):
-            eps = tf.random.stateless_normal(tf.shape(mean), seed=[int(seed), i],
-                                             dtype=mean.dtype)
-            z = mean + tf.exp(0.5 * log_var) * eps
-            samples.append(self.decoder(z, training=False))
-        return tf.stack(samples).numpy()
+            eps = standard_normal(ops.shape(mean), [int(seed), i], mean.dtype)
+            samples.append(self.decoder(mean + ops.exp(0.5 * log_var) * eps, training=False))
+        return ops.convert_to_numpy(ops.stack(samples))
 
     def get_config(self):
         config = super().get_config()
@@ -237,3 +235,35 @@ class VariationalAutoencoder(keras.Model):
     def build(self, input_shape):
         # Encoder and decoder are functional models, built at construction.
         self.built = True
+
+
+NOISE_BACKENDS = ("tensorflow", "jax")
+
+
+def check_noise_backend() -> None:
+    """Raise ParameterError unless Keras runs on a backend the VAE's noise supports."""
+    backend = keras.backend.backend()
+    if backend not in NOISE_BACKENDS:
+        raise ParameterError(
+            f"the VAE (variant 'vae') draws its noise from (seed, step) keys, which it does "
+            f"on TensorFlow and JAX only, and Keras runs on {backend!r}",
+            fix="run with --backend jax or --backend tensorflow (KERAS_BACKEND), or use "
+                "variant 'ae'")
+
+
+def standard_normal(shape, key, dtype="float32"):
+    """Standard normal noise of ``shape`` that is a pure function of ``key``, an integer pair
+    ``(seed, step)`` (a list or a tensor; ``step`` may be -1).
+
+    On TensorFlow it is ``tf.random.stateless_normal``, the op the VAE has always drawn from
+    (``keras.random`` folds a key into the int32 range, which would move the noise of step
+    -1); on JAX the pair, as uint32, is the PRNG key itself.
+    """
+    check_noise_backend()
+    dtype = keras.backend.standardize_dtype(dtype)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.random.stateless_normal(shape, seed=tf.cast(key, tf.int64), dtype=dtype)
+    return keras.random.normal(shape, dtype=dtype, seed=ops.cast(ops.convert_to_tensor(
+        key, "int32" if isinstance(key, list) else None), "uint32"))

@@ -18,6 +18,7 @@ from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.parameters import NOTEBOOK_DIR
+from anomaly_utils.pipeline.provenance import BACKENDS
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
@@ -84,10 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ParameterError("a resumed run keeps the parameters in its params.json",
                                  fix="drop the -p/--epochs/--data-dir/--preset options")
         run_dir = run_pipeline({}, run_id=args.resume, runs_dir=args.runs_dir, resume=True,
-                               until=args.until, progress=not args.quiet)
+                               until=args.until, progress=not args.quiet,
+                               backend=args.backend)
     else:
         run_dir = run_pipeline(overrides, run_id=args.run_id, runs_dir=args.runs_dir,
-                               until=args.until, progress=not args.quiet)
+                               until=args.until, progress=not args.quiet,
+                               backend=args.backend)
     print()
     print(summary(run_dir))
     return 0
@@ -101,7 +104,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fixed["data_dir"] = args.data_dir
     fixed.update(_parameter_pairs(args.fixed))
     sweep_dir = run_sweep(grid, fixed, sweep_id=args.sweep_id, runs_dir=args.runs_dir,
-                          jobs=args.jobs, cluster=args.cluster)
+                          jobs=args.jobs, cluster=args.cluster, backend=args.backend)
     print(f"sweep written to {sweep_dir} (comparison.csv, comparison.ipynb)")
     return 0
 
@@ -134,6 +137,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for path in refresh_readme_figures(Path(args.dest), run_dir=args.run):
         print(f"wrote {path}")
     return 0
+
+
+def _add_backend(parser: argparse.ArgumentParser, note: str) -> None:
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend of the notebooks' kernels (default: the environment's "
+                             f"KERAS_BACKEND, else Keras' own default); recorded in env.json; "
+                             f"{note}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="NOTEBOOK", help="stop after this notebook (e.g. 03)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    _add_backend(p, "a resumed run keeps the backend it started with")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run every combination of parameter values")
@@ -199,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker reaches")
     p.add_argument("--sweep-id")
     p.add_argument("--runs-dir", default="runs")
+    _add_backend(p, "every configuration runs on it")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("score", help="score new images with a trained run")

@@ -1,5 +1,6 @@
 """What a run records about where it ran (``env.json``: packages, git commit, data
-fingerprint, hardware), and the check a resumed run makes against it.
+fingerprint, hardware, the Keras backend of its kernels), and the check a resumed run makes
+against it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.data.layout import fingerprint, scan_dataset
-from anomaly_utils.errors import LabError
+from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.parameters import REPO_ROOT
+
+# The Keras backends a run may ask for (each imported under its own name), and the
+# distributions that give each one's version.
+BACKENDS = ("tensorflow", "jax", "torch")
+_BACKEND_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
+                          "torch": ("torch",)}
+# Recorded with the backend, installed or not (None): Keras and every backend's packages.
+BACKEND_PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch")
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,7 +78,69 @@ def software_info() -> dict:
             "git_dirty": None if status is None else bool(status)}
 
 
-def kernel_config(stderr_log: str | os.PathLike | None = None):
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _keras_config_backend() -> str | None:
+    """The backend named in Keras' own ``keras.json`` (where Keras looks for it: KERAS_HOME,
+    else ``~/.keras``, or ``/tmp/.keras`` when the home folder is not writable)."""
+    if "KERAS_HOME" in os.environ:
+        folder = Path(os.environ["KERAS_HOME"])
+    else:
+        home = Path(os.path.expanduser("~"))
+        folder = (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+    try:
+        return json.loads((folder / "keras.json").read_text()).get("backend") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def keras_backend(requested: str | None = None) -> dict[str, Any]:
+    """The Keras backend a new run's kernels use, found as Keras finds it but without
+    importing Keras: ``requested`` (``--backend``), else ``KERAS_BACKEND``, else Keras'
+    ``keras.json``, else Keras' default, TensorFlow.
+
+    Returns:
+        ``{"name", "set_by", "version": the backend package's version, "packages": {name:
+        version or None}}``, recorded in ``env.json`` under ``"backend"``.
+
+    Raises:
+        ParameterError: a backend other than :data:`BACKENDS`, or one not installed.
+    """
+    set_by, name = next((source, value) for source, value in (
+        ("--backend", requested), ("KERAS_BACKEND", os.environ.get("KERAS_BACKEND")),
+        ("keras.json", _keras_config_backend()), ("default", "tensorflow")) if value)
+    if name not in BACKENDS:
+        raise ParameterError(f"the Keras backend {name!r} (from {set_by}) is not one the lab "
+                             f"runs on", fix=f"use --backend with one of {list(BACKENDS)}")
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        raise ParameterError(f"the Keras backend {name!r} (from {set_by}) needs the package "
+                             f"'{name}', which is not installed",
+                             fix=f"install it, or choose another with --backend "
+                                 f"({', '.join(b for b in BACKENDS if b != name)})")
+    version = next(filter(None, map(_version, _BACKEND_DISTRIBUTIONS[name])), None)
+    return {"name": name, "set_by": set_by, "version": version,
+            "packages": {dist: _version(dist) for dist in BACKEND_PACKAGES}}
+
+
+def recorded_backend(run_dir: str | os.PathLike) -> str | None:
+    """The Keras backend a run was created with (``env.json``), None if it has no record."""
+    path = Path(run_dir) / "env.json"
+    if not path.is_file():
+        return None
+    return (read_json(path).get("backend") or {}).get("name")
+
+
+def kernel_config(stderr_log: str | os.PathLike | None = None,
+                  keras_backend: str | None = None):
     """traitlets configuration for the kernels that execute notebooks.
 
     The kernel's sockets are encrypted with CurveZMQ where the kernel supports it ("auto":
@@ -81,27 +152,39 @@ def kernel_config(stderr_log: str | os.PathLike | None = None):
     there directly, such as TensorFlow's ``E0000 ... remapper failed`` and oneDNN notices) is
     appended to that file instead of the console, through :func:`kernel_manager_class`. What
     a cell prints, errors and warnings included, still goes into the notebook.
+
+    With ``keras_backend``, the kernel runs with ``KERAS_BACKEND`` set to it, whatever this
+    process's environment says.
     """
     import zmq
     from traitlets.config import Config
 
     config = Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has(
         "curve") else Config()
+    logged = {}
     if stderr_log is not None:
-        config["LoggedKernelManager"] = Config({"stderr_log": str(stderr_log)})
+        logged["stderr_log"] = str(stderr_log)
+    if keras_backend is not None:
+        logged["keras_backend"] = keras_backend
+    if logged:
+        config["LoggedKernelManager"] = Config(logged)
     return config
 
 
 def kernel_manager_class():
     """A Jupyter kernel manager whose kernels write their process's standard error to the
-    file named by its ``stderr_log`` setting (:func:`kernel_config`), not to the console."""
+    file named by its ``stderr_log`` setting (:func:`kernel_config`), not to the console, and
+    run on the Keras backend of its ``keras_backend`` setting."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import Unicode
 
     class LoggedKernelManager(AsyncKernelManager):
         stderr_log = Unicode("", config=True, help="file the kernel's stderr is appended to")
+        keras_backend = Unicode("", config=True, help="KERAS_BACKEND of the kernel")
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if self.keras_backend:
+                kw["env"] = {**kw.get("env", os.environ), "KERAS_BACKEND": self.keras_backend}
             if self.stderr_log:
                 Path(self.stderr_log).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.stderr_log, "ab") as log:  # the child keeps its own copy
@@ -112,8 +195,10 @@ def kernel_manager_class():
     return LoggedKernelManager
 
 
-def environment_info(data_fingerprint: str | None) -> dict:
-    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU."""
+def environment_info(data_fingerprint: str | None,
+                     backend: dict[str, Any] | None = None) -> dict:
+    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU, and the
+    Keras backend (:func:`keras_backend`'s record) when given."""
     software = software_info()
     return {
         "python": software["python"],
@@ -125,6 +210,7 @@ def environment_info(data_fingerprint: str | None) -> dict:
         "git_commit": software["git_commit"],
         "git_dirty": software["git_dirty"],
         "data_fingerprint": data_fingerprint,
+        **({"backend": backend} if backend is not None else {}),
     }
 
 
@@ -170,6 +256,10 @@ def check_resumed_environment(run_dir: Path, log=print) -> dict[str, Any]:
         if saved.get(key) != now[key]:
             differences[key] = {"then": saved.get(key), "now": now[key]}
     then_packages = saved.get("packages") or {}
+    if saved.get("backend"):  # the backends' packages, installed or not, were recorded too
+        then_packages = {**then_packages, **(saved["backend"].get("packages") or {})}
+        now["packages"] = {**now["packages"],
+                           **{dist: _version(dist) for dist in BACKEND_PACKAGES}}
     packages = {name: {"then": then_packages.get(name), "now": now["packages"].get(name)}
                 for name in sorted(set(then_packages) | set(now["packages"]))
                 if then_packages.get(name) != now["packages"].get(name)}

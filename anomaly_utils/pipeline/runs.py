@@ -4,13 +4,16 @@ A run executes ``notebooks/01_*.ipynb`` to ``05_*.ipynb`` in order into ``runs/<
 
 1. The parameters are resolved and checked (:mod:`anomaly_utils.pipeline.parameters`);
    ``params.json`` (every effective parameter) and ``env.json`` (versions, git commit, data
-   fingerprint, hardware) are written before anything runs.
+   fingerprint, hardware, the Keras backend) are written before anything runs.
 2. Each notebook runs with papermill; ``status.json`` records which ones completed, so
    ``--resume`` continues from the first that did not (training itself resumes from its
    last finished epoch). A failing cell stops the run with the notebook and cell named, and
    the partially executed notebook stays in the run directory. A resumed run first
    compares its packages, commit and data with ``env.json``; a difference is a warning,
    and it is recorded in ``env.json`` under ``"resumes"``.
+3. Every kernel of a run, resumed or not, runs on the Keras backend that ``env.json``
+   records (``--backend``, else ``KERAS_BACKEND``, else Keras' own default): a resume, a
+   sweep's kernels and a cluster's workers all use the run's backend.
 
 Example:
     >>> run_pipeline({"data_dir": "data/synthetic_carpet", "epochs": 2})   # doctest: +SKIP
@@ -37,10 +40,13 @@ from anomaly_utils.pipeline.provenance import (
     check_resumed_environment,
     data_fingerprint,
     environment_info,
+    keras_backend,
     kernel_config,
     kernel_manager_class,
+    recorded_backend,
 )
 from anomaly_utils.scoring.stored import CANDIDATES
+from anomaly_utils.training.strategy import STRATEGIES, check_backend
 
 
 class RunExistsError(LabError):
@@ -77,11 +83,13 @@ def _failure_message(notebook: str, exc: Exception) -> str:
 
 
 def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: bool = True,
-                     kernel_name: str | None = None) -> float:
+                     kernel_name: str | None = None, backend: str | None = None) -> float:
     """Run one notebook with papermill into ``run_dir/<notebook>.ipynb``; return seconds.
 
     What the kernel process writes to its standard error outside any cell (TensorFlow's C++
-    log lines) goes to ``run_dir/logs/<notebook>.stderr.log``, not the console.
+    log lines) goes to ``run_dir/logs/<notebook>.stderr.log``, not the console. The kernel
+    runs on the Keras backend recorded in ``run_dir/env.json`` (without a record, on
+    ``backend``, else this process's).
 
     Raises:
         LabError: a cell failed; the message names the notebook and the cell, and the
@@ -99,7 +107,8 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
             str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
             cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
             request_save_on_cell_execute=True,
-            config=kernel_config(run_dir.resolve() / "logs" / f"{notebook}.stderr.log"),
+            config=kernel_config(run_dir.resolve() / "logs" / f"{notebook}.stderr.log",
+                                 recorded_backend(run_dir) or backend),
             kernel_manager_class=kernel_manager_class(),
         )
     except PapermillExecutionError as exc:
@@ -110,11 +119,15 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
 
 
 def create_run(overrides: dict[str, Any], run_dir: Path,
-               notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+               notebooks: tuple[str, ...] = NOTEBOOKS,
+               backend: str | None = None) -> dict[str, dict[str, Any]]:
     """Check parameters and data, then create ``run_dir`` with params.json and env.json.
 
     Everything that can be checked is checked before the folder exists, so a typo never
-    leaves an empty run behind. Returns each notebook's effective parameters.
+    leaves an empty run behind. ``backend`` is the Keras backend of the run's kernels
+    (default: ``KERAS_BACKEND``, else Keras' own; see
+    :func:`~anomaly_utils.pipeline.provenance.keras_backend`). Returns each notebook's
+    effective parameters.
     """
     if run_dir.exists():
         raise RunExistsError(f"run directory '{run_dir}' already exists; a run never overwrites "
@@ -125,6 +138,10 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
     for notebook, params in effective.items():
         validate(notebook, params)
     fingerprint = data_fingerprint(effective)
+    backend_record = keras_backend(backend)
+    for params in effective.values():
+        if params.get("strategy") in STRATEGIES:  # 02 and 03 (04's is a threshold strategy)
+            check_backend(params["strategy"], backend_record["name"])
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         run_dir.mkdir()
@@ -133,12 +150,12 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
                        "another", fix="choose another --run-id") from None
     write_json(run_dir / "params.json", {"run_id": run_dir.name, "overrides": overrides,
                                          "notebooks": effective})
-    write_json(run_dir / "env.json", environment_info(fingerprint))
+    write_json(run_dir / "env.json", environment_info(fingerprint, backend_record))
     return effective
 
 
-def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path,
-                            attempts: int = 100) -> Path:
+def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path, attempts: int = 100,
+                            backend: str | None = None) -> Path:
     """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
     another run started in the same second took the name."""
     stamp = new_run_id()
@@ -147,7 +164,7 @@ def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path,
         if run_dir.exists():
             continue
         try:
-            create_run(overrides, run_dir)
+            create_run(overrides, run_dir, backend=backend)
         except RunExistsError:
             continue  # another run started in the same second
         return run_dir
@@ -155,8 +172,9 @@ def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path,
 
 
 def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
-                  progress: bool = True, log=print) -> None:
-    """Execute the notebooks of an existing run that have not completed yet, in order."""
+                  progress: bool = True, log=print, backend: str | None = None) -> None:
+    """Execute the notebooks of an existing run that have not completed yet, in order
+    (``backend``: the Keras backend where the run records none)."""
     effective = read_json(run_dir / "params.json")["notebooks"]
     for params in effective.values():
         if "run_dir" in params:  # the folder may have been moved or copied since it was made
@@ -170,7 +188,8 @@ def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
         log(f"{tag} ...")
         mark_status(run_dir, notebook, "running")
         try:
-            seconds = execute_notebook(notebook, run_dir, effective[notebook], progress)
+            seconds = execute_notebook(notebook, run_dir, effective[notebook], progress,
+                                       backend=backend)
         except LabError:
             mark_status(run_dir, notebook, "failed")
             raise
@@ -180,7 +199,8 @@ def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
 
 def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
                  runs_dir: str | os.PathLike = "runs", resume: bool = False,
-                 until: str | None = None, progress: bool = True, log=print) -> Path:
+                 until: str | None = None, progress: bool = True, log=print,
+                 backend: str | None = None) -> Path:
     """Execute the notebook chain into ``runs_dir/<run_id>`` and return the run directory.
 
     Args:
@@ -190,6 +210,9 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
         resume: continue the existing run ``run_id`` from its first unfinished notebook
             with its saved parameters (``overrides`` must then be empty).
         until: stop after this notebook (a name or a scope such as "03" or "ae2").
+        backend: the Keras backend of a new run's kernels ("tensorflow", "jax" or "torch";
+            default: ``KERAS_BACKEND``, else Keras' own). A resumed run keeps the backend it
+            started with; naming another one is an error.
     """
     runs_dir = Path(runs_dir)
     notebooks = NOTEBOOKS
@@ -211,16 +234,35 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
         if overrides:
             raise ParameterError("a resumed run keeps the parameters in its params.json",
                                  fix="drop the -p/--epochs/--data-dir options, or start a new run")
+        _check_resumed_backend(run_dir, backend, log)
         check_resumed_environment(run_dir, log)
     else:
         if run_id:
             run_dir = runs_dir / run_id
-            create_run(overrides, run_dir)
+            create_run(overrides, run_dir, backend=backend)
         else:
-            run_dir = _create_timestamped_run(overrides, runs_dir)
-    run_notebooks(run_dir, notebooks, progress, log)
+            run_dir = _create_timestamped_run(overrides, runs_dir, backend=backend)
+    run_notebooks(run_dir, notebooks, progress, log, backend=backend)
     log(f"run {run_dir.name} finished in {time.perf_counter() - start:.0f} s: {run_dir}")
     return run_dir
+
+
+def _check_resumed_backend(run_dir: Path, backend: str | None, log) -> None:
+    """Refuse a resume that names another Keras backend than the run's; say so when the
+    environment's ``KERAS_BACKEND`` differs (the run's own backend is used)."""
+    started = recorded_backend(run_dir)
+    if started is None:
+        return  # a run from before backends were recorded: --backend or the environment's
+    if backend is not None and backend != started:
+        raise ParameterError(
+            f"run '{run_dir.name}' started on the Keras backend '{started}' (its env.json), "
+            f"and a resumed run keeps its backend, so --backend {backend} cannot apply",
+            fix=f"drop --backend (or pass --backend {started}), or start a new run with "
+                f"--backend {backend}")
+    environment = os.environ.get("KERAS_BACKEND")
+    if backend is None and environment and environment != started:
+        log(f"note: run '{run_dir.name}' started on the Keras backend '{started}' and "
+            f"continues on it (KERAS_BACKEND={environment} applies to new runs only)")
 
 
 def summary(run_dir: str | os.PathLike) -> str:

@@ -109,7 +109,7 @@ def share_outputs(notebook: str, leader: str, runs: dict[str, dict], name: str) 
 
 def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str | None = None,
               runs_dir: str | os.PathLike = "runs", jobs: int = 1, log=print, *,
-              cluster=None) -> Path:
+              cluster=None, backend: str | None = None) -> Path:
     """Run every combination of ``grid`` (with ``fixed`` parameters) and compare them.
 
     Args:
@@ -119,6 +119,8 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
         cluster: ``None`` (run here, as above), a scheduler address ``tcp://host:port``,
             ``local:N`` (a ``LocalCluster`` of N one-thread worker processes on this machine)
             or a ``distributed.Client``; see :func:`anomaly_utils.pipeline.cluster.run_on_cluster`.
+        backend: the Keras backend of every configuration's kernels (default:
+            ``KERAS_BACKEND``, else Keras' own); each run records it in its ``env.json``.
 
     Returns:
         The sweep directory holding one run folder per configuration, ``comparison.csv`` and
@@ -142,7 +144,8 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
     for values in configs:
         run_dir = sweep_dir / config_name(values)
         runs[run_dir.name] = {"dir": run_dir, "values": values,
-                              "effective": create_run({**fixed, **values}, run_dir)}
+                              "effective": create_run({**fixed, **values}, run_dir,
+                                                        backend=backend)}
     write_json(sweep_dir / "sweep.json", {"grid": grid, "fixed": fixed,
                                           "configs": {k: r["values"] for k, r in runs.items()}})
     if cluster is not None:

@@ -9,8 +9,9 @@ stopping; ``history.csv`` (one row per epoch, exactly once across resumes),
 ``history.json`` and ``config.json``. It returns the best checkpoint loaded back in safe
 mode.
 
-With ``strategy`` (:func:`anomaly_utils.training.strategy.make_strategy`) the same loop runs
-under ``tf.distribute``: the model is compiled (and, when it was built outside
+The loop runs on TensorFlow and on JAX (Keras 3 takes the ``tf.data`` pipelines on either).
+With ``strategy`` (:func:`anomaly_utils.training.strategy.make_strategy`, TensorFlow only) the
+same loop runs under ``tf.distribute``: the model is compiled (and, when it was built outside
 ``strategy.scope()``, rebuilt with the same builder and weights) inside the scope, and each
 global batch is split across the replicas. Under ``MultiWorkerMirroredStrategy`` the chief
 writes ``model_dir``; every other worker writes the same files to
@@ -47,7 +48,7 @@ import tensorflow as tf
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
-from anomaly_utils.models.ae1 import VariationalAutoencoder, build_ae1
+from anomaly_utils.models.ae1 import VariationalAutoencoder, build_ae1, check_noise_backend
 from anomaly_utils.models.ae2 import build_ae2
 from anomaly_utils.models.building import AE1_BUILDER, AE2_BUILDER, builder_config
 from anomaly_utils.models.losses import default_loss
@@ -65,7 +66,7 @@ from anomaly_utils.training.callbacks import (
     restore_backup,
 )
 from anomaly_utils.training.datasets import check_int, image_dataset
-from anomaly_utils.training.strategy import is_chief, replicas, worker_name
+from anomaly_utils.training.strategy import check_backend, is_chief, replicas, worker_name
 
 HISTORY_JSON = "history.json"
 CONFIG_FILE = "config.json"
@@ -107,8 +108,8 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
         val_data: the same for validation (arrays are not shuffled), or ``None`` to select the
             checkpoint on the training loss.
         model_dir: folder for ``model.keras`` (best epoch), ``history.csv`` (epoch counted
-            from 0, one row per finished epoch), ``history.json``, ``config.json`` and, while
-            running, ``backup/``.
+            from 0, one row per finished epoch), ``history.json``, ``config.json`` (model,
+            training settings, Keras backend) and, while running, ``backup/``.
         epochs: total epochs (including those finished before a resume).
         learning_rate: Adam's learning rate (> 0).
         seed: seeds Python, numpy, TF and Keras and turns on deterministic TF ops.
@@ -124,7 +125,8 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
         callbacks: extra Keras callbacks, run after the lab's own.
         strategy: a ``tf.distribute`` strategy; ``None`` or the default strategy train on one
             device exactly as before. ``batch_size`` (and the batches of a dataset) are global:
-            split across ``strategy.num_replicas_in_sync`` replicas.
+            split across ``strategy.num_replicas_in_sync`` replicas. On another Keras backend
+            than TensorFlow only ``None`` or the default strategy.
 
     Returns:
         ``{"model": best model (loaded back from model.keras, uncompiled), "history": {column:
@@ -133,7 +135,9 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
         "model_path": str}``.
 
     Raises:
-        ParameterError: a bad argument. LabError: the loss became NaN/inf.
+        ParameterError: a bad argument, a ``tf.distribute`` strategy other than the default
+            one on another backend than TensorFlow, or the VAE on a backend its noise does
+            not support. LabError: the loss became NaN/inf.
         ArtifactError: ``model_dir`` holds an unfinished run with other settings.
     """
     epochs = check_int("epochs", epochs)
@@ -147,11 +151,14 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
     if isinstance(model, VariationalAutoencoder):
         if loss is not None:
             raise ParameterError("loss must be None for the VAE (it trains on its own ELBO)")
+        check_noise_backend()
     elif loss is None:
         loss = default_loss(model)
     if strategy is not None and strategy is tf.distribute.get_strategy() \
             and not tf.distribute.has_strategy():
         strategy = None  # the default strategy: today's single-device path
+    if strategy is not None:
+        check_backend(type(strategy).__name__, keras.backend.backend())
     if strategy is not None:
         if isinstance(model, VariationalAutoencoder) and replicas(strategy) > 1:
             raise ParameterError(
@@ -177,6 +184,7 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
                      "train_data": _describe(train_data), "val_data": _describe(val_data)},
     }
     _check_resumable(model_dir, config)
+    config["backend"] = keras.backend.backend()  # the Keras backend that trained it
     if strategy is not None:  # beside "training", so a resume may change the strategy
         config["distribution"] = {"strategy": type(strategy).__name__,
                                   "replicas": replicas(strategy)}

@@ -1,6 +1,7 @@
 """Distribution strategies for training: one device, all local GPUs, or several machines.
 
-:func:`make_strategy` names a ``tf.distribute`` strategy:
+:func:`make_strategy` names a ``tf.distribute`` strategy (on TensorFlow, Keras' default
+backend; on another backend only ``"default"`` exists, as ``None``, one device):
 
 - ``"default"``: TensorFlow's default strategy (one device, what training always did);
 - ``"mirrored"``: ``MirroredStrategy``, one replica per device of ``devices`` (default: every
@@ -49,12 +50,15 @@ def make_strategy(name: str = "default",
 
     Returns:
         The strategy. ``"multiworker"`` is made once per process (TensorFlow allows no
-        second one) and returned again on later calls.
+        second one) and returned again on later calls. On a Keras backend other than
+        TensorFlow, ``"default"`` gives ``None`` (``fit_autoencoder`` then trains on one
+        device).
 
     Raises:
         ParameterError: an unknown name, ``devices`` with another strategy than
-            ``"mirrored"``, an unknown device, or ``"multiworker"`` without a valid
-            ``TF_CONFIG``.
+            ``"mirrored"``, an unknown device, ``"multiworker"`` without a valid
+            ``TF_CONFIG``, or ``"mirrored"``/``"multiworker"`` on another Keras backend than
+            TensorFlow.
     """
     if name not in STRATEGIES:
         raise ParameterError(f"unknown distribution strategy {name!r}",
@@ -62,6 +66,12 @@ def make_strategy(name: str = "default",
     if devices is not None and name != "mirrored":
         raise ParameterError(f"devices={list(devices)!r} is only for the mirrored strategy, "
                              f"not {name!r}", fix="drop devices, or use strategy 'mirrored'")
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        check_backend(name, backend)
+        return None
     import tensorflow as tf
 
     if name == "default":
@@ -74,6 +84,21 @@ def make_strategy(name: str = "default",
         _check_tf_config()
         _MULTIWORKER[name] = _multiworker_class()()
     return _MULTIWORKER[name]
+
+
+def check_backend(name: str, backend: str) -> None:
+    """Refuse a ``tf.distribute`` strategy (any but ``"default"``) on another Keras backend
+    than TensorFlow.
+
+    Raises:
+        ParameterError: naming the strategy, the backend and the two ways out.
+    """
+    if name != "default" and backend != "tensorflow":
+        raise ParameterError(
+            f"strategy {name!r} is TensorFlow's tf.distribute, but Keras runs on {backend!r}, "
+            "where the lab trains on one device",
+            fix=f"use -p ae1.strategy default -p ae2.strategy default (the defaults) on "
+                f"{backend}, or run with --backend tensorflow to train with strategy {name!r}")
 
 
 def _multiworker_class() -> type:
