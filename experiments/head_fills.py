@@ -9,7 +9,8 @@ set are scored. The lab's validation set is small (a tenth of the normals, half 
 with one pseudo-anomaly), so ``--val-draws`` further draws of pseudo-anomalies on the same
 normals (seeds seed + 1, ...) are scored beside it. Prints one row per fill set: seconds of
 training, image / pixel AUROC on the lab's validation set, on all draws, and on the test set,
-then the pixel AUROC of each pseudo-anomaly kind over all draws. The sets run one after another in this one
+then the pixel AUROC of each pseudo-anomaly kind over all draws and of each test defect type
+(image AUROC where a type has no masks). The sets run one after another in this one
 process. The default sets are DRAEM's three fills, then those plus each of ``gradient``,
 ``crack``, ``blur`` and ``texture`` (:mod:`anomaly_utils.data.training_fills`) alone, then
 plus all four.
@@ -130,7 +131,8 @@ def main() -> None:
         row = {"fills": list(fills), "train_s": round(seconds, 1),
                "val": evaluate(first, v_labels[lab], v_masks[lab]),
                "val_draws": evaluate(scored, v_labels, v_masks, v_kinds),
-               "test": evaluate(scorer.score(ds.test_images), ds.test_labels, test_masks)}
+               "test": evaluate(scorer.score(ds.test_images), ds.test_labels, test_masks,
+                                ds.test_types)}
         rows.append(row)
         write_json(args.out / "fills.json", {"run": str(args.run_dir), "args": {
             k: str(v) for k, v in vars(args).items()}, "rows": rows})
@@ -141,6 +143,8 @@ def main() -> None:
               f"{_fmt(t['pixel_auroc'])}", flush=True)
         print("    draws by kind: " + ", ".join(f"{k} {_fmt(x)}"
                                                 for k, x in a["by_kind"].items()), flush=True)
+        print("    test by type: " + ", ".join(f"{k} {_fmt(x)}"
+                                               for k, x in t["by_kind"].items()), flush=True)
 
 
 if __name__ == "__main__":
