@@ -158,13 +158,13 @@ def main() -> None:
                 result[f"{mix}/{test_key}"] = agreement(rows, mix, test_key)
         report[name] = result
         print(f"\n{name} ({len(rows)} candidates, {result['seconds']:.0f} s)")
-        print(f"  {'validation':<10}{'test metric':<18}{'n':>4}{'rho':>8}{'top-1':>8}{'regret':>8}")
+        print(f"  {'validation':<11}{'test metric':<18}{'n':>4}{'rho':>8}{'top-1':>8}{'regret':>8}")
         for mix in MIXES:
             for test_key in ("test_image_auroc", "test_pixel_auroc"):
                 a = result[f"{mix}/{test_key}"]
                 if a["rho"] is None:
                     continue
-                print(f"  {mix:<10}{test_key[5:]:<18}{a['n']:>4}{a['rho']:>8.2f}"
+                print(f"  {mix:<11}{test_key[5:]:<18}{a['n']:>4}{a['rho']:>8.2f}"
                       f"{str(a['top1']):>8}{a['regret']:>8.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, default=float) + "\n")
