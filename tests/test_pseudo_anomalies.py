@@ -14,6 +14,7 @@ from anomaly_utils.data.pseudo_anomalies import (
     VALIDATION_MIX,
     add_pseudo_anomaly,
     cut_paste,
+    make_balanced_validation,
     make_labelled_validation,
     scratch,
     shading_band,
@@ -380,3 +381,38 @@ def test_labelled_validation_rejects_bad_arguments(normals, kwargs, name):
 def test_labelled_validation_rejects_a_single_image(normals):
     with pytest.raises(ParameterError, match="normals"):
         make_labelled_validation(normals[0, 0], 0)
+
+
+def test_balanced_validation_keeps_every_normal_clean_and_balances_the_kinds(normals):
+    images, labels, masks, kinds = make_balanced_validation(normals, 3)
+    n, k = len(normals), len(VALIDATION_MIX)
+    per_kind = -(-max(2 * n, 4 * k) // k)
+    assert len(images) == n + k * per_kind and labels.sum() == k * per_kind
+    assert np.array_equal(images[:n], normals) and not masks[:n].any()
+    assert kinds[:n] == ["good"] * n
+    assert {kind: kinds.count(kind) for kind in VALIDATION_MIX} == dict.fromkeys(
+        VALIDATION_MIX, per_kind)
+    assert images.dtype == normals.dtype
+    assert all(masks[i].any() for i in range(n, len(images)))
+
+
+def test_balanced_validation_is_deterministic_and_spreads_the_sources(normals):
+    first = make_balanced_validation(normals, 5, ["stain"], per_kind=2 * len(normals))
+    again = make_balanced_validation(normals, 5, ["stain"], per_kind=2 * len(normals))
+    other = make_balanced_validation(normals, 6, ["stain"], per_kind=2 * len(normals))
+    assert all(np.array_equal(a, b) for a, b in zip(first[:3], again[:3], strict=True))
+    assert not np.array_equal(first[0], other[0])
+    # Each normal is the source of exactly two anomalous copies: outside its mask, a copy
+    # equals its source.
+    n = len(normals)
+    sources = [[i for i in range(n) if np.array_equal(first[0][j][~first[2][j]],
+                                                       normals[i][~first[2][j]])]
+               for j in range(n, 3 * n)]
+    assert sorted(s[0] for s in sources) == sorted(list(range(n)) * 2)
+
+
+@pytest.mark.parametrize("kwargs", [{"kinds": []}, {"kinds": ["nope"]}, {"per_kind": 0},
+                                    {"per_kind": 1.5}])
+def test_balanced_validation_rejects_bad_arguments(normals, kwargs):
+    with pytest.raises(ParameterError):
+        make_balanced_validation(normals, 0, **kwargs)

@@ -152,6 +152,7 @@ class AnomalyDataset:
     test_paths: list[Path]
     test_original_sizes: np.ndarray
     skipped: list[tuple] = field(default_factory=list)
+    val_paths: list[Path] = field(default_factory=list)  # the files of ``val_images``, in order
 
     @property
     def fingerprint(self) -> str:
@@ -202,6 +203,7 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode:
         test_masks=masks, test_has_mask=has_mask, test_paths=[s.path for s in test],
         test_original_sizes=test_sizes,
         skipped=skipped_train + skipped_val + skipped_test,
+        val_paths=[s.path for s in val if s.path not in {path for path, _ in skipped_val}],
     )
 
 

@@ -27,7 +27,10 @@ normal images themselves:
 6. :func:`make_labelled_validation`: copies a stack of normal images, keeps some clean and adds
    one random anomaly to each of the others, its kind drawn from :data:`VALIDATION_MIX` (every
    kind) unless ``kinds`` says otherwise; ``kinds=SHARP_KINDS`` gives the mix used before the
-   real-like kinds existed.
+   real-like kinds existed;
+7. :func:`make_balanced_validation`: every normal once clean, plus an equal number of
+   anomalous copies of every kind (the set a run judges its candidates on,
+   :mod:`anomaly_utils.scoring.validation_set`).
 
 Every function accepts uint8 or float images shaped (H, W), (H, W, 1) or (H, W, 3), returns an
 image of the same shape and dtype plus a bool (H, W) mask, and changes no pixel outside the
@@ -375,3 +378,63 @@ def make_labelled_validation(
         labels[i] = 1
         names[i] = kind
     return images, labels, masks, names
+
+
+def make_balanced_validation(
+    normals: np.ndarray, rng_or_seed: np.random.Generator | int,
+    kinds: Sequence[str] = VALIDATION_MIX, per_kind: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Every normal image once clean, plus ``per_kind`` anomalous copies of every kind.
+
+    Unlike :func:`make_labelled_validation`, no image is lost to the anomalous half and each
+    kind is equally represented, so a pooled AUROC weighs the kinds equally and no kind's
+    share depends on chance. The anomalous copies cycle through a seeded permutation of the
+    normals, so each normal carries about as many anomalies as the others.
+
+    Args:
+        normals: (N, H, W) or (N, H, W, C) uint8 or float stack of defect-free images, N >= 1.
+        rng_or_seed: a Generator or an integer seed (same seed, same result).
+        kinds: the kinds to paste, a non-empty subset of :data:`ALL_KINDS`.
+        per_kind: anomalous copies per kind; default ``ceil(max(2 N, 4 K) / K)`` for K kinds
+            (at least twice as many anomalous images as clean ones, and 4 per kind).
+
+    Returns:
+        ``(images, labels, masks, kinds)`` as for :func:`make_labelled_validation`, with
+        N + K * per_kind images: the N clean ones first, then the anomalous ones kind by kind
+        in round robin.
+
+    Example:
+        >>> normals = np.zeros((3, 32, 32, 1), np.float32)
+        >>> _, labels, _, kinds = make_balanced_validation(normals, 0, ["stain", "scratch"], 2)
+        >>> labels.tolist(), kinds[3:]
+        ([0, 0, 0, 1, 1, 1, 1], ['stain', 'scratch', 'stain', 'scratch'])
+    """
+    normals = np.asarray(normals)
+    if normals.ndim not in (3, 4) or normals.shape[0] < 1:
+        raise ParameterError(f"normals must be shaped (N, H, W) or (N, H, W, C) with N >= 1, "
+                             f"got {normals.shape}", fix="stack the images along axis 0")
+    kinds = tuple(kinds)
+    if not kinds:
+        raise ParameterError("kinds is empty", fix=f"pick from {ALL_KINDS}")
+    for kind in kinds:
+        _check_kind(kind)
+    n = normals.shape[0]
+    if per_kind is None:
+        per_kind = -(-max(2 * n, 4 * len(kinds)) // len(kinds))
+    if isinstance(per_kind, bool) or not isinstance(per_kind, int | np.integer) or per_kind < 1:
+        raise ParameterError(f"per_kind must be an int >= 1, got {per_kind!r}",
+                             fix="pass e.g. per_kind=4, or None for the default")
+    rng = np.random.default_rng(rng_or_seed)
+    count = per_kind * len(kinds)
+    sources = np.concatenate([rng.permutation(n) for _ in range(-(-count // n))])[:count]
+    images = [normals[i] for i in range(n)]
+    masks = [np.zeros(normals.shape[1:3], bool)] * n
+    names = [NORMAL_KIND] * n
+    for j, source in enumerate(sources):
+        kind = kinds[j % len(kinds)]
+        image, mask = _KIND_FUNCTIONS[kind](normals[source], rng)
+        images.append(image)
+        masks.append(mask)
+        names.append(kind)
+    labels = np.r_[np.zeros(n, np.int64), np.ones(count, np.int64)]
+    return np.stack(images), labels, np.stack(masks), names

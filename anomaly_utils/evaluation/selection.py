@@ -1,8 +1,9 @@
 """Choosing the candidate a run recommends, on validation data only.
 
 Every candidate (AE-1, AE-2, the training-free statistics floor) scores the same
-pseudo-labelled validation set: the validation normals, each once clean and once with a
-synthetic anomaly pasted in (``scores_val_pseudo.npz``). :func:`validation_metrics` measures
+pseudo-labelled validation set, built once per run
+(:mod:`anomaly_utils.scoring.validation_set`): the validation normals once clean, and copies
+of them with synthetic anomalies, an equal number of each kind (``scores_val_pseudo.npz``). :func:`validation_metrics` measures
 a candidate there; :func:`choose_candidate` ranks the candidates by the mean of the
 validation image AUROC and pixel AUROC (both threshold-free, so no candidate is favoured by
 the threshold strategy) and records the ranking and the reason. The test split never takes

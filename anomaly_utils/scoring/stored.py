@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from anomaly_utils.artifacts import load_npz, save_npz
-from anomaly_utils.data import pseudo_anomalies
-from anomaly_utils.data.loading import resize_mask
 from anomaly_utils.errors import ArtifactError
+from anomaly_utils.scoring.validation_set import shared_validation
 
 if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
     from anomaly_utils.scoring.scorer import Scorer
@@ -125,38 +124,17 @@ class SplitScores:
     test: ScoreResult
 
 
-@dataclass
-class PseudoLabelled:
-    """The pseudo-labelled validation set: ``images`` (P, H, W, C) like the validation
-    normals, ``labels`` (P,) int with 1 = pasted anomaly, ``masks`` (P, E, E) bool at the
-    scoring resolution, ``kinds`` (P,) str ("good" or the pasted kind)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-    kinds: np.ndarray
-
-
-def pseudo_labelled_validation(val_images: np.ndarray, eval_size: int,
-                               seed: int = 0) -> PseudoLabelled:
-    """The validation normals, each kept clean or given one pasted synthetic anomaly
-    (:func:`anomaly_utils.data.pseudo_anomalies.make_labelled_validation`, seeded by
-    ``seed``), with the masks resized to ``eval_size``: the same set for every candidate."""
-    images, labels, masks, kinds = pseudo_anomalies.make_labelled_validation(val_images, seed)
-    return PseudoLabelled(images, np.asarray(labels), np.stack(
-        [resize_mask(m, eval_size) for m in masks]) if len(masks) else
-        np.zeros((0, eval_size, eval_size), bool), np.asarray(kinds))
-
-
 def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, *,
                  name: str | None = None, eval_size: int | None = None) -> SplitScores:
     """Score a dataset's validation normals, a pseudo-labelled validation set and the test set.
 
     Writes ``run_dir/<model>/scores_val.npz``, ``scores_val_pseudo.npz`` (the validation
-    normals with pasted synthetic anomalies, :func:`pseudo_labelled_validation`, for
+    normals with pasted synthetic anomalies, for
     choosing a candidate and an F1-optimal threshold without touching the test set) and
     ``scores_test.npz`` (with the reconstructions, for the gallery), each stamped with the
-    dataset fingerprint.
+    dataset fingerprint. The pseudo-labelled set is the run's shared one
+    (:func:`anomaly_utils.scoring.validation_set.shared_validation`), the same anomalies for
+    every candidate.
 
     Args:
         scorer: anything with ``score(images) -> ScoreResult``: the trained model and how to
@@ -176,7 +154,7 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     save_scores(folder / "scores_val.npz", val, labels=np.zeros(len(val.scores), int),
                 types=np.full(len(val.scores), "good"), masks=None, has_mask=None, paths=[],
                 fingerprint=fingerprint, model=name)
-    pseudo = pseudo_labelled_validation(ds.val_images, eval_size, seed)
+    pseudo = shared_validation(run_dir, ds, seed, eval_size)
     val_pseudo = scorer.score(pseudo.images)
     save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=pseudo.labels,
                 types=pseudo.kinds, masks=pseudo.masks,

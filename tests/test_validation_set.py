@@ -1,0 +1,68 @@
+"""The run's shared pseudo-labelled validation set: one set for every candidate, whatever
+size it reads the data at, built once and rebuilt only for other data or another seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly_utils.data.loading import load_dataset, resize_image, resize_mask
+from anomaly_utils.data.synthetic import generate_dataset
+from anomaly_utils.errors import DataError
+from anomaly_utils.scoring.validation_set import MAX_SIDE, shared_validation, validation_file
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("data") / "carpet", seed=2, size=96,
+                            n_train=20, n_test_good=2, n_per_defect=1)
+
+
+def _load(data, size, val_fraction=0.2, color_mode="rgb"):
+    return load_dataset(data, image_size=size, color_mode=color_mode,
+                        val_fraction=val_fraction, seed=0)
+
+
+def test_candidates_at_different_sizes_see_the_same_anomalies(data, tmp_path):
+    small, large = _load(data, 32), _load(data, 64)
+    first = shared_validation(tmp_path, small, seed=0, eval_size=24)
+    second = shared_validation(tmp_path, large, seed=0, eval_size=24)
+    assert np.array_equal(first.labels, second.labels)
+    assert np.array_equal(first.kinds, second.kinds)
+    assert np.array_equal(first.masks, second.masks) and first.masks.shape[1:] == (24, 24)
+    assert first.images.shape[1:] == (32, 32, 3) and second.images.shape[1:] == (64, 64, 3)
+    # Both are the stored set (at the files' own 96 px) resized, as test images are.
+    stored = np.load(validation_file(tmp_path, "rgb"))
+    assert int(stored["side"]) == min(96, MAX_SIDE)
+    assert np.array_equal(first.images, np.stack([resize_image(i, 32) for i in stored["images"]]))
+    assert np.array_equal(first.masks, np.stack([resize_mask(m, 24) for m in stored["masks"]]))
+    # The clean copies are the validation normals themselves.
+    n = len(small.val_images)
+    assert np.array_equal(first.images[:n], small.val_images) and not first.labels[:n].any()
+    assert first.labels[n:].all() and len(set(first.kinds[n:])) == 9
+
+
+def test_built_once_and_rebuilt_for_another_seed_or_split(data, tmp_path):
+    ds = _load(data, 32)
+    shared_validation(tmp_path, ds, seed=0, eval_size=16)
+    path = validation_file(tmp_path, "rgb")
+    built = path.stat().st_mtime_ns
+    shared_validation(tmp_path, ds, seed=0, eval_size=16)
+    assert path.stat().st_mtime_ns == built
+    again = shared_validation(tmp_path, ds, seed=1, eval_size=16)
+    assert path.stat().st_mtime_ns != built
+    other_split = shared_validation(tmp_path, _load(data, 32, val_fraction=0.3), seed=1,
+                                    eval_size=16)
+    assert len(other_split.labels) != len(again.labels)
+
+
+def test_grayscale_runs_keep_their_own_set(data, tmp_path):
+    gray = shared_validation(tmp_path, _load(data, 32, color_mode="grayscale"), 0, 16)
+    assert gray.images.shape[-1] == 1
+    assert validation_file(tmp_path, "grayscale").is_file()
+    assert not validation_file(tmp_path, "rgb").exists()
+
+
+def test_no_validation_images_is_a_clear_error(data, tmp_path):
+    with pytest.raises(DataError, match="val_fraction"):
+        shared_validation(tmp_path, _load(data, 32, val_fraction=0.0), 0, 16)
