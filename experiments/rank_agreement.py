@@ -8,7 +8,9 @@ the same held-out normals:
 
 - ``sharp``: the old mix of small sharp pastes (``SHARP_KINDS``: cut_paste, stain, scratch);
 - ``mix``: the lab's validation mix (``VALIDATION_MIX``: those, shading and the real-like
-  kinds faint_area, crack, local_blur, texture_warp, dark_region).
+  kinds faint_area, crack, local_blur, texture_warp, dark_region), half the normals with one;
+- ``balanced``: the set a run now builds (``make_balanced_validation``): every normal clean,
+  and twice as many anomalous copies, an equal number of each kind of the mix.
 
 Per set and mix it prints Spearman's rank correlation between the validation selection score
 (mean of validation image and pixel AUROC, as the lab chooses) and the test image AUROC
@@ -38,6 +40,7 @@ from anomaly_utils.data.loading import load_dataset, resize_mask
 from anomaly_utils.data.pseudo_anomalies import (
     SHARP_KINDS,
     VALIDATION_MIX,
+    make_balanced_validation,
     make_labelled_validation,
 )
 from anomaly_utils.evaluation import metrics
@@ -50,7 +53,9 @@ SETS = {"carpet": (ROOT / "data" / "synthetic_carpet", False),
         "magnetic_tile": (ROOT.parent / "shared" / "datasets" / "magnetic_tile", False),
         "elpv_mono": (ROOT / "data" / "elpv" / "mono", True),
         "elpv_poly": (ROOT / "data" / "elpv" / "poly", True)}
-MIXES = {"sharp": SHARP_KINDS, "mix": VALIDATION_MIX}
+MIXES = {"sharp": (make_labelled_validation, SHARP_KINDS),
+         "mix": (make_labelled_validation, VALIDATION_MIX),
+         "balanced": (make_balanced_validation, VALIDATION_MIX)}
 GRID = {"variant": FLOOR_VARIANTS, "windows": ((3, 7, 15), (7, 15, 31)),
         "smooth_sigma": (0.0, 4.0), "normalize": (True, False)}
 
@@ -68,8 +73,8 @@ def name_of(config: dict) -> str:
 def pseudo_sets(val_images: np.ndarray, eval_size: int, seed: int) -> dict[str, tuple]:
     """Each mix's (images, labels, masks at eval_size) from the same validation normals."""
     out = {}
-    for mix, kinds in MIXES.items():
-        images, labels, masks, _ = make_labelled_validation(val_images, seed, kinds=kinds)
+    for mix, (make, kinds) in MIXES.items():
+        images, labels, masks, _ = make(val_images, seed, kinds=kinds)
         out[mix] = (images, labels, np.stack([resize_mask(m, eval_size) for m in masks]))
     return out
 
@@ -106,7 +111,7 @@ def run_rows(run_dir: Path, sets: dict) -> list[dict]:
         if name not in report:
             continue
         val = load_scores(run_dir / name / "scores_val_pseudo.npz")
-        rows.append({"candidate": f"{run_dir.name}:{name}", "sharp": None,
+        rows.append({"candidate": f"{run_dir.name}:{name}", "sharp": None, "balanced": None,
                      "mix": selection_score(validation_metrics(val)),
                      "test_image_auroc": report[name]["image_auroc"],
                      "test_pixel_auroc": report[name].get("pixel_auroc")})

@@ -3,19 +3,23 @@ size it reads the data at, built once and rebuilt only for other data or another
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
+from anomaly_utils.data.layout import scan_dataset
 from anomaly_utils.data.loading import load_dataset, resize_image, resize_mask
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import DataError
+from anomaly_utils.evaluation.selection import selection_score, validation_metrics
 from anomaly_utils.scoring.validation_set import MAX_SIDE, shared_validation, validation_file
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return generate_dataset(tmp_path_factory.mktemp("data") / "carpet", seed=2, size=96,
-                            n_train=20, n_test_good=2, n_per_defect=1)
+                            n_train=20, n_test_good=2, n_per_defect=2)
 
 
 def _load(data, size, val_fraction=0.2, color_mode="rgb"):
@@ -66,3 +70,55 @@ def test_grayscale_runs_keep_their_own_set(data, tmp_path):
 def test_no_validation_images_is_a_clear_error(data, tmp_path):
     with pytest.raises(DataError, match="val_fraction"):
         shared_validation(tmp_path, _load(data, 32, val_fraction=0.0), 0, 16)
+
+
+def _add_labelled_defects(data, dest, count):
+    """A copy of ``data`` (links) with ``count`` test defects moved to val/<defect>/."""
+    import shutil
+    shutil.copytree(data, dest, copy_function=os.link)
+    firsts = [sorted(folder.glob("*.png"))[0] for folder in sorted((dest / "test").iterdir())
+              if folder.name != "good"]  # one per defect type; each keeps another
+    moved = firsts[:count]
+    for path in moved:
+        (dest / "val" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        path.rename(dest / "val" / path.parent.name / path.name)
+    return moved
+
+
+def test_labelled_validation_defects_join_the_set_and_decide_the_choice(data, tmp_path):
+    moved = _add_labelled_defects(data, tmp_path / "data", 3)
+    index = scan_dataset(tmp_path / "data")
+    assert [s.split for s in index.val_defects] == ["val"] * 3
+    assert all(s.mask_path is not None for s in index.val_defects)
+    assert len(index.test) == len(scan_dataset(data).test) - 3
+    ds = _load(tmp_path / "data", 32)
+    pseudo = shared_validation(tmp_path / "run", ds, 0, 16)
+    labelled = np.char.startswith(pseudo.kinds.astype(str), "labelled/")
+    assert labelled.sum() == 3 and pseudo.labels[labelled].all() and pseudo.has_mask.all()
+    # A candidate that finds only the pasted anomalies scores 1 on them but is at chance on
+    # the labelled defects, and the choice weighs both halves equally.
+    scores = np.where(pseudo.labels.astype(bool) & ~labelled, 1.0, 0.0)
+    maps = np.zeros(pseudo.masks.shape, np.float32)
+    result = validation_metrics({"labels": pseudo.labels, "scores": scores, "masks": pseudo.masks,
+                                 "maps": maps, "types": pseudo.kinds, "has_mask": pseudo.has_mask})
+    assert result["labelled_defects"] == 3 and result["labelled_image_auroc"] == 0.5
+    assert result["image_auroc"] == 1.0 and result["pixel_auroc"] == 0.5
+    assert selection_score(result) == pytest.approx(((1.0 + 0.5) / 2 + (0.5 + 0.5) / 2) / 2)
+    without = validation_metrics({"labels": pseudo.labels, "scores": scores,
+                                  "masks": pseudo.masks, "maps": maps})
+    assert without["labelled_defects"] == 0 and "labelled_image_auroc" not in without
+    assert selection_score(without) == pytest.approx(0.5 * (without["image_auroc"] + 0.5))
+
+
+def test_val_good_and_shared_mask_names_are_clear_errors(data, tmp_path):
+    moved = _add_labelled_defects(data, tmp_path / "a", 1)
+    clash = tmp_path / "a" / "test" / moved[0].parent.name / moved[0].name
+    os.link(tmp_path / "a" / "val" / moved[0].parent.name / moved[0].name, clash)
+    with pytest.raises(DataError, match="would serve two images"):
+        scan_dataset(tmp_path / "a")
+    _add_labelled_defects(data, tmp_path / "b", 0)
+    (tmp_path / "b" / "val" / "good").mkdir(parents=True)
+    os.link(next((tmp_path / "b" / "train" / "good").glob("*.png")),
+            tmp_path / "b" / "val" / "good" / "x.png")
+    with pytest.raises(DataError, match="train/good"):
+        scan_dataset(tmp_path / "b")

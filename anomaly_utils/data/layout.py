@@ -7,6 +7,8 @@ The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
     DATA_DIR/test/good/*.png             defect-free test images
     DATA_DIR/test/<defect>/*.png         defective test images, one folder per defect type
     DATA_DIR/ground_truth/<defect>/<stem>_mask.png   pixel masks (0/255, binarised at > 127)
+    DATA_DIR/val/<defect>/*.png          optional: a few labelled real defects for validation
+                                         (masks in ground_truth/<defect>/ like the test's)
 
 1. :func:`scan_dataset` walks the folders and pairs images with masks; problems are
    reported up front with the path and the fix (nothing is silently dropped: files that
@@ -39,7 +41,7 @@ class Sample:
 
     Attributes:
         path: the image file.
-        split: "train" or "test".
+        split: "train", "test" or "val" (a labelled validation defect).
         defect_type: "good" for defect-free images, else the defect folder's name.
         mask_path: the ground-truth mask, ``None`` for good images and for defect images
             whose mask is missing (only allowed with ``allow_missing_masks``).
@@ -65,6 +67,7 @@ class DatasetIndex:
     test: list[Sample]
     ignored: list[Path] = field(default_factory=list)
     defect_types: list[str] = field(default_factory=list)
+    val_defects: list[Sample] = field(default_factory=list)  # labelled, from val/<defect>/
 
     @property
     def masks_missing(self) -> list[Sample]:
@@ -129,32 +132,21 @@ def scan_dataset(data_dir: str | os.PathLike, allow_missing_masks: bool = False)
         raise DataError(f"'{display_path(root / 'train' / GOOD)}' holds no images",
                         fix="add defect-free PNG/JPEG/BMP/TIFF training images")
 
-    test: list[Sample] = []
-    defect_types: list[str] = []
     gt_root = root / "ground_truth"
     used_masks: set[Path] = set()
     missing: list[Path] = []
-    for folder in _list_dir(root / "test"):
-        if not folder.is_dir():
-            ignored.append(folder)
-            continue
-        files = _image_files(folder, ignored)
-        if not files:
-            raise DataError(f"category folder '{display_path(folder)}' holds no images",
-                            fix="add images to it or remove the empty folder")
-        defect = folder.name
-        if defect != GOOD:
-            defect_types.append(defect)
-        for path in files:
-            mask_path = None
-            if defect != GOOD:
-                candidate = gt_root / defect / f"{path.stem}_mask.png"
-                if candidate.is_file():
-                    mask_path = candidate
-                    used_masks.add(candidate)
-                else:
-                    missing.append(path)
-            test.append(Sample(path, "test", defect, mask_path))
+    test = _labelled_samples(root / "test", "test", gt_root, used_masks, missing, ignored)
+    defect_types = sorted({s.defect_type for s in test if s.label == 1},
+                          key=lambda d: os.fsencode(d))
+    val_defects: list[Sample] = []
+    if (root / "val").is_dir():
+        val_defects = _labelled_samples(root / "val", "val", gt_root, used_masks, missing,
+                                        ignored)
+        if any(s.label == 0 for s in val_defects):
+            raise DataError(
+                f"'{display_path(root / 'val' / GOOD)}' is not used: the defect-free validation "
+                "images are held out of train/good (val_fraction)",
+                fix="move those images to train/good/")
     if missing and not allow_missing_masks:
         shown = ", ".join(f"'{display_path(p)}'" for p in missing[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -173,13 +165,47 @@ def scan_dataset(data_dir: str | os.PathLike, allow_missing_masks: bool = False)
                 if mask not in used_masks:
                     raise DataError(
                         f"mask '{display_path(mask)}' has no image "
-                        f"(expected test/{folder.name}/{mask.stem.removesuffix('_mask')}.*)",
+                        f"(expected test/{folder.name}/{mask.stem.removesuffix('_mask')}.* "
+                        f"or val/{folder.name}/...)",
                         fix="add the image or delete the stray mask",
                     )
     if not any(s.defect_type == GOOD for s in test) and not defect_types:
         raise DataError(f"'{display_path(root / 'test')}' holds no image folders",
                         fix="add test/good/ and test/<defect>/ folders")
-    return DatasetIndex(root, train, test, ignored, defect_types)
+    return DatasetIndex(root, train, test, ignored, defect_types, val_defects)
+
+
+def _labelled_samples(split_root: Path, split: str, gt_root: Path, used_masks: set[Path],
+                      missing: list[Path], ignored: list[Path]) -> list[Sample]:
+    """The samples of ``split_root/<type>/`` folders, defect images paired with
+    ``gt_root/<type>/<stem>_mask.png`` (added to ``used_masks``; images without one are
+    appended to ``missing``)."""
+    samples: list[Sample] = []
+    for folder in _list_dir(split_root):
+        if not folder.is_dir():
+            ignored.append(folder)
+            continue
+        files = _image_files(folder, ignored)
+        if not files:
+            raise DataError(f"category folder '{display_path(folder)}' holds no images",
+                            fix="add images to it or remove the empty folder")
+        defect = folder.name
+        for path in files:
+            mask_path = None
+            if defect != GOOD:
+                candidate = gt_root / defect / f"{path.stem}_mask.png"
+                if candidate in used_masks:
+                    raise DataError(
+                        f"mask '{display_path(candidate)}' would serve two images, "
+                        f"'{display_path(path)}' and one in another split",
+                        fix=f"rename one of the two {path.stem}.* images and its mask")
+                if candidate.is_file():
+                    mask_path = candidate
+                    used_masks.add(candidate)
+                else:
+                    missing.append(path)
+            samples.append(Sample(path, split, defect, mask_path))
+    return samples
 
 
 def split_train_val(samples: list[Sample], val_fraction: float,
@@ -209,8 +235,9 @@ def fingerprint(index: DatasetIndex) -> str:
     Two folders with the same files give the same fingerprint wherever they live; any
     changed, added or removed image or mask changes it.
     """
-    files = [s.path for s in index.train + index.test]
-    files += [s.mask_path for s in index.test if s.mask_path is not None]
+    labelled = index.test + index.val_defects
+    files = [s.path for s in index.train + labelled]
+    files += [s.mask_path for s in labelled if s.mask_path is not None]
     digest = hashlib.sha256()
     for path in sorted(files, key=lambda p: os.fsencode(p.relative_to(index.root))):
         digest.update(os.fsencode(path.relative_to(index.root)) + b"\0")
@@ -226,7 +253,8 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
     {defect: mean fraction of the image covered}, ``fingerprint``, ``ignored`` paths,
     ``masks_missing`` count, ``unreadable`` (one message per file whose header cannot be read).
     """
-    counts = Counter(f"{s.split}/{s.defect_type}" for s in index.train + index.test)
+    counts = Counter(f"{s.split}/{s.defect_type}"
+                     for s in index.train + index.test + index.val_defects)
     shapes = []
     modes: Counter = Counter()
     unreadable = []

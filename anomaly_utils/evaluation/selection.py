@@ -25,26 +25,73 @@ import numpy as np
 
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation import metrics
+from anomaly_utils.scoring.validation_set import LABELLED
 
 SELECTION_METRICS = ("image_auroc", "pixel_auroc")  # averaged into the selection score
 
 
-def validation_metrics(val_pseudo: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """Image AUROC, pixel AUROC and AUPRO of one candidate on its pseudo-labelled
-    validation scores (``labels`` (P,), ``scores`` (P,), ``masks`` (P, E, E), ``maps``
-    (P, E, E)); the pixel metrics are None when no validation pixel is anomalous."""
-    masks = np.asarray(val_pseudo["masks"], bool)
+def _metrics_of(labels, scores, masks, maps, keep) -> tuple:
+    """Image AUROC, pixel AUROC and AUPRO over the images ``keep`` selects; the pixel
+    metrics are None when none of their pixels is anomalous."""
+    masks, maps = masks[keep], maps[keep]
     has_pixels = bool(masks.any())
-    return {"image_auroc": metrics.image_auroc(val_pseudo["labels"], val_pseudo["scores"]),
-            "pixel_auroc": metrics.pixel_auroc(masks, val_pseudo["maps"]) if has_pixels else None,
-            "aupro": metrics.aupro(masks, val_pseudo["maps"]) if has_pixels else None}
+    return (metrics.image_auroc(labels[keep], scores[keep]),
+            metrics.pixel_auroc(masks, maps) if has_pixels else None,
+            metrics.aupro(masks, maps) if has_pixels else None)
+
+
+def validation_metrics(val_pseudo: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Image AUROC, pixel AUROC and AUPRO of one candidate on its validation scores.
+
+    Args:
+        val_pseudo: ``labels`` (P,), ``scores`` (P,), ``masks`` (P, E, E), ``maps``
+            (P, E, E), and optionally ``types`` (P,) str and ``has_mask`` (P,) bool, as
+            ``scores_val_pseudo.npz`` holds them.
+
+    Returns:
+        ``{"image_auroc", "pixel_auroc", "aupro"}`` of the clean normals against the pasted
+        anomalies; ``labelled_defects``, the number of the dataset's own labelled defects
+        (types ``labelled/<defect>``, from ``val/<defect>/``), and, where there are any,
+        ``labelled_image_auroc`` and ``labelled_pixel_auroc`` of the clean normals against
+        them (pixel metrics over images with a mask only; None where no pixel is anomalous).
+    """
+    labels = np.asarray(val_pseudo["labels"])
+    scores = np.asarray(val_pseudo["scores"])
+    masks = np.asarray(val_pseudo["masks"], bool)
+    maps = np.asarray(val_pseudo["maps"])
+    has_mask = np.asarray(val_pseudo.get("has_mask", np.ones(len(labels), bool)), bool)
+    is_labelled = np.zeros(len(labels), bool)
+    if "types" in val_pseudo:
+        is_labelled = np.char.startswith(np.asarray(val_pseudo["types"]).astype(str), LABELLED)
+    image, pixel, pro = _metrics_of(labels, scores, masks, maps, ~is_labelled)
+    result = {"image_auroc": image, "pixel_auroc": pixel, "aupro": pro,
+              "labelled_defects": int(is_labelled.sum())}
+    if is_labelled.any():
+        clean = labels == 0
+        image, pixel, _ = _metrics_of(labels, scores, masks, maps,
+                                      (is_labelled & has_mask) | clean)
+        result["labelled_image_auroc"] = _metrics_of(labels, scores, masks, maps,
+                                                     is_labelled | clean)[0]
+        result["labelled_pixel_auroc"] = pixel
+    return result
+
+
+def _mean_of(validation: dict, prefix: str = "") -> float | None:
+    values = [validation.get(prefix + name) for name in SELECTION_METRICS]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def selection_score(validation: dict[str, float | None]) -> float | None:
-    """The mean of the available :data:`SELECTION_METRICS`, or None if none is."""
-    values = [validation.get(name) for name in SELECTION_METRICS]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+    """The mean of the available :data:`SELECTION_METRICS` on the pasted anomalies, or None
+    if none is. Where the dataset has labelled validation defects, the mean of that and the
+    same mean on the labelled defects: a few real defects alone choose worse than with the
+    pasted ones beside them (docs/experiments.md, "Labelled validation defects")."""
+    pasted = _mean_of(validation)
+    labelled = _mean_of(validation, "labelled_") if validation.get("labelled_defects") else None
+    if labelled is None:
+        return pasted
+    return labelled if pasted is None else (pasted + labelled) / 2
 
 
 def choose_candidate(validation: dict[str, dict[str, float | None]]) -> dict[str, Any]:
@@ -69,11 +116,15 @@ def choose_candidate(validation: dict[str, dict[str, float | None]]) -> dict[str
     ranked.sort(key=lambda name: -scores[name])  # stable: ties keep the report's order
     best = ranked[0]
     runner_up = ranked[1] if len(ranked) > 1 else None
+    labelled = validation[best].get("labelled_defects") or 0
+    on = (f"pasted anomalies and {labelled} labelled validation defects, half each" if labelled
+          else "pasted validation anomalies")
     reason = (f"{best} has the highest validation mean of {' and '.join(SELECTION_METRICS)} "
-              f"({scores[best]:.3f}")
+              f"on {on} ({scores[best]:.3f}")
     reason += f"; next {runner_up} {scores[runner_up]:.3f})" if runner_up else ")"
     return {"model": best, "score": scores[best], "ranking": ranked, "scores": scores,
-            "by": "mean of validation " + " and ".join(SELECTION_METRICS), "reason": reason}
+            "by": f"mean of validation {' and '.join(SELECTION_METRICS)} on {on}",
+            "reason": reason}
 
 
 def choose_by_validation(score: Mapping[str, Callable[[np.ndarray], Any]], images: np.ndarray,

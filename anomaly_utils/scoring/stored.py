@@ -158,7 +158,7 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     val_pseudo = scorer.score(pseudo.images)
     save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=pseudo.labels,
                 types=pseudo.kinds, masks=pseudo.masks,
-                has_mask=np.ones(len(pseudo.labels), bool), paths=[], fingerprint=fingerprint,
+                has_mask=pseudo.has_mask, paths=[], fingerprint=fingerprint,
                 model=name)
     test = scorer.score(ds.test_images)
     save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,

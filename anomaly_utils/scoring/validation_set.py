@@ -11,7 +11,10 @@ notebook builds it first, the content is the same (it depends on the files, the 
 colour mode only).
 
 The set is :func:`anomaly_utils.data.pseudo_anomalies.make_balanced_validation`: every
-validation normal once clean, and an equal number of anomalous copies of every kind.
+validation normal once clean, and an equal number of anomalous copies of every kind; then
+the dataset's own labelled validation defects (``val/<defect>/``, kind
+``labelled/<defect>``), when it has any. Where they exist, the candidates are chosen on them
+(:func:`anomaly_utils.evaluation.selection.validation_metrics`).
 
 Example:
     >>> import tempfile
@@ -36,24 +39,28 @@ import numpy as np
 
 from anomaly_utils.artifacts import load_npz, save_npz
 from anomaly_utils.data import pseudo_anomalies
-from anomaly_utils.data.images import read_image
+from anomaly_utils.data.images import read_image, read_mask
+from anomaly_utils.data.layout import Sample
 from anomaly_utils.data.loading import resize_image, resize_mask
 from anomaly_utils.errors import DataError
 
 VALIDATION_FOLDER = "validation"  # in the run directory
 MAX_SIDE = 512  # pixels; larger validation images are built at this side
+LABELLED = "labelled/"  # kind prefix of the dataset's own labelled validation defects
 
 
 @dataclass
 class PseudoLabelled:
     """The pseudo-labelled validation set: ``images`` (P, H, W, C) uint8 at a candidate's
     size, ``labels`` (P,) int with 1 = pasted anomaly, ``masks`` (P, E, E) bool at the
-    scoring resolution, ``kinds`` (P,) str ("good" or the pasted kind)."""
+    scoring resolution, ``kinds`` (P,) str ("good", the pasted kind or ``labelled/<defect>``),
+    ``has_mask`` (P,) bool (False only for labelled defects without a mask)."""
 
     images: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
     kinds: np.ndarray
+    has_mask: np.ndarray
 
 
 def validation_file(run_dir: str | os.PathLike, color_mode: str) -> Path:
@@ -61,28 +68,41 @@ def validation_file(run_dir: str | os.PathLike, color_mode: str) -> Path:
     return Path(run_dir) / VALIDATION_FOLDER / f"pseudo_labelled_{color_mode}.npz"
 
 
-def build_validation(paths: list[Path], color_mode: str, seed: int) -> dict[str, np.ndarray]:
-    """Read the validation normals at their own resolution and paste the anomalies.
+def build_validation(paths: list[Path], color_mode: str, seed: int,
+                     defects: list[Sample] = ()) -> dict[str, np.ndarray]:
+    """Read the validation normals at their own resolution, paste the anomalies and append
+    the labelled defects.
 
     Args:
         paths: the validation image files (``AnomalyDataset.val_paths``), N >= 1.
         color_mode: "rgb" or "grayscale".
         seed: seeds the anomalies.
+        defects: the dataset's labelled validation defects (``DatasetIndex.val_defects``).
 
     Returns:
         ``{"images": uint8 (P, S, S, C), "labels": (P,), "masks": bool (P, S, S),
-        "kinds": str (P,), "side": S}`` with S the longest side of the largest image, at
-        most :data:`MAX_SIDE`.
+        "kinds": str (P,), "has_mask": bool (P,), "side": S}`` with S the longest side of
+        the largest image, at most :data:`MAX_SIDE`.
     """
     if not paths:
         raise DataError("the dataset has no validation images to paste pseudo-anomalies into",
                         fix="use val_fraction > 0 with at least 2 training images")
     originals = [read_image(path, color_mode) for path in paths]
-    side = min(MAX_SIDE, max(max(image.shape[:2]) for image in originals))
+    labelled = [read_image(sample.path, color_mode) for sample in defects]
+    side = min(MAX_SIDE, max(max(image.shape[:2]) for image in originals + labelled))
     normals = np.stack([resize_image(image, side) for image in originals])
     images, labels, masks, kinds = pseudo_anomalies.make_balanced_validation(normals, seed)
+    has_mask = [True] * len(images)
+    if defects:
+        images = np.concatenate([images, [resize_image(image, side) for image in labelled]])
+        masks = np.concatenate([masks, [
+            resize_mask(read_mask(s.mask_path), side) if s.mask_path is not None
+            else np.zeros((side, side), bool) for s in defects]])
+        labels = np.r_[labels, np.ones(len(defects), labels.dtype)]
+        kinds = [*kinds, *(LABELLED + s.defect_type for s in defects)]
+        has_mask += [s.mask_path is not None for s in defects]
     return {"images": images, "labels": labels, "masks": masks, "kinds": np.asarray(kinds),
-            "side": np.int64(side)}
+            "has_mask": np.asarray(has_mask), "side": np.int64(side)}
 
 
 def shared_validation(run_dir: str | os.PathLike, ds, seed: int,
@@ -101,14 +121,16 @@ def shared_validation(run_dir: str | os.PathLike, ds, seed: int,
         eval_size: side of the returned masks, pixels (the scoring resolution).
     """
     path = validation_file(run_dir, ds.color_mode)
+    defects = ds.index.val_defects
     stamp = {"fingerprint": ds.fingerprint, "seed": int(seed),
-             "paths": [p.relative_to(ds.index.root).as_posix() for p in ds.val_paths]}
+             "paths": [p.relative_to(ds.index.root).as_posix()
+                       for p in [*ds.val_paths, *(s.path for s in defects)]]}
     stored = load_npz(path) if path.is_file() else None
     if stored is None or str(stored["stamp"]) != repr(stamp):
-        stored = build_validation(ds.val_paths, ds.color_mode, seed)
+        stored = build_validation(ds.val_paths, ds.color_mode, seed, defects)
         stored["stamp"] = np.asarray(repr(stamp))
         save_npz(path, **stored)
     images = np.stack([resize_image(image, ds.image_size) for image in stored["images"]])
     masks = np.stack([resize_mask(mask, eval_size) for mask in stored["masks"]])
     return PseudoLabelled(images, np.asarray(stored["labels"]), masks,
-                          np.asarray(stored["kinds"]))
+                          np.asarray(stored["kinds"]), np.asarray(stored["has_mask"], bool))
