@@ -177,3 +177,30 @@ def test_the_gallery_shows_the_stored_reconstructions_without_a_model(tmp_path):
     with pytest.raises(ArtifactError, match=r"False\.npz' lacks \['recons'\]") as info:
         load_scores(tmp_path / "False.npz", with_recons=True)
     assert "rerun the training notebook" in info.value.fix
+
+
+def test_the_gallery_shows_a_candidate_without_reconstructions(tmp_path):
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from anomaly_utils.scoring.stored import ScoreResult, load_scores, save_scores
+    from anomaly_utils.visualization.gallery import rows_for
+    from anomaly_utils.visualization.plots import gallery_rows
+
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (2, 16, 16), dtype=np.uint8)
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for path, image in zip(paths, gray, strict=True):
+        cv2.imwrite(str(path), image)
+    result = ScoreResult(scores=np.array([0.2, 0.7], np.float32),
+                         maps=rng.random((2, 8, 8), dtype=np.float32), recons=None)
+    save_scores(tmp_path / "floor.npz", result, labels=[0, 1], types=["good", "cut"],
+                masks=None, has_mask=None, paths=[p.name for p in paths], fingerprint="f",
+                model="floor")
+    rows = rows_for([1, 0], load_scores(tmp_path / "floor.npz"), paths, threshold=0.5,
+                    pixel_threshold=0.5, min_area=1)
+    assert [r["recon"] for r in rows] == [None, None]
+    assert rows[0]["image"].shape == (8, 8, 1)  # at the maps' side, gray as detected
+    fig = gallery_rows(rows)
+    assert len(fig.axes) == 2 * 3  # image, heatmap, score: no reconstruction column

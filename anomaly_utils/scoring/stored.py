@@ -131,7 +131,7 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     Writes ``run_dir/<model>/scores_val.npz``, ``scores_val_pseudo.npz`` (the validation
     normals with pasted synthetic anomalies, for
     choosing a candidate and an F1-optimal threshold without touching the test set) and
-    ``scores_test.npz`` (with the reconstructions, for the gallery), each stamped with the
+    ``scores_test.npz`` (with an autoencoder's reconstructions, for the gallery), each stamped with the
     dataset fingerprint. The pseudo-labelled set is the run's shared one
     (:func:`anomaly_utils.scoring.validation_set.shared_validation`), the same anomalies for
     every candidate.
@@ -164,5 +164,5 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,
                 masks=ds.test_masks, has_mask=ds.test_has_mask,
                 paths=[p.relative_to(ds.index.root) for p in ds.test_paths],
-                fingerprint=fingerprint, model=name, keep_recons=True)
+                fingerprint=fingerprint, model=name, keep_recons=name in MODELS)
     return SplitScores(val, val_pseudo, test)

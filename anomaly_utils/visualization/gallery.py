@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly_utils.data.images import detect_color_mode
 from anomaly_utils.data.loading import load_images
 from anomaly_utils.errors import DataError
 from anomaly_utils.evaluation import thresholds
@@ -67,21 +68,29 @@ def errors(verdict: np.ndarray, scores: np.ndarray, kind: str) -> list[int]:
 
 
 def rows_for(indices: list[int], test: dict, paths: list, threshold: float,
-             pixel_threshold: float, min_area: int, label: str = "") -> list[dict]:
+             pixel_threshold: float, min_area: int, label: str = "",
+             color_mode: str = "auto") -> list[dict]:
     """Gallery rows (see :func:`anomaly_utils.visualization.plots.gallery_rows`) for test
     images ``indices``.
 
-    ``test`` is a test split's stored scores with their ``recons`` (N, S, S, C) uint8, as
-    ``load_scores(..., with_recons=True)`` returns them (it refuses a file without them); the
-    images are read again from ``paths`` at the reconstructions' resolution S. No model is
-    loaded.
+    ``test`` is a test split's stored scores. With their ``recons`` (N, S, S, C) uint8, as
+    ``load_scores(..., with_recons=True)`` returns them for an autoencoder, the images are
+    read again from ``paths`` at the reconstructions' resolution S and in their colour mode;
+    without (the statistics floor reconstructs nothing) at the maps' resolution, in
+    ``color_mode`` ("auto": as the run detected it), and the rows have no ``recon``. No model
+    is loaded.
     """
     if not indices:
         return []
-    recons = test["recons"][indices].astype(np.float32) / 255.0
-    size, channels = recons.shape[1], recons.shape[3]
-    images, _, _ = load_images([paths[i] for i in indices], size,
-                               "grayscale" if channels == 1 else "rgb")
+    if "recons" in test:
+        recons = test["recons"][indices].astype(np.float32) / 255.0
+        size, channels = recons.shape[1], recons.shape[3]
+        color_mode = "grayscale" if channels == 1 else "rgb"
+    else:
+        recons = [None] * len(indices)
+        size = test["maps"].shape[1]
+        color_mode = detect_color_mode([paths[i] for i in indices], color_mode)
+    images, _, _ = load_images([paths[i] for i in indices], size, color_mode)
     maps = test["maps"][indices]
     predicted = thresholds.segment(maps, pixel_threshold, min_area=min_area)
     verdict = verdicts(test["labels"][indices], test["scores"][indices], threshold)

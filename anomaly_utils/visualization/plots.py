@@ -213,28 +213,34 @@ def roc_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]]):
 def gallery_rows(rows: list[dict], size: float = 2.0):
     """The results gallery: one row per test image.
 
-    Each row dict holds ``image`` (H, W, C), ``recon`` (H, W, C), ``map`` (E, E), ``mask`` and
-    ``pred`` (E, E) bool, ``score``, ``threshold``, ``verdict`` ("TP"/"FP"/"FN"/"TN") and
-    ``title``; a model with a segmentation head adds ``error_map`` (E, E), its reconstruction
-    error. Columns: original, reconstruction, (the error map, when rows have one), heatmap
-    of ``map`` over the image with the ground truth (cyan) and predicted region (magenta)
+    Each row dict holds ``image`` (H, W, C), ``recon`` (H, W, C, or None for a candidate
+    that reconstructs nothing), ``map`` (E, E), ``mask`` and ``pred`` (E, E) bool, ``score``,
+    ``threshold``, ``verdict`` ("TP"/"FP"/"FN"/"TN") and ``title``; a model with a
+    segmentation head adds ``error_map`` (E, E), its reconstruction error. Columns: original,
+    reconstruction (when rows have one), the error map (when rows have one), heatmap of
+    ``map`` over the image with the ground truth (cyan) and predicted region (magenta)
     outlined, and the score against the threshold.
     """
     import cv2
 
     n = len(rows)
     with_error = any(row.get("error_map") is not None for row in rows)
-    columns = 5 if with_error else 4
+    with_recon = any(row.get("recon") is not None for row in rows)
+    columns = 3 + with_recon + with_error
     fig, axes = plt.subplots(n, columns, figsize=(columns * size, n * size), squeeze=False,
                              gridspec_kw={"width_ratios": [1] * (columns - 1) + [0.9]})
     for i, row in enumerate(rows):
         image = np.asarray(row["image"], np.float32)
         image = image / 255.0 if image.max() > 1.5 else image
         _show_image(axes[i, 0], image, row["title"])
-        _show_image(axes[i, 1], np.clip(row["recon"], 0, 1), "reconstruction")
+        if with_recon:
+            if row.get("recon") is not None:
+                _show_image(axes[i, 1], np.clip(row["recon"], 0, 1), "reconstruction")
+            else:
+                _bare(axes[i, 1])
         side = image.shape[0]
         if with_error:
-            ax = axes[i, 2]
+            ax = axes[i, 1 + with_recon]
             if row.get("error_map") is not None:
                 ax.imshow(cv2.resize(row["error_map"].astype(np.float32), (side, side)),
                           cmap="inferno")
