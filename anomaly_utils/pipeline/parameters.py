@@ -312,6 +312,7 @@ RULES: dict[str, dict[str, Rule]] = {
                      "corrupt": _unit_interval,
                      "corrupt_mode": _one_of("auto", *CORRUPT_MODES),
                      "ensemble_size": _positive_int, "pad": _non_negative_int,
+                     "collapse_retries": _non_negative_int,
                      "head": _one_of(*HEADS), "head_training": _one_of(*HEAD_TRAININGS),
                      "head_widths": _widths, "head_epochs": _positive_int,
                      "head_patches_per_epoch": _positive_int,
