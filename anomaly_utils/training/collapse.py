@@ -34,7 +34,7 @@ COLLAPSED_DIR = "collapsed"
 RETRY_FACTOR = 3.0  # each retry divides the learning rate by this
 
 
-def _batches(data: Any) -> Iterable:
+def batches(data: Any) -> Iterable:
     """The ``(inputs, targets)`` batches of a dataset, a Keras ``PyDataset`` or a list."""
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return (data[i] for i in range(len(data)))
@@ -56,7 +56,7 @@ def reconstruction_check(model: keras.Model, val_data: Any) -> dict[str, float |
     """
     model_error = flat_error = 0.0
     count = 0
-    for inputs, targets in _batches(val_data):
+    for inputs, targets in batches(val_data):
         targets = np.asarray(targets, np.float32)
         outputs = np.asarray(model.predict(np.asarray(inputs), verbose=0), np.float32)
         model_error += float(np.abs(outputs - targets).sum())
