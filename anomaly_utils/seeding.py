@@ -36,8 +36,8 @@ def set_global_seed(seed: int, deterministic_ops: bool = True) -> None:
     """Seed Python, numpy, Keras and its backend; optionally make the backend's ops deterministic.
 
     ``keras.utils.set_random_seed`` seeds Python, numpy, Keras' global seed generator, PyTorch
-    when it is the backend, and TensorFlow whenever it is installed (Keras does so for tf.data,
-    so under JAX it imports TensorFlow if present). With ``deterministic_ops`` the same
+    when it is the backend, and TensorFlow whenever it is installed (so under JAX it imports
+    TensorFlow if present; the lab's own modules do not need it there). With ``deterministic_ops`` the same
     parameters on the same machine give bit-identical losses: TensorFlow's op determinism,
     ``torch.use_deterministic_algorithms``, or XLA's deterministic GPU ops for JAX (through
     ``XLA_FLAGS``, which takes effect only if JAX has not started its backend yet; nothing is

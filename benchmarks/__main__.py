@@ -49,6 +49,10 @@ def summary() -> str:
     if pipeline:
         rows.append({"measure": "training from disk / from memory",
                      "value": f"{pipeline['disk_over_memory']:.2f}", "target": ">= 0.95"})
+        if "ae2_fit_pipeline_over_arrays" in pipeline:
+            rows.append({"measure": "AE-2 fit from patch_dataset / from fixed arrays",
+                         "value": f"{pipeline['ae2_fit_pipeline_over_arrays']:.2f}",
+                         "target": "(reported)"})
     training = _load("training")
     if training and ceiling:
         best: dict[str, dict] = {}

@@ -3,7 +3,7 @@
 AE-1 (64x64 RGB, 70.7 M parameters) trains for a few epochs on 216 random images (the
 synthetic carpet's training split) three ways:
 
-- ``plain``: ``model.fit`` with the lab's ``tf.data`` pipeline and no callbacks,
+- ``plain``: ``model.fit`` with the lab's input pipeline and no callbacks,
 - ``lab, backup every epoch``: :func:`anomaly_utils.training.fit.fit_autoencoder` with
   ``backup_overhead=1.0`` (the resume backup of weights + Adam state, ~810 MB, every epoch;
   what the lab did before the backup budget),

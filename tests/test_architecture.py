@@ -76,7 +76,7 @@ def test_evaluation_and_data_know_no_model():
     for path in modules():
         if stage_of(path) in ("evaluation", "data"):
             heavy = {n.split(".")[0] for n, _ in imports(path)} & {"tensorflow", "keras"}
-            # data.loading builds a tf.data pipeline from files on request (file_dataset).
+            # data.loading imports Keras for file_dataset's PyDataset, on request only.
             if path.name != "loading.py":
                 assert not heavy, f"{path.relative_to(PACKAGE)} imports {heavy}"
 

@@ -18,8 +18,9 @@ from PIL import Image
 
 from anomaly_utils.data.images import detect_color_mode, read_image, read_mask
 from anomaly_utils.data.layout import dataset_summary, fingerprint, scan_dataset, split_train_val
-from anomaly_utils.data.loading import file_dataset, load_dataset
+from anomaly_utils.data.loading import file_dataset, load_dataset, load_images
 from anomaly_utils.errors import DataError, ParameterError
+from anomaly_utils.training.datasets import set_dataset_epoch
 
 RNG = np.random.default_rng(0)
 
@@ -121,13 +122,34 @@ def test_accepts_jpeg_bmp_tiff_and_varying_sizes(tmp_path: Path):
 
 
 def test_file_dataset_reads_from_disk(dataset: Path):
-    import tensorflow as tf
-
     paths = [s.path for s in scan_dataset(dataset).train]
     batches = list(file_dataset(paths, 16, "rgb", batch_size=4))
-    assert [b.shape[0] for b in batches] == [4, 2]
-    assert batches[0].dtype == tf.float32
-    assert float(tf.reduce_min(batches[0])) >= 0.0 and float(tf.reduce_max(batches[0])) <= 1.0
+    assert [b.shape for b in batches] == [(4, 16, 16, 3), (2, 16, 16, 3)]
+    assert batches[0].dtype == np.float32
+    assert batches[0].min() >= 0.0 and batches[0].max() <= 1.0
+    # The same pixels as load_images (Pillow decoding, the same resize), divided by 255.
+    for mode in ("rgb", "grayscale"):
+        loaded, _, _ = load_images(paths, 16, mode)
+        read = np.concatenate(list(file_dataset(paths, 16, mode, batch_size=4)))
+        np.testing.assert_allclose(read, loaded / 255.0, atol=1.5 / 255)
+    shuffled = file_dataset(paths, 16, "rgb", batch_size=6, shuffle=True, seed=1, targets=True)
+    x, y = shuffled[0]
+    assert len(x) == 6 and not np.shares_memory(x, y)
+    np.testing.assert_array_equal(x, y)
+    set_dataset_epoch(shuffled, 1)
+    again = shuffled[0][0]
+    assert not np.array_equal(x, again)
+    np.testing.assert_allclose(np.sort(x.reshape(6, -1), axis=0),
+                               np.sort(again.reshape(6, -1), axis=0))
+    set_dataset_epoch(shuffled, 0)
+    np.testing.assert_array_equal(shuffled[0][0], x)
+
+
+def test_file_dataset_names_an_unreadable_file(tmp_path: Path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.png"):
+        file_dataset([bad], 16)[0]
 
 
 # --- the bad-input corpus -------------------------------------------------------------------

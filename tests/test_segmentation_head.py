@@ -80,11 +80,11 @@ def test_anomaly_patches_are_epoch_keyed_and_their_masks_mark_the_changes():
     ds = anomaly_patch_dataset(images, 16, 32, batch_size=16, seed=1,
                                anomaly_options={"clean_fraction": 0.5})
     set_dataset_epoch(ds, 3)
-    first = [(x.numpy(), m.numpy()) for x, m in ds]
+    first = list(ds)
     set_dataset_epoch(ds, 0)
-    other = [x.numpy() for x, _ in ds]
+    other = [x for x, _ in ds]
     set_dataset_epoch(ds, 3)
-    again = [(x.numpy(), m.numpy()) for x, m in ds]
+    again = list(ds)
     assert len(first) == 2
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
                for a, b in zip(first, again, strict=True))
@@ -100,7 +100,8 @@ def test_joint_patches_carry_the_clean_crop_as_reconstruction_target():
     ds = anomaly_patch_dataset(images, 16, 8, batch_size=8, seed=0, joint=True,
                                anomaly_options={"clean_fraction": 0.0})
     x, targets = next(iter(ds))
-    x, mask, clean = x.numpy(), targets["mask"].numpy(), targets["reconstruction"].numpy()
+    mask, clean = targets["mask"], targets["reconstruction"]
+    assert x.dtype == mask.dtype == clean.dtype == np.float32
     outside = mask[..., 0] == 0
     assert np.array_equal(x[outside], clean[outside])  # only masked pixels differ
     assert mask.reshape(8, -1).max(axis=1).all()

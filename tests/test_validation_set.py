@@ -87,6 +87,7 @@ def _add_labelled_defects(data, dest, count):
 
 def test_labelled_validation_defects_join_the_set_and_decide_the_choice(data, tmp_path):
     moved = _add_labelled_defects(data, tmp_path / "data", 3)
+    assert all(not p.exists() for p in moved)  # moved out of the test split
     index = scan_dataset(tmp_path / "data")
     assert [s.split for s in index.val_defects] == ["val"] * 3
     assert all(s.mask_path is not None for s in index.val_defects)
@@ -122,3 +123,10 @@ def test_val_good_and_shared_mask_names_are_clear_errors(data, tmp_path):
             tmp_path / "b" / "val" / "good" / "x.png")
     with pytest.raises(DataError, match="train/good"):
         scan_dataset(tmp_path / "b")
+
+
+def test_the_data_stage_and_the_chooser_agree_on_the_labelled_prefix():
+    from anomaly_utils.data import pseudo_anomalies
+    from anomaly_utils.evaluation import selection
+
+    assert pseudo_anomalies.LABELLED == selection.LABELLED

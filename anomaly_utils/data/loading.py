@@ -207,27 +207,90 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode:
     )
 
 
-def file_dataset(paths: list[Path], image_size: int, color_mode: str = "rgb",
-                 batch_size: int = 32, shuffle: bool = False, seed: int = 0):
-    """A tf.data pipeline that reads images from disk: (B, S, S, C) float32 in [0, 1].
+def decode_image_file(path: str | os.PathLike, image_size: int, color_mode: str = "rgb") -> np.ndarray:
+    """Decode one image file with OpenCV and resize it: uint8 (S, S, C).
 
-    Files are decoded with ``tf.io.decode_image`` in parallel and prefetched, so training
-    from disk runs at the speed of training from memory (see benchmarks/bench_pipeline.py).
-    Order is deterministic (shuffled with ``seed`` when ``shuffle``).
+    The colours are those of :func:`~anomaly_utils.data.images.read_image` (RGB; grayscale as
+    ITU-R 601 luma of the RGB; alpha dropped; EXIF orientation ignored, as Pillow does) and
+    the resize that of :func:`resize_image` (area averaging down, bilinear up), so the result
+    is what :func:`load_images` gives for the file, up to decoder differences.
+
+    Raises:
+        DataError: the file is missing, unreadable or not an image OpenCV decodes.
     """
-    import tensorflow as tf
-
     channels = channels_for(color_mode)
-    names = [os.fsdecode(p) for p in paths]
+    name = display_path(path)
+    try:
+        raw = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read image '{name}': {exc.strerror or exc}",
+                        fix="check that the file exists and is readable") from exc
+    image = cv2.imdecode(raw, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
+        if raw.size else None
+    if image is None:
+        raise DataError(f"'{name}' is not an image OpenCV can decode",
+                        fix="replace it with a valid image or delete it")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 1:
+        luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        image = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+    return resize_image(image, image_size)
 
-    def decode(path):
-        raw = tf.io.read_file(path)
-        image = tf.io.decode_image(raw, channels=channels, expand_animations=False)
-        image = tf.image.resize(image, (image_size, image_size), method="area", antialias=True)
-        return tf.cast(image, tf.float32) / 255.0
 
-    ds = tf.data.Dataset.from_tensor_slices(names)
-    if shuffle:
-        ds = ds.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def file_dataset(paths: list[Path], image_size: int, color_mode: str = "rgb",
+                 batch_size: int = 32, shuffle: bool = False, seed: int = 0,
+                 targets: bool = False):
+    """A ``keras.utils.PyDataset`` that reads images from disk: batches (B, S, S, C) float32
+    in [0, 1], or ``(x, x)`` with ``targets`` (to fit an autoencoder).
+
+    Each batch's files are decoded with OpenCV in threads (:func:`decode_image_file`: the
+    colour conversion and resize of :func:`load_images`); Keras' TensorFlow backend makes the
+    next batch while the model trains, so training from disk runs at nearly the speed of
+    training from memory (see benchmarks/bench_pipeline.py). The last batch may be smaller.
+    The order is the paths' order or, with ``shuffle``, epoch ``e``'s permutation drawn with
+    ``numpy.random.default_rng([seed, e])``; the dataset's epoch is set by
+    ``anomaly_utils.training.datasets.set_dataset_epoch`` (``fit_autoencoder`` does it), so
+    the order is a function of ``(seed, epoch)`` alone.
+
+    Example:
+        >>> ds = file_dataset(paths, 64, "rgb", batch_size=32)  # doctest: +SKIP
+        >>> len(ds), ds[0].shape                                # doctest: +SKIP
+        (7, (32, 64, 64, 3))
+    """
+    import keras  # only here: the rest of the data stage knows no model framework
+
+    channels_for(color_mode)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size < 1:
+        raise ParameterError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not paths:
+        raise ParameterError("file_dataset needs at least one path", fix="pass image files")
+    names = [os.fspath(p) for p in paths]
+
+    class FileDataset(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+
+        def __len__(self) -> int:
+            return -(-len(names) // batch_size)
+
+        def __getitem__(self, index: int):
+            index = int(index)
+            if not 0 <= index < len(self):
+                raise IndexError(f"batch {index} of a dataset of {len(self)} batches")
+            order = (np.random.default_rng([int(seed), self.epoch]).permutation(len(names))
+                     if shuffle else np.arange(len(names)))
+            chosen = [names[i] for i in order[index * batch_size:(index + 1) * batch_size]]
+            with ThreadPoolExecutor(min(_LOAD_THREADS, len(chosen))) as pool:
+                images = list(pool.map(
+                    lambda name: decode_image_file(name, image_size, color_mode), chosen))
+            x = np.stack(images).astype(np.float32) / np.float32(255.0)
+            # Two arrays, never one buffer twice: TensorFlow may reuse an input's buffer
+            # (see anomaly_utils.training.datasets, _ALIASING).
+            return (x, x.copy()) if targets else x
+
+    return FileDataset()

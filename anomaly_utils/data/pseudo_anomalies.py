@@ -74,6 +74,7 @@ REAL_LIKE_KINDS: tuple[str, ...] = ("faint_area", "crack", "local_blur", "textur
 ALL_KINDS: tuple[str, ...] = (*SHARP_KINDS, "shading", *REAL_LIKE_KINDS)
 VALIDATION_MIX: tuple[str, ...] = ALL_KINDS  # the default kinds of a labelled validation set
 NORMAL_KIND = "good"
+LABELLED = "labelled/"  # kind prefix of a dataset's own labelled validation defects
 
 
 def _signed_delta(rng: np.random.Generator, region: np.ndarray, lo: float, hi: float,

@@ -25,9 +25,11 @@ import numpy as np
 
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation import metrics
-from anomaly_utils.scoring.validation_set import LABELLED
 
 SELECTION_METRICS = ("image_auroc", "pixel_auroc")  # averaged into the selection score
+# The kind prefix of a dataset's own labelled defects in a validation set; the data stage
+# names them so (data.pseudo_anomalies.LABELLED), and evaluation imports no other stage.
+LABELLED = "labelled/"
 
 
 def _metrics_of(labels, scores, masks, maps, keep) -> tuple:

@@ -42,11 +42,11 @@ from anomaly_utils.data import pseudo_anomalies
 from anomaly_utils.data.images import read_image, read_mask
 from anomaly_utils.data.layout import Sample
 from anomaly_utils.data.loading import resize_image, resize_mask
+from anomaly_utils.data.pseudo_anomalies import LABELLED
 from anomaly_utils.errors import DataError
 
 VALIDATION_FOLDER = "validation"  # in the run directory
 MAX_SIDE = 512  # pixels; larger validation images are built at this side
-LABELLED = "labelled/"  # kind prefix of the dataset's own labelled validation defects
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Stage 3, training: input pipelines, input corruptions, callbacks and the resumable fit.
 
 - ``masks``: corruption names and the grid masks shared with inpainting inference.
-- ``datasets``: tf.data pipelines of images, patches and patches with synthetic anomalies, stateless per epoch.
+- ``datasets``: numpy ``keras.utils.PyDataset`` pipelines (the same on every backend) of images,
+  patches and patches with synthetic anomalies; each batch a pure function of (seed, epoch, batch).
+- ``patches``: numpy crops, flips and turns, and the input corruptions of a batch of patches.
 - ``callbacks``: NaN guard, checkpoint and history recorder, atomic resume backups.
 - ``head``: training the segmentation head on synthetic anomalies.
 - ``fit``: :func:`fit.fit_autoencoder`, the training loop every notebook uses.

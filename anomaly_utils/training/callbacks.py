@@ -1,4 +1,4 @@
-"""The training loop's callbacks: the epoch setter of the stateless datasets, the NaN guard,
+"""The training loop's callbacks: the epoch setter of the epoch-keyed datasets, the NaN guard,
 the epoch recorder (best checkpoint, ``history.csv``, early stopping) and atomic backups
 for resuming a killed run, written with Keras' public callback API only.
 """
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from anomaly_utils.artifacts import atomic_path, read_json, write_json, write_text
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
@@ -26,9 +25,10 @@ BACKUP_DIR = "backup"
 
 
 class EpochSetter(keras.callbacks.Callback):
-    """Tells epoch-keyed datasets which epoch is starting."""
+    """Tells an epoch-keyed dataset (:class:`~anomaly_utils.training.datasets.EpochDataset`)
+    which epoch is starting, before Keras asks it for the epoch's first batch."""
 
-    def __init__(self, dataset: tf.data.Dataset):
+    def __init__(self, dataset):
         super().__init__()
         self.dataset = dataset
 

@@ -9,7 +9,9 @@ stopping; ``history.csv`` (one row per epoch, exactly once across resumes),
 ``history.json`` and ``config.json``. It returns the best checkpoint loaded back in safe
 mode.
 
-The loop runs on TensorFlow and on JAX (Keras 3 takes the ``tf.data`` pipelines on either).
+The loop runs on TensorFlow, JAX and PyTorch: the input pipelines are numpy
+``keras.utils.PyDataset`` s (:mod:`anomaly_utils.training.datasets`), the same on every backend,
+and this module imports no TensorFlow (``strategy`` is TensorFlow's, imported only under it).
 With ``strategy`` (:func:`anomaly_utils.training.strategy.make_strategy`, TensorFlow only) the
 same loop runs under ``tf.distribute``: the model is compiled (and, when it was built outside
 ``strategy.scope()``, rebuilt with the same builder and weights) inside the scope, and each
@@ -38,13 +40,13 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
@@ -65,7 +67,7 @@ from anomaly_utils.training.callbacks import (
     read_history_csv,
     restore_backup,
 )
-from anomaly_utils.training.datasets import check_int, image_dataset
+from anomaly_utils.training.datasets import check_int, image_dataset, is_ready_dataset
 from anomaly_utils.training.strategy import check_backend, is_chief, replicas, worker_name
 
 HISTORY_JSON = "history.json"
@@ -77,8 +79,10 @@ BUILDERS = {AE1_BUILDER: build_ae1, AE2_BUILDER: build_ae2}
 def _describe(data: Any) -> Any:
     if isinstance(data, np.ndarray):
         return {"array_shape": list(data.shape), "dtype": str(data.dtype)}
-    if isinstance(data, tf.data.Dataset):
-        return {"dataset": str(data.element_spec)}
+    if callable(getattr(data, "describe", None)):
+        return data.describe()  # the lab's datasets: their settings
+    if is_ready_dataset(data) and hasattr(data, "element_spec"):
+        return {"dataset": str(data.element_spec)}  # a tf.data.Dataset
     return None if data is None else type(data).__name__
 
 
@@ -88,14 +92,14 @@ def _describe_loss(loss: Any) -> Any:
     return keras.saving.serialize_keras_object(loss)
 
 
-def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset,
-                    val_data: np.ndarray | tf.data.Dataset | None,
+def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyDataset,
+                    val_data: np.ndarray | keras.utils.PyDataset | None,
                     model_dir: str | os.PathLike, *, epochs: int, learning_rate: float,
                     seed: int, loss: Any = None, early_stopping_patience: int | None = None,
                     verbose: int = 2, batch_size: int = 32, jit_compile: bool | str = "auto",
                     backup_overhead: float = 0.1,
                     callbacks: Sequence[keras.callbacks.Callback] = (),
-                    strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+                    strategy: Any = None) -> dict[str, Any]:
     """Train an autoencoder with atomic checkpoints, resume after a kill, and a NaN guard.
 
     Rerunning with the same ``model_dir`` and settings after the process died continues from
@@ -103,8 +107,11 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
 
     Args:
         model: a model from :mod:`anomaly_utils.models` (or any Keras autoencoder), built.
-        train_data: a dataset of ``(x, x)`` batches (e.g. :func:`patch_dataset`) or an image
+        train_data: a dataset of ``(x, x)`` batches (e.g. :func:`patch_dataset`; any
+            ``keras.utils.PyDataset``, or a ``tf.data.Dataset`` on TensorFlow) or an image
             array (uint8 or float in [0, 1], shuffled per epoch via :func:`image_dataset`).
+            An :class:`~anomaly_utils.training.datasets.EpochDataset` is told each epoch
+            before it starts, so a resumed run sees the same batches.
         val_data: the same for validation (arrays are not shuffled), or ``None`` to select the
             checkpoint on the training loss.
         model_dir: folder for ``model.keras`` (best epoch), ``history.csv`` (epoch counted
@@ -154,8 +161,7 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
         check_noise_backend()
     elif loss is None:
         loss = default_loss(model)
-    if strategy is not None and strategy is tf.distribute.get_strategy() \
-            and not tf.distribute.has_strategy():
+    if strategy is not None and _is_default_strategy(strategy):
         strategy = None  # the default strategy: today's single-device path
     if strategy is not None:
         check_backend(type(strategy).__name__, keras.backend.backend())
@@ -226,7 +232,15 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | tf.data.Dataset
             "initial_epoch": recorder.initial_epoch, "model_path": str(model_dir / MODEL_FILE)}
 
 
-def _in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
+def _is_default_strategy(strategy: Any) -> bool:
+    """Whether ``strategy`` is TensorFlow's default (one-device) strategy; TensorFlow is
+    looked at only when it is already imported (a strategy object implies it is)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and strategy is tf.distribute.get_strategy() \
+        and not tf.distribute.has_strategy()
+
+
+def _in_scope(model: keras.Model, strategy: Any) -> keras.Model:
     """``model`` if it was built inside ``strategy.scope()``, else a copy built there (by its
     builder, or ``keras.models.clone_model``) holding the same weights."""
     if model.distribute_strategy is strategy:
