@@ -4,9 +4,44 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# TensorFlow's CUDA build where nvidia-smi lists a GPU, the CPU build elsewhere.
-REQUIREMENTS := $(if $(shell nvidia-smi -L 2>/dev/null | grep -i gpu),requirements-gpu.txt,requirements.txt)
-REQ_HASH := $(shell sha256sum $(REQUIREMENTS) pyproject.toml | sha256sum | cut -c1-16)
+# Where nvidia-smi lists a GPU, JAX's CUDA build (requirements-gpu.txt), and `make run` and
+# `make lab` run their kernels on JAX unless KERAS_BACKEND says otherwise; elsewhere the CPU
+# build, with TensorFlow as the backend (requirements.txt).
+GPU := $(shell nvidia-smi -L 2>/dev/null | grep -i gpu)
+REQUIREMENTS := $(if $(GPU),requirements-gpu.txt,requirements.txt)
+
+# Offline machines. `make wheelhouse` downloads every wheel the lab needs into WHEELHOUSE
+# (default wheelhouse/): REQUIREMENTS, pip and setuptools, and the lab itself as a wheel. For
+# another machine name its platform and Python, e.g. `make wheelhouse PLATFORM=
+# manylinux_2_28_x86_64 PYTHON_VERSION=3.11 REQUIREMENTS=requirements-gpu.txt`. There,
+# `make run WHEELHOUSE=dir` (or make test, make venv) installs from that folder only.
+WHEELHOUSE ?=
+PLATFORM ?=
+PYTHON_VERSION ?=
+PIP_FROM := $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE))
+PIP_INSTALL := $(PY) -m pip install --quiet $(PIP_FROM)
+PLATFORM_ARGS := $(if $(PLATFORM),--platform $(PLATFORM)) \
+	$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
+	$(if $(PLATFORM)$(PYTHON_VERSION),--only-binary=:all:)
+# A machine that has a Keras backend already (a JAX or PyTorch image, say): REUSE_BACKEND=1
+# makes the venv see the packages of the Python that creates it (--system-site-packages) and
+# leaves out the pins of each backend that Python can import (jax and jaxlib, tensorflow), so
+# that its own build, CUDA included, is the one used. TensorFlow is left out as well when
+# KERAS_BACKEND names another backend found there (make test compares the backends with
+# TensorFlow, so it keeps it).
+VENV_ARGS ?=
+ifdef REUSE_BACKEND
+VENV_ARGS += --system-site-packages
+REUSED := $(shell $(PYTHON) -c 'import importlib.util as u; print(*[n for n in ("tensorflow", "jax", "torch") if u.find_spec(n)])' 2>/dev/null)
+SKIP_PINS := $(if $(filter jax,$(REUSED)),jax jaxlib) \
+	$(if $(filter tensorflow,$(REUSED)),tensorflow tensorflow-cpu) \
+	$(if $(and $(filter jax torch,$(KERAS_BACKEND)),$(filter $(KERAS_BACKEND),$(REUSED)), \
+	$(if $(filter test,$(MAKECMDGOALS)),,1)),tensorflow tensorflow-cpu)
+endif
+empty :=
+space := $(empty) $(empty)
+SKIP_PATTERN := $(subst $(space),|,$(sort $(SKIP_PINS)))
+REQ_HASH := $(shell (sha256sum $(REQUIREMENTS) pyproject.toml; $(if $(REUSE_BACKEND),echo 'reuse $(VENV_ARGS) $(SKIP_PATTERN)')) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := data/synthetic_carpet
 # Extra options: `make run RUN_ARGS="-p epochs 1"`, `make lab LAB_ARGS="--port 8890"`.
@@ -15,23 +50,38 @@ LAB_ARGS ?=
 QUALITY_ARGS ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: run test lab data notebooks figures bench bench-quality lint venv clean-runs
+.PHONY: run test lab data notebooks figures bench bench-quality lint venv wheelhouse clean-runs
 
 venv: $(STAMP)
 
 $(STAMP): $(REQUIREMENTS) pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@test -x $(PY) -a -z "$(VENV_ARGS)" || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(PIP_INSTALL) --upgrade pip $(if $(WHEELHOUSE),"setuptools>=64")
+ifneq ($(SKIP_PATTERN),)
+	grep -v -E '^($(SKIP_PATTERN))(\[.*\])?==' $(REQUIREMENTS) > $(VENV)/requirements-reused.txt
+	$(PIP_INSTALL) -r $(VENV)/requirements-reused.txt
+else
+	$(PIP_INSTALL) -r $(REQUIREMENTS)
+endif
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+WHEELS := $(or $(WHEELHOUSE),wheelhouse)
+HOST_PIP := $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip
+wheelhouse:
+	@mkdir -p $(WHEELS)
+	$(HOST_PIP) download --dest $(WHEELS) $(strip $(PLATFORM_ARGS)) -r $(REQUIREMENTS) pip "setuptools>=64"
+	$(HOST_PIP) wheel --no-deps --wheel-dir $(WHEELS) .
 
 $(DATA)/README.md: | $(STAMP)
 	$(PY) -m anomaly_utils make-synthetic $(DATA)
 
 data: $(DATA)/README.md
 
+ifneq ($(GPU),)
+run lab: export KERAS_BACKEND ?= jax
+endif
 run: $(STAMP) data
 	$(PY) -m anomaly_utils run --data-dir $(DATA) $(RUN_ARGS)
 

@@ -24,12 +24,15 @@ from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError
 
 ROOT = Path(__file__).resolve().parent.parent
-# AE-2 trains 4 epochs so that a run killed after two of them has work left to resume.
+# AE-2 trains 4 epochs so that a run killed after two of them has work left to resume. The
+# statistics floor and notebook 01's previews work at the tiny carpet's own 64 px (their
+# defaults, 256 px, cost every tiny chain about 8 s of CPU in notebook 01).
 TINY = {"epochs": "3", "ae2.epochs": "4", "ae1.image_size": "32", "ae1.latent_dim": "64",
         "ae2.image_size": "64", "patch_size": "32", "ae2.stride": "16",
         "patches_per_epoch": "64", "eval_size": "32", "smooth_sigma": "1.0",
         "n_bootstrap": "50", "batch_size": "16", "min_defect_area": "2",
-        "head_epochs": "2", "head_patches_per_epoch": "32", "head_widths": "[8,16]"}
+        "head_epochs": "2", "head_patches_per_epoch": "32", "head_widths": "[8,16]",
+        "floor_image_size": "64", "01.image_size": "64"}
 
 
 # The fixtures that need a run of the notebook chain; tests using them are marked "chain", and
@@ -161,9 +164,11 @@ def link_sample(source: Path, dest: Path, train: int, test: int) -> Path:
     return dest
 
 
-def shell(command: str, root: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
-    """``command`` through bash in ``root``, as a user types it, output captured."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root)}
+def shell(command: str, root: Path, timeout: int = 900, env: dict | None = None,
+          **popen) -> subprocess.CompletedProcess:
+    """``command`` through bash in ``root``, as a user types it, output captured (``env``:
+    variables set on top of this process's)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {}), "PYTHONPATH": str(root)}
     return subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True,
                           text=True, timeout=timeout, **popen)
 
@@ -177,10 +182,13 @@ RERUN = ".venv/bin/python -m anomaly_utils run --epochs 50 -p ae1.variant vae"
 PRESET = (".venv/bin/python -m anomaly_utils run --preset real "
           "--data-dir ../shared/datasets/magnetic_tile")
 SWEEP = ".venv/bin/python -m anomaly_utils sweep -p ae2.head none segmentation --jobs 2"
+# Run by tests/test_backends.py (the chain on JAX), not in the background.
+BACKEND_RUN = ".venv/bin/python -m anomaly_utils run --backend jax"
 TINY_RUN = " --quiet " + " ".join(tiny_pairs())
 # Where a README command's test checks only the first notebooks, the run stops after them
 # (``--until``): the notebooks after that are run by the other commands' tests.
-UNTIL = {RERUN: " --until 02", RESUME: " --until 03", PRESET: " --until 04"}
+UNTIL = {RERUN: " --until 02", RESUME: " --until 03", PRESET: " --until 04",
+         BACKEND_RUN: " --until 03"}
 BACKGROUND_WORKERS = 3  # jobs at once: fills 2 cores beside the tests, within memory
 
 

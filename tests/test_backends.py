@@ -1,12 +1,19 @@
 """The lab on another Keras backend: SSIM map, GMS loss and the AE-2 loss computed on JAX equal
 TensorFlow's, the SSIM map matches scikit-image on both, and the compute modules load no
 TensorFlow under JAX; training on JAX (the VAE resumed, the joint head, the refused
-strategies); the tiny notebook chain run on JAX; the run's ``--backend`` and its record.
+strategies); the tiny notebook chain run on JAX; runs that cross backends (a run trained on
+one is scored, and its notebooks 04-05 run, on the other); the run's ``--backend`` and its
+record.
 
-One JAX subprocess (CPU, one thread) does the compute work on inputs saved to an .npz and
-writes its results to another; this process computes the same on TensorFlow. The SSIM
-fixtures are those of tests/test_scoring.py, whose skimage comparison this extends to JAX.
-A second JAX subprocess trains; a third is the command line running the chain.
+Every JAX start and XLA compilation costs seconds of CPU, so the JAX work is done by as few
+processes as possible: one subprocess (CPU, one thread) does the compute and the training
+work, writing its results to an .npz and a JSON line while this process computes the same on
+TensorFlow; the command line runs the chain (one kernel per notebook); one more subprocess
+scores the TensorFlow run on JAX. The JAX processes of one test process share a persistent
+XLA compilation cache in a temporary folder, so a computation compiled once (a model's
+predict step, a weight shape's initializer) is not compiled again by the next process. The
+SSIM fixtures are those of tests/test_scoring.py, whose skimage comparison this extends to
+JAX.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import papermill
 import pytest
@@ -32,10 +40,10 @@ from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.losses import gms_loss, make_ae2_loss
 from anomaly_utils.models.similarity import ssim_map
 from anomaly_utils.pipeline import provenance
-from anomaly_utils.pipeline.parameters import NOTEBOOKS
+from anomaly_utils.pipeline.parameters import NOTEBOOK_DIR, NOTEBOOKS
 from anomaly_utils.pipeline.runs import create_run, run_pipeline
-from anomaly_utils.scoring.stored import CANDIDATES
-from tests.conftest import TINY
+from anomaly_utils.scoring.stored import CANDIDATES, MODELS, load_scores
+from tests.conftest import BACKEND_RUN, TINY, UNTIL, clone_run, finished, shell
 from tests.test_scoring import TOL, noisy_copy, skimage_ssim_map, structured_pair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +66,29 @@ JAX_ENV = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
            "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
 
-JAX_SCRIPT = textwrap.dedent("""
+
+def _jax_installed() -> None:
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
+
+
+@pytest.fixture(scope="session")
+def jax_env(tmp_path_factory) -> dict[str, str]:
+    """JAX_ENV with a persistent XLA compilation cache that this test process's JAX
+    processes share (every compilation is kept, however short): a chain's kernels compile a
+    model's predict step and its initializers, and a later process that loads the same
+    architecture finds them compiled (measured: the tiny chain's kernels take 104 s of CPU
+    with a cold cache, 54 s with a warm one). The cache is new for every test process, so
+    each computation is still compiled once."""
+    _jax_installed()
+    return {**os.environ, **JAX_ENV,
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+# The compute work first, before anything loads TensorFlow; then the training work.
+LAB_SCRIPT = textwrap.dedent("""
     import json, os, sys
     for name in MODULES:
         __import__(name)
@@ -96,7 +126,71 @@ JAX_SCRIPT = textwrap.dedent("""
     out["guard_gap"] = np.abs(np.asarray(_matmul(m, plane, True))
                               - np.asarray(_matmul(m, plane, False))).max()
     np.savez(sys.argv[2], **out)
-    print(json.dumps(report))
+
+    # ----------------------------------------------------------------------- training
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    from anomaly_utils.errors import ParameterError
+    from anomaly_utils.models.ae1 import build_ae1
+    from anomaly_utils.models.ae2 import build_ae2
+    from anomaly_utils.models.segmentation_head import build_segmentation_head
+    from anomaly_utils.training.fit import fit_autoencoder
+    from anomaly_utils.training.head import fit_segmentation_head
+    from anomaly_utils.training.strategy import make_strategy
+
+    root = Path(sys.argv[3])
+    training = {"backend": keras.backend.backend(), "default": repr(make_strategy("default"))}
+    for name in ("mirrored", "multiworker"):
+        try:
+            make_strategy(name)
+        except ParameterError as exc:
+            training[name] = str(exc)
+    x = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+
+    def vae():
+        return build_ae1(16, latent_dim=8, variant="vae", encoder_filters=(8, 16, 32),
+                         decoder_filters=(16, 8), seed=3)
+
+    try:
+        fit_autoencoder(vae(), x, x, root / "m", epochs=1, learning_rate=1e-3, seed=0,
+                        strategy=tf.distribute.MirroredStrategy(["/cpu:0"]))
+    except ParameterError as exc:
+        training["fit_mirrored"] = str(exc)
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def fit_vae(folder, callbacks=()):
+        return fit_autoencoder(vae(), x[:8], x[8:], root / folder, epochs=4,
+                               learning_rate=1e-3, seed=7, batch_size=4, verbose=0,
+                               backup_overhead=1.0, callbacks=callbacks)
+
+    training["vae"] = fit_vae("vae")["history"]
+    try:
+        fit_vae("killed", [Kill()])
+    except KeyboardInterrupt:
+        training["backup"] = (root / "killed" / "backup").is_dir()
+    resumed = fit_vae("killed")
+    training["resumed"], training["initial_epoch"] = resumed["history"], resumed["initial_epoch"]
+    training["config_backend"] = json.loads((root / "vae" / "config.json").read_text())["backend"]
+    images = (x[8:] / 255).astype("float32")
+    model = resumed["model"]
+    a, b = (model.sample_reconstructions(images, 2, seed=s) for s in (1, 1))
+    c = model.sample_reconstructions(images, 2, seed=2)
+    training["samples"] = {"shape": list(a.shape), "same_seed": bool(np.array_equal(a, b)),
+                           "other_seed": bool(np.array_equal(a, c)),
+                           "finite": bool(np.isfinite(a).all())}
+    head = fit_segmentation_head(
+        build_ae2(32, 3, 4, widths=[4] * 8, bottleneck="spatial"),
+        build_segmentation_head(3, (4, 8)), np.repeat(np.repeat(x, 2, 1), 2, 2),
+        root / "head", patch_size=32, epochs=1, patches_per_epoch=16, batch_size=8,
+        learning_rate=1e-3, seed=0, training="joint")
+    training["joint"] = {k: v for k, v in head["history"].items() if k.endswith("loss")}
+    print(json.dumps({"compute": report, "training": training}))
 """)
 
 
@@ -127,21 +221,32 @@ def _inputs() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def jax_run(tmp_path_factory) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(report, inputs, outputs) of the JAX subprocess."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
+def jax_lab(tmp_path_factory, jax_env) -> dict:
+    """What the JAX subprocess reports: ``compute`` and ``training`` (its JSON line),
+    ``inputs`` and ``outputs`` (the compute work's arrays)."""
     folder = tmp_path_factory.mktemp("jax")
     inputs = _inputs()
     np.savez(folder / "inputs.npz", **inputs)
-    script = (f"MODULES = {COMPUTE_MODULES!r}\nBLENDS = {BLENDS!r}\n" + JAX_SCRIPT)
-    env = {**os.environ, **JAX_ENV}
+    script = f"MODULES = {COMPUTE_MODULES!r}\nBLENDS = {BLENDS!r}\n" + LAB_SCRIPT
+    (folder / "training").mkdir()
     result = subprocess.run([sys.executable, "-c", script, str(folder / "inputs.npz"),
-                             str(folder / "outputs.npz")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+                             str(folder / "outputs.npz"), str(folder / "training")], cwd=ROOT,
+                            env=jax_env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    return report, inputs, dict(np.load(folder / "outputs.npz"))
+    return {**report, "inputs": inputs, "outputs": dict(np.load(folder / "outputs.npz"))}
+
+
+@pytest.fixture(scope="module")
+def jax_run(jax_lab) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(report, inputs, outputs) of the JAX subprocess's compute work."""
+    return jax_lab["compute"], jax_lab["inputs"], jax_lab["outputs"]
+
+
+@pytest.fixture(scope="module")
+def jax_training(jax_lab) -> dict:
+    """What the JAX subprocess's training work reports."""
+    return jax_lab["training"]
 
 
 def test_compute_modules_load_no_tensorflow_under_jax(jax_run):
@@ -203,88 +308,6 @@ def test_mixed_precision_policy_follows_the_gpu(monkeypatch, capability, policy)
 
 # --------------------------------------------------------------------------- training on JAX
 
-TRAINING_SCRIPT = textwrap.dedent("""
-    import json, sys, tempfile
-    from pathlib import Path
-
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from anomaly_utils.errors import ParameterError
-    from anomaly_utils.models.ae1 import build_ae1
-    from anomaly_utils.models.ae2 import build_ae2
-    from anomaly_utils.models.segmentation_head import build_segmentation_head
-    from anomaly_utils.training.fit import fit_autoencoder
-    from anomaly_utils.training.head import fit_segmentation_head
-    from anomaly_utils.training.strategy import make_strategy
-
-    root = Path(sys.argv[1])
-    report = {"backend": keras.backend.backend(), "default": repr(make_strategy("default"))}
-    for name in ("mirrored", "multiworker"):
-        try:
-            make_strategy(name)
-        except ParameterError as exc:
-            report[name] = str(exc)
-    x = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
-
-    def vae():
-        return build_ae1(16, latent_dim=8, variant="vae", encoder_filters=(8, 16, 32),
-                         decoder_filters=(16, 8), seed=3)
-
-    try:
-        fit_autoencoder(vae(), x, x, root / "m", epochs=1, learning_rate=1e-3, seed=0,
-                        strategy=tf.distribute.MirroredStrategy(["/cpu:0"]))
-    except ParameterError as exc:
-        report["fit_mirrored"] = str(exc)
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
-    def fit_vae(folder, callbacks=()):
-        return fit_autoencoder(vae(), x[:8], x[8:], root / folder, epochs=4,
-                               learning_rate=1e-3, seed=7, batch_size=4, verbose=0,
-                               backup_overhead=1.0, callbacks=callbacks)
-
-    report["vae"] = fit_vae("vae")["history"]
-    try:
-        fit_vae("killed", [Kill()])
-    except KeyboardInterrupt:
-        report["backup"] = (root / "killed" / "backup").is_dir()
-    resumed = fit_vae("killed")
-    report["resumed"], report["initial_epoch"] = resumed["history"], resumed["initial_epoch"]
-    report["config_backend"] = json.loads((root / "vae" / "config.json").read_text())["backend"]
-    images = (x[8:] / 255).astype("float32")
-    model = resumed["model"]
-    a, b = (model.sample_reconstructions(images, 2, seed=s) for s in (1, 1))
-    c = model.sample_reconstructions(images, 2, seed=2)
-    report["samples"] = {"shape": list(a.shape), "same_seed": bool(np.array_equal(a, b)),
-                         "other_seed": bool(np.array_equal(a, c)),
-                         "finite": bool(np.isfinite(a).all())}
-    head = fit_segmentation_head(
-        build_ae2(32, 3, 4, widths=[4] * 8, bottleneck="spatial"),
-        build_segmentation_head(3, (4, 8)), np.repeat(np.repeat(x, 2, 1), 2, 2),
-        root / "head", patch_size=32, epochs=1, patches_per_epoch=16, batch_size=8,
-        learning_rate=1e-3, seed=0, training="joint")
-    report["joint"] = {k: v for k, v in head["history"].items() if k.endswith("loss")}
-    print(json.dumps(report))
-""")
-
-
-@pytest.fixture(scope="module")
-def jax_training(tmp_path_factory) -> dict:
-    """What the training subprocess on JAX reports."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
-    folder = tmp_path_factory.mktemp("jax_training")
-    result = subprocess.run([sys.executable, "-c", TRAINING_SCRIPT, str(folder)], cwd=ROOT,
-                            env={**os.environ, **JAX_ENV}, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
 
 @pytest.mark.slow
 def test_tf_distribute_strategies_are_refused_on_jax_and_default_is_one_device(jax_training):
@@ -319,34 +342,227 @@ def test_the_joint_head_trains_on_jax(jax_training):
 
 # --------------------------------------------------------------------------- the chain on JAX
 
-# Every model trains one epoch: enough to run every cell of every notebook.
-JAX_CHAIN = {**TINY, "epochs": "1", "ae2.epochs": "1", "head_epochs": "1"}
+# Every model trains one epoch, on half TINY's patches: enough to run every cell.
+JAX_CHAIN = {**TINY, "epochs": "1", "ae2.epochs": "1", "head_epochs": "1",
+             "patches_per_epoch": "32", "head_patches_per_epoch": "16"}
+SPLITS = ("val", "val_pseudo", "test")
 
 
-@pytest.mark.chain
-def test_the_tiny_chain_runs_under_keras_backend_jax(tiny_data, tmp_path):
-    """``python -m anomaly_utils run`` with ``KERAS_BACKEND=jax`` (TensorFlow installed, its
-    tf.data pipelines feeding JAX): every notebook completes, every candidate is scored."""
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
-    pairs = [a for name, value in JAX_CHAIN.items() for a in ("-p", name, value)]
-    result = subprocess.run(
-        [sys.executable, "-m", "anomaly_utils", "run", "--data-dir", str(tiny_data),
-         "--runs-dir", str(tmp_path), "--run-id", "jax", "--quiet", *pairs],
-        cwd=ROOT, env={**os.environ, **JAX_ENV}, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    run = tmp_path / "jax"
-    status = read_json(run / "status.json")
-    assert {nb: status[nb]["state"] for nb in status} == dict.fromkeys(NOTEBOOKS, "completed")
-    metrics = read_json(run / "metrics.json")
-    assert CANDIDATES == ("floor", "ae1", "ae2")
-    for candidate in CANDIDATES:
-        assert 0.0 <= metrics[candidate]["image_auroc"] <= 1.0, candidate
-    backend = read_json(run / "env.json")["backend"]
-    assert backend["name"] == "jax" and backend["set_by"] == "KERAS_BACKEND"
+@pytest.fixture(scope="module")
+def jax_chain(fresh_root: Path, jax_env) -> Path:
+    """The README's ``run --backend jax`` in the fresh copy (on its tiny carpet), training
+    shortened to JAX_CHAIN, until notebook 03 (``UNTIL``): the run's folder.
+
+    Notebooks 04 and 05 read the score files, not the models; they run for this run on
+    TensorFlow, and for the TensorFlow run on JAX, in the cross-backend test below.
+    """
+    env = {name: value for name, value in jax_env.items()
+           if name not in ("KERAS_BACKEND", "PYTHONPATH")}  # --backend alone chooses JAX
+    pairs = " ".join(f"-p {name} {value}" for name, value in JAX_CHAIN.items())
+    result = shell(f"{BACKEND_RUN} --quiet {pairs}{UNTIL[BACKEND_RUN]}", fresh_root, env=env)
+    return finished(result, fresh_root)
+
+
+def test_the_tiny_chain_runs_on_jax(jax_chain: Path):
+    """``run --backend jax`` (TensorFlow installed beside it): the notebooks that train and
+    score complete on JAX, and every candidate scores every split."""
+    status = read_json(jax_chain / "status.json")
+    assert {nb: status[nb]["state"] for nb in status} == dict.fromkeys(NOTEBOOKS[:3],
+                                                                          "completed")
+    backend = read_json(jax_chain / "env.json")["backend"]
+    assert backend["name"] == "jax" and backend["set_by"] == "--backend"
     assert backend["version"] == backend["packages"]["jax"] == metadata.version("jax")
     for model in ("ae1", "ae2", "ae2/head"):  # the kernels trained on JAX
-        assert read_json(run / model / "config.json")["backend"] == "jax", model
+        assert read_json(jax_chain / model / "config.json")["backend"] == "jax", model
+    assert CANDIDATES == ("floor", "ae1", "ae2")
+    for candidate in CANDIDATES:
+        for split in SPLITS:
+            scores = load_scores(jax_chain / candidate / f"scores_{split}.npz")["scores"]
+            assert len(scores) and np.isfinite(scores).all(), (candidate, split)
+
+
+# --------------------------------------------------------------------------- across backends
+
+# `score --backend jax` as the command runs it, in a JAX process that loads the TensorFlow
+# run's models; score_paths is wrapped to keep its results at full precision.
+SCORE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+
+    from anomaly_utils.pipeline import cli
+
+    run, folder = sys.argv[1], sys.argv[2]
+    cli.scoring_backend("jax", Path(run))  # before score_images loads Keras
+    from anomaly_utils.pipeline import score_images
+
+    kept, score_paths = {}, score_images.score_paths
+
+    def keep(run_dir, model, paths, **kwargs):
+        lines = []
+        kept[model] = {"results": score_paths(run_dir, model, paths, log=lines.append, **kwargs),
+                       "header": lines[0]}
+        return kept[model]["results"]
+
+    score_images.score_paths = keep
+    for model in MODELS:
+        assert cli.main(["score", "--backend", "jax", "--run", run, "--model", model,
+                         folder]) == 0
+    print(json.dumps(kept))
+""")
+# Notebooks 04 and 05 run with one more cell, which prints what their kernel runs on.
+PROBE = ("import json, os, sys\n"
+         "print(json.dumps({'KERAS_BACKEND': os.environ.get('KERAS_BACKEND'), 'keras': "
+         "sys.modules['keras'].backend.backend() if 'keras' in sys.modules else None}))")
+
+
+def _score_on_tensorflow(run: Path, folder: Path) -> dict:
+    """What `score --backend tensorflow` computes for ``run``'s models, in this process
+    (TensorFlow's), at full precision."""
+    import keras
+
+    from anomaly_utils.pipeline import cli, score_images
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("this test process runs Keras on another backend than TensorFlow")
+    kept, score_paths = {}, score_images.score_paths
+
+    def keep(run_dir, model, paths, **kwargs):
+        lines = []
+        kept[model] = {"results": score_paths(run_dir, model, paths, log=lines.append, **kwargs),
+                       "header": lines[0]}
+        return kept[model]["results"]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(score_images, "score_paths", keep)
+        patch.setenv("KERAS_BACKEND", "tensorflow")  # restored afterwards
+        for model in MODELS:
+            assert cli.main(["score", "--backend", "tensorflow", "--run", str(run),
+                             "--model", model, str(folder)]) == 0
+    return kept
+
+
+def _notebooks_04_05_on(run: Path, backend: str, folder: Path) -> list[dict]:
+    """Notebooks 04 and 05 of ``run`` executed by papermill in kernels on ``backend``, started
+    as ``runs.execute_notebook`` starts them; what each kernel's probe cell printed."""
+    effective = read_json(run / "params.json")["notebooks"]
+    probes = []
+    for notebook in NOTEBOOKS[3:]:
+        source = folder / f"{notebook}.ipynb"
+        nb = nbformat.read(NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+        nbformat.write(nb, source)
+        output = run / f"{notebook}.ipynb"
+        papermill.execute_notebook(
+            str(source), str(output), parameters={**effective[notebook], "run_dir": str(run)},
+            cwd=str(NOTEBOOK_DIR), progress_bar=False,
+            config=provenance.kernel_config(run / "logs" / f"{notebook}.stderr.log", backend),
+            kernel_manager_class=provenance.kernel_manager_class())
+        cell = nbformat.read(output, as_version=4).cells[-1]
+        probes.append(json.loads(cell.outputs[-1]["text"]))
+    return probes
+
+
+@pytest.fixture(scope="module")
+def crossed(finished_run: Path, jax_chain: Path, jax_env, tmp_path_factory) -> dict:
+    """The TensorFlow run (``make run``'s) and the JAX run, each scored by ``score`` and read
+    by notebooks 04-05 on the other backend. The TensorFlow run's copy has its 04 and 05
+    undone, so that they run again, on JAX; the JAX run has not run them yet."""
+    folder = tmp_path_factory.mktemp("crossed")
+    test_dir = {run: Path(read_json(run / "params.json")["notebooks"]["03_train_ae2"]
+                          ["data_dir"]) / "test" for run in (finished_run, jax_chain)}
+    result = subprocess.run(
+        [sys.executable, "-c", f"MODELS = {MODELS!r}\n" + SCORE_SCRIPT, str(finished_run),
+         str(test_dir[finished_run])], cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={name: value for name, value in jax_env.items() if name != "KERAS_BACKEND"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    tf_copy = clone_run(finished_run, folder / "tensorflow_run", unfinished=NOTEBOOKS[3:],
+                        remove=("metrics.json", "thresholds.json"))
+    probes = {"tensorflow": _notebooks_04_05_on(tf_copy, "jax", folder),
+              "jax": _notebooks_04_05_on(jax_chain, "tensorflow", folder)}  # its thresholds
+    return {"scores": {
+                "tensorflow": json.loads(result.stdout.strip().splitlines()[-1]),
+                "jax": _score_on_tensorflow(jax_chain, test_dir[jax_chain])},
+            "probes": probes, "runs": {"tensorflow": finished_run, "jax": jax_chain},
+            "tf_copy": tf_copy}
+
+
+# A run's image scores on the other backend against those its training notebook stored,
+# relative: the same float32 computation, summed in another order. Measured on the tiny runs,
+# both ways: AE-1 at most 9.3e-10 on scores of about 0.013 (7e-8 relative), AE-2 with its
+# head at most 6.0e-8 on scores of about 0.5 (1.2e-7, one float32 step); the bound leaves
+# room for other seeds and machines and is still float32 rounding, nothing larger.
+CROSS_RTOL = 1e-5
+OTHER = {"tensorflow": "jax", "jax": "tensorflow"}
+
+
+def test_a_run_trained_on_one_backend_scores_the_same_on_the_other(crossed):
+    for trained_on, scored in crossed["scores"].items():
+        run = crossed["runs"][trained_on]
+        for model in MODELS:
+            assert f"(trained on {trained_on}, scored on {OTHER[trained_on]})" in \
+                scored[model]["header"]
+            stored = load_scores(run / model / "scores_test.npz")  # paths below data_dir
+            expected = {Path(p).parts[-3:]: s for p, s in zip(stored["paths"], stored["scores"],
+                                                              strict=True)}
+            results = scored[model]["results"]  # test/<type>/<name> of each image
+            assert sorted(Path(r["path"]).parts[-3:] for r in results) == sorted(expected)
+            got = np.array([r["score"] for r in results])
+            want = np.array([expected[Path(r["path"]).parts[-3:]] for r in results])
+            np.testing.assert_allclose(got, want, rtol=CROSS_RTOL, atol=0,
+                                       err_msg=f"{model} of the {trained_on} run")
+
+
+def test_notebooks_04_and_05_read_a_run_on_the_other_backend(crossed):
+    for trained_on, probes in crossed["probes"].items():
+        for probe in probes:  # the kernels ran on the other backend (Keras, where loaded)
+            assert probe["KERAS_BACKEND"] == OTHER[trained_on], probe
+            assert probe["keras"] in (None, OTHER[trained_on]), probe
+    # The TensorFlow run's thresholds and metrics, chosen again on JAX, are those chosen on
+    # TensorFlow (they come from the score files alone).
+    tf_run, tf_copy = crossed["runs"]["tensorflow"], crossed["tf_copy"]
+    assert read_json(tf_copy / "thresholds.json") == read_json(tf_run / "thresholds.json")
+    again, then = (read_json(run / "metrics.json") for run in (tf_copy, tf_run))
+    assert {k: v for k, v in again.items() if k != "params"} == \
+        {k: v for k, v in then.items() if k != "params"}
+    # The JAX run is evaluated and its gallery drawn on TensorFlow.
+    jax_run = crossed["runs"]["jax"]
+    metrics = read_json(jax_run / "metrics.json")
+    for candidate in CANDIDATES:
+        assert 0.0 <= metrics[candidate]["image_auroc"] <= 1.0, candidate
+    assert metrics["choice"]["model"] in CANDIDATES
+    assert set(read_json(jax_run / "thresholds.json")) == set(CANDIDATES)
+    assert list((jax_run / "figures").glob("05_*.png"))
+
+
+def test_score_takes_its_backend_from_the_flag_the_environment_or_the_run(monkeypatch, tmp_path):
+    """``score``: ``--backend``, else ``KERAS_BACKEND`` (or keras.json), else the backend the
+    run was trained on; Keras already loaded on another backend is an error, not a silent
+    switch."""
+    import keras
+
+    from anomaly_utils.pipeline import cli, score_images
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("this test process runs Keras on another backend than TensorFlow")
+    _clean_backend_environment(monkeypatch, tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "env.json", {"backend": {"name": "jax"}})
+    # Nothing chosen: the run's own backend (refused here only because TensorFlow is loaded).
+    with pytest.raises(ParameterError, match=r"already loaded on 'tensorflow'.*scored on 'jax'"):
+        cli.scoring_backend(None, run)
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert cli.scoring_backend(None, run) == "tensorflow"
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert cli.scoring_backend("tensorflow", run) == "tensorflow"
+    assert os.environ["KERAS_BACKEND"] == "tensorflow"  # what Keras reads when it loads
+    seen = []
+    monkeypatch.setattr(score_images, "score_paths",
+                        lambda *args, **kwargs: seen.append(os.environ["KERAS_BACKEND"]))
+    assert cli.main(["score", "--backend", "tensorflow", "--run", str(run), "x.png"]) == 0
+    assert seen == ["tensorflow"]
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert cli.main(["score", "--run", str(run), "x.png"]) == 2 and seen == ["tensorflow"]
 
 
 # --------------------------------------------------------------------------- --backend

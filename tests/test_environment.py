@@ -1,5 +1,7 @@
-"""requirements.txt, requirements-gpu.txt and environment.yml describe the same environment."""
+"""requirements.txt, requirements-gpu.txt and environment.yml describe the same environment; the
+Makefile installs it online, from a wheelhouse, or around a backend the machine already has."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,18 +21,101 @@ def test_every_requirement_is_pinned_exactly():
         assert sep and name and version, f"'{line}' in requirements.txt is not pinned with =="
 
 
-def test_gpu_requirements_differ_only_in_the_tensorflow_build():
+def test_gpu_requirements_differ_only_in_the_jax_build():
+    """TensorFlow's CPU build is the backend on a CPU, JAX's CUDA build on a GPU; each file
+    says which it installs."""
     cpu, gpu = _requirements(), _requirements("requirements-gpu.txt")
-    assert "tensorflow-cpu==2.21.0" in cpu or any(r.startswith("tensorflow-cpu==") for r in cpu)
-    version = next(r for r in cpu if r.startswith("tensorflow-cpu==")).partition("==")[2]
-    assert f"tensorflow[and-cuda]=={version}" in gpu
-    assert sorted(r for r in cpu if not r.startswith("tensorflow-cpu==")) == \
-        sorted(r for r in gpu if not r.startswith("tensorflow[and-cuda]=="))
+    version = next(r for r in cpu if r.startswith("jax==")).partition("==")[2]
+    assert f"jax[cuda12]=={version}" in gpu and f"jaxlib=={version}" in gpu
+    assert sorted(r for r in cpu if not r.startswith("jax==")) == \
+        sorted(r for r in gpu if not r.startswith("jax[cuda12]=="))
+    assert any(r.startswith("tensorflow-cpu==") for r in cpu)
+    for name, backend in (("requirements.txt", "TensorFlow"), ("requirements-gpu.txt", "JAX")):
+        header = (ROOT / name).read_text().split("\n\n")[0]
+        assert f"Keras runs on {backend}" in header, name
 
 
 def test_makefile_installs_the_gpu_build_where_nvidia_smi_lists_a_gpu():
     makefile = (ROOT / "Makefile").read_text()
     assert "nvidia-smi" in makefile and "requirements-gpu.txt" in makefile
+    assert "run lab: export KERAS_BACKEND ?= jax" in makefile
+
+
+def _make_dry(*args: str) -> list[str]:
+    """The commands ``make -n ARGS`` would run in the checkout (nothing is run)."""
+    result = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_make_wheelhouse_downloads_every_wheel_for_the_target_platform(tmp_path):
+    wheels = tmp_path / "wheels"
+    lines = _make_dry("wheelhouse", f"WHEELHOUSE={wheels}", "PLATFORM=manylinux_2_28_x86_64",
+                      "PYTHON_VERSION=3.11", "REQUIREMENTS=requirements-gpu.txt")
+    download = next(line.split() for line in lines if " download " in line)
+    assert download[download.index("--dest") + 1] == str(wheels)
+    assert download[download.index("--platform") + 1] == "manylinux_2_28_x86_64"
+    assert download[download.index("--python-version") + 1] == "3.11"
+    assert "--only-binary=:all:" in download  # pip's condition for another platform
+    assert download[download.index("-r") + 1] == "requirements-gpu.txt"
+    assert {"pip", '"setuptools>=64"'} <= set(download)  # what the venv step installs first
+    wheel = next(line.split() for line in lines if " wheel " in line)
+    assert "--no-deps" in wheel and wheel[wheel.index("--wheel-dir") + 1] == str(wheels)
+    assert wheel[-1] == "."  # the lab itself
+    here = next(line.split() for line in _make_dry("wheelhouse") if " download " in line)
+    assert here[here.index("--dest") + 1] == "wheelhouse" and "--platform" not in here
+    assert "--only-binary=:all:" not in here  # this machine: sdists allowed
+
+
+def test_make_installs_from_a_wheelhouse_and_from_nowhere_else(tmp_path):
+    venv, wheels = tmp_path / "venv", tmp_path / "wheels"
+    lines = _make_dry("venv", f"VENV={venv}", f"WHEELHOUSE={wheels}")
+    installs = [line for line in lines if " pip install " in line]
+    assert len(installs) == 3  # pip and setuptools, the requirements, the lab (editable)
+    for line in installs:
+        assert f"--no-index --find-links {wheels}" in line, line
+    assert "setuptools>=64" in installs[0] and "-r requirements.txt" in installs[1]
+    online = [line for line in _make_dry("venv", f"VENV={venv}") if " pip install " in line]
+    assert len(online) == 3 and not any("--no-index" in line for line in online)
+
+
+def _reused_requirements(tmp_path, *args: str, has: str) -> tuple[list[str], list[str]]:
+    """``make venv REUSE_BACKEND=1 ARGS`` for a Python whose importable backends are ``has``
+    (a stand-in that answers the Makefile's question): the commands, and the requirements
+    the venv would install (the filter it prints, run)."""
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\necho {has}\n")
+    python.chmod(0o755)
+    venv = tmp_path / "venv"
+    venv.mkdir(exist_ok=True)
+    lines = _make_dry("venv", f"VENV={venv}", "REUSE_BACKEND=1", f"PYTHON={python}", *args)
+    installs = [line for line in lines if " pip install " in line and " -r " in line]
+    assert len(installs) == 1, lines
+    filtered = [line for line in lines if line.startswith("grep ")]
+    if not filtered:
+        return lines, _requirements()
+    assert len(filtered) == 1 and f"-r {venv}/requirements-reused.txt" in installs[0]
+    subprocess.run(["bash", "-c", filtered[0]], cwd=ROOT, check=True, timeout=60)
+    return lines, _requirements(str(venv / "requirements-reused.txt"))
+
+
+def test_reuse_backend_keeps_the_machines_own_backend(tmp_path):
+    names = {line.partition("==")[0] for line in _requirements()}
+    lines, installed = _reused_requirements(tmp_path, has="jax")
+    assert any("-m venv --system-site-packages" in line for line in lines)
+    assert {line.partition("==")[0] for line in installed} == names - {"jax", "jaxlib"}
+    # With JAX as the backend, TensorFlow is not installed either, except for make test.
+    _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=jax", has="jax")
+    assert {line.partition("==")[0] for line in installed} == \
+        names - {"jax", "jaxlib", "tensorflow-cpu"}
+    _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=jax", "test", has="jax")
+    assert "tensorflow-cpu" in {line.partition("==")[0] for line in installed}
+    _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=torch", has="tensorflow torch")
+    assert {line.partition("==")[0] for line in installed} == names - {"tensorflow-cpu"}
+    # A Python without any backend: everything is installed, from the pins.
+    lines, installed = _reused_requirements(tmp_path, has="")
+    assert installed == _requirements() and not any(line.startswith("grep ") for line in lines)
 
 
 def test_environment_yml_mirrors_requirements():

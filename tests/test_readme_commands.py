@@ -29,6 +29,7 @@ from anomaly_utils.artifacts import read_json
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from anomaly_utils.scoring.stored import load_scores
 from tests.conftest import (
+    BACKEND_RUN,
     CHECK_DATA,
     MAKE_RUN,
     OWN_DATA,
@@ -51,8 +52,11 @@ SCORE = (".venv/bin/python -m anomaly_utils score --run runs/<id> --model ae2 pa
          "--out heatmaps/")
 MAKE_LAB = "make lab"
 
+WHEELHOUSE = ("make wheelhouse WHEELHOUSE=wheels PLATFORM=manylinux_2_28_x86_64 "
+              "PYTHON_VERSION=3.11 REQUIREMENTS=requirements-gpu.txt")
+
 RUN_HERE = (MAKE_RUN, CHECK_DATA, OWN_DATA, PRESET, RERUN, RESUME, SWEEP, PAPERMILL, SCORE,
-            MAKE_LAB)
+            MAKE_LAB, BACKEND_RUN)  # BACKEND_RUN: in tests/test_backends.py
 NOT_RUN = {
     MAKE_TEST: "it is the command that runs this suite",
     ".venv/bin/python -m pip install elpv-dataset==1.0.0.post1": "downloads 90 MB; "
@@ -63,6 +67,12 @@ NOT_RUN = {
         "its parts are tested in tests/test_elpv.py and tests/test_selection.py",
     DOWNLOAD: "needs the network (the downloader is tested against archives served on "
               "loopback in test_download.py); data/carpet here is the tiny carpet instead",
+    WHEELHOUSE: "downloads JAX's CUDA libraries (gigabytes); tests/test_environment.py checks "
+                "its pip commands with make -n",
+    "make run WHEELHOUSE=wheels": "needs the wheelhouse above; tests/test_environment.py "
+                                  "checks that every install then reads it alone (--no-index)",
+    "make run REUSE_BACKEND=1 KERAS_BACKEND=jax": "would rebuild the shared .venv around the "
+        "machine's own Python; tests/test_environment.py checks what it leaves out",
 }
 
 

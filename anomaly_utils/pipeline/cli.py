@@ -8,6 +8,8 @@ message and exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.parameters import NOTEBOOK_DIR
-from anomaly_utils.pipeline.provenance import BACKENDS
+from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
@@ -109,10 +111,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from anomaly_utils.pipeline.score_images import score_paths  # loads TensorFlow
+def scoring_backend(requested: str | None, run_dir: Path) -> str:
+    """The Keras backend that ``score`` loads the run's model on, set for this process.
 
-    score_paths(Path(args.run), args.model, [Path(p) for p in args.paths],
+    ``--backend``, else the environment's choice as Keras makes it (``KERAS_BACKEND``, then
+    ``keras.json``), else the backend the run was trained on (its ``env.json``) where that is
+    installed, else TensorFlow. A ``.keras`` file is backend-neutral: a run trained on one
+    backend scores on another, equal within float32 rounding (tests/test_backends.py).
+
+    Raises:
+        ParameterError: the backend is unknown or not installed, or Keras was already
+            imported on another backend in this process.
+    """
+    record = keras_backend(requested)
+    name = record["name"]
+    trained_on = recorded_backend(run_dir) if run_dir.is_dir() else None
+    if (record["set_by"] == "default" and trained_on in BACKENDS
+            and importlib.util.find_spec(trained_on) is not None):
+        name = trained_on
+    if "keras" in sys.modules:  # Keras reads KERAS_BACKEND once, when it is imported
+        import keras
+
+        if keras.backend.backend() != name:
+            raise ParameterError(f"Keras is already loaded on '{keras.backend.backend()}' in "
+                                 f"this process, so the run cannot be scored on '{name}'",
+                                 fix=f"score in a new process with --backend {name}")
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    scoring_backend(args.backend, run_dir)
+    from anomaly_utils.pipeline.score_images import score_paths  # loads Keras on it
+
+    score_paths(run_dir, args.model, [Path(p) for p in args.paths],
                 out_dir=Path(args.out) if args.out else None)
     return 0
 
@@ -218,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("ae1", "ae2"), default="ae2")
     p.add_argument("--out", help="write a heatmap overlay per image here")
     p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="Keras backend that loads and runs the model (default: KERAS_BACKEND, "
+                        "else keras.json, else the backend the run was trained on where it is "
+                        "installed, else tensorflow); a run trained on one backend scores on "
+                        "another, equal within float32 rounding")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("download", help="download MVTec AD categories (verified)")

@@ -2,7 +2,9 @@
 
 1. Check the run directory: the model, its scoring settings and the chosen thresholds
    must all be there and belong together (the model name in each file agrees).
-2. Load the model in Keras' safe mode (no code from the file is ever executed).
+2. Load the model in Keras' safe mode (no code from the file is ever executed), on this
+   process's Keras backend: a ``.keras`` file is backend-neutral, so a run trained on one
+   backend scores on another (the ``score`` command's ``--backend`` chooses it).
 3. Read each image (files, or every image in a folder), score it, print its score and
    verdict against the run's image threshold, and optionally write a heatmap overlay.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from anomaly_utils.artifacts import atomic_path, read_json
 from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, read_image
 from anomaly_utils.data.loading import resize_image
 from anomaly_utils.errors import ArtifactError, DataError
+from anomaly_utils.pipeline.provenance import recorded_backend
 from anomaly_utils.scoring.scorer import Scorer
 
 REQUIRED = ("model.keras", "scoring.json")
@@ -75,7 +79,9 @@ def score_paths(run_dir: Path, model: str, paths: list[Path], out_dir: Path | No
     files = collect_images(paths)
     results = []
     used_names: set[str] = set()
-    log(f"{model} of run {run_dir.name}: threshold {threshold:.6g} ({entry.get('strategy')})")
+    trained_on = recorded_backend(run_dir) or "unrecorded"
+    log(f"{model} of run {run_dir.name} (trained on {trained_on}, scored on "
+        f"{keras.backend.backend()}): threshold {threshold:.6g} ({entry.get('strategy')})")
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         originals = [read_image(p, c.color_mode) for p in chunk]
