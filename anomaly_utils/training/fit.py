@@ -12,13 +12,16 @@ mode.
 The loop runs on TensorFlow, JAX and PyTorch: the input pipelines are numpy
 ``keras.utils.PyDataset`` s (:mod:`anomaly_utils.training.datasets`), the same on every backend,
 and this module imports no TensorFlow (``strategy`` is TensorFlow's, imported only under it).
-With ``strategy`` (:func:`anomaly_utils.training.strategy.make_strategy`, TensorFlow only) the
-same loop runs under ``tf.distribute``: the model is compiled (and, when it was built outside
-``strategy.scope()``, rebuilt with the same builder and weights) inside the scope, and each
-global batch is split across the replicas. Under ``MultiWorkerMirroredStrategy`` the chief
-writes ``model_dir``; every other worker writes the same files to
-``model_dir/.workers/<task>-<index>/`` and resumes from the chief's backup where it can read
-it, and every epoch is backed up so that all workers resume at the same epoch.
+With ``strategy`` (:func:`anomaly_utils.training.strategy.make_strategy`: ``tf.distribute`` on
+TensorFlow, ``keras.distribution.DataParallel`` on JAX) the same loop runs distributed: the
+model is compiled (and, when it was built outside ``strategy.scope()``, rebuilt with the same
+builder and weights) inside the scope, and each global batch is split across the replicas
+(on JAX the whole fit runs inside the scope; checkpoints and backups gather the replicated
+weights to the host, and the returned best model is loaded on one device). Under a
+multi-worker strategy the chief writes ``model_dir``; every other worker writes the same
+files to ``model_dir/.workers/<task>-<index>/`` (JAX: ``process-<index>``) and resumes from
+the chief's backup where it can read it, and every epoch is backed up so that all workers
+resume at the same epoch.
 
 Two runs with the same seed and parameters give bit-identical losses on the same machine
 (``set_global_seed`` turns on TensorFlow's deterministic ops; the model builders seed
@@ -68,7 +71,15 @@ from anomaly_utils.training.callbacks import (
     restore_backup,
 )
 from anomaly_utils.training.datasets import check_int, image_dataset, is_ready_dataset
-from anomaly_utils.training.strategy import check_backend, is_chief, replicas, worker_name
+from anomaly_utils.training.strategy import (
+    built_in,
+    check_strategy,
+    is_chief,
+    is_multiworker,
+    local_replicas,
+    replicas,
+    worker_name,
+)
 
 HISTORY_JSON = "history.json"
 CONFIG_FILE = "config.json"
@@ -130,10 +141,12 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyD
         backup_overhead: the largest share of the time spent writing resume backups
             (:class:`EpochBackup`); 1.0 backs up after every epoch.
         callbacks: extra Keras callbacks, run after the lab's own.
-        strategy: a ``tf.distribute`` strategy; ``None`` or the default strategy train on one
-            device exactly as before. ``batch_size`` (and the batches of a dataset) are global:
-            split across ``strategy.num_replicas_in_sync`` replicas. On another Keras backend
-            than TensorFlow only ``None`` or the default strategy.
+        strategy: what :func:`~anomaly_utils.training.strategy.make_strategy` gives: a
+            ``tf.distribute`` strategy on TensorFlow, a ``keras.distribution.DataParallel``
+            on JAX; ``None`` or TensorFlow's default strategy train on one device exactly as
+            before. ``batch_size`` (and the batches of a dataset) are global: split across
+            the replicas. On JAX every batch, the last one too, must divide by the number of
+            devices. On PyTorch only ``None``.
 
     Returns:
         ``{"model": best model (loaded back from model.keras, uncompiled), "history": {column:
@@ -142,9 +155,10 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyD
         "model_path": str}``.
 
     Raises:
-        ParameterError: a bad argument, a ``tf.distribute`` strategy other than the default
-            one on another backend than TensorFlow, or the VAE on a backend its noise does
-            not support. LabError: the loss became NaN/inf.
+        ParameterError: a bad argument, a strategy of another backend than Keras' (or any
+            but the default one on PyTorch), batches that do not divide across the devices
+            of a JAX distribution, the VAE on more than one replica, or the VAE on a backend
+            its noise does not support. LabError: the loss became NaN/inf.
         ArtifactError: ``model_dir`` holds an unfinished run with other settings.
     """
     epochs = check_int("epochs", epochs)
@@ -164,19 +178,23 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyD
     if strategy is not None and _is_default_strategy(strategy):
         strategy = None  # the default strategy: today's single-device path
     if strategy is not None:
-        check_backend(type(strategy).__name__, keras.backend.backend())
-    if strategy is not None:
+        check_strategy(strategy, keras.backend.backend())
         if isinstance(model, VariationalAutoencoder) and replicas(strategy) > 1:
             raise ParameterError(
                 "the VAE's own training step does not divide its loss across replicas, so "
                 f"it cannot train on {replicas(strategy)} replicas",
                 fix="train the VAE with strategy 'default', or use variant 'ae'")
+        if keras.backend.backend() == "jax" and local_replicas(strategy) > 1:
+            _check_divisible(local_replicas(strategy), batch_size,
+                             train=image_dataset(train_data, batch_size, shuffle=False),
+                             val=None if val_data is None else
+                             image_dataset(val_data, batch_size, shuffle=False))
         model = _in_scope(model, strategy)
     model_dir = Path(model_dir)
     chief_backup_dir = model_dir / BACKUP_DIR
     if strategy is not None and not is_chief(strategy):
         model_dir = model_dir / WORKERS_DIR / worker_name(strategy)
-    if strategy is not None and getattr(strategy, "cluster_resolver", None) is not None:
+    if is_multiworker(strategy):
         backup_overhead = 1.0  # every worker backs up every epoch, so all resume alike
     model_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = model_dir / BACKUP_DIR
@@ -201,7 +219,7 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyD
     val_ds = None if val_data is None else image_dataset(val_data, batch_size, shuffle=False)
     monitor = "loss" if val_ds is None else "val_loss"
 
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+    with _scope(strategy):
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                       jit_compile=jit_compile)
         guard = NanGuard(float(learning_rate))
@@ -215,8 +233,11 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyD
             resume_from = chief_backup_dir
         initial_epoch = restore_backup(model, resume_from)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  verbose=verbose, shuffle=False, callbacks=lab_callbacks + list(callbacks))
+        # JAX distributes a fit only while its distribution is set: the fit runs in the scope.
+        with _scope(strategy) if keras.backend.backend() == "jax" else contextlib.nullcontext():
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                      initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
+                      callbacks=lab_callbacks + list(callbacks))
     except LabError:
         if guard.tripped:
             shutil.rmtree(backup_dir, ignore_errors=True)
@@ -240,10 +261,41 @@ def _is_default_strategy(strategy: Any) -> bool:
         and not tf.distribute.has_strategy()
 
 
+def _scope(strategy: Any) -> contextlib.AbstractContextManager:
+    """``strategy.scope()`` (tf.distribute and keras.distribution alike), or no scope."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _check_divisible(devices: int, batch_size: int, **datasets: Any) -> None:
+    """Refuse batches that a JAX distribution cannot split evenly across ``devices`` (it
+    shards every batch, the last one of an epoch too, into equal parts): ``batch_size`` and
+    the first and last batch of each dataset."""
+    if batch_size % devices:
+        raise ParameterError(
+            f"batch_size {batch_size} does not divide across the {devices} devices of the "
+            "distribution (JAX splits every batch into equal parts)",
+            fix=f"use a batch_size that is a multiple of {devices}, e.g. "
+                f"{max(devices, batch_size // devices * devices)}")
+    for name, dataset in datasets.items():
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__") \
+                or not len(dataset):
+            continue  # not a PyDataset (nothing to look at before the fit), or empty
+        for index in dict.fromkeys((0, len(dataset) - 1)):
+            size = int(keras.tree.flatten(dataset[index])[0].shape[0])
+            if size % devices:
+                raise ParameterError(
+                    f"batch {index} of the {name} data has {size} samples, which do not "
+                    f"divide across the {devices} devices of the distribution (JAX splits "
+                    "every batch into equal parts)",
+                    fix=f"make batch_size and the number of {name} samples (images, or "
+                        f"patches_per_epoch) multiples of {devices}, or use strategy "
+                        "'default'")
+
+
 def _in_scope(model: keras.Model, strategy: Any) -> keras.Model:
     """``model`` if it was built inside ``strategy.scope()``, else a copy built there (by its
     builder, or ``keras.models.clone_model``) holding the same weights."""
-    if model.distribute_strategy is strategy:
+    if built_in(model, strategy):
         return model
     config = builder_config(model)
     with strategy.scope():
