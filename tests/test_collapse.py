@@ -65,7 +65,7 @@ def test_a_collapsed_attempt_is_set_aside_and_retried_slower(tmp_path, monkeypat
     (tmp_path / "ae2").mkdir()
     messages = []
     fit = fit_until_learned(lambda: None, None, [(crops, crops)], tmp_path / "ae2",
-                            learning_rate=1e-3, log=messages.append, epochs=1)
+                            learning_rate=1e-3, log=messages.append, epochs=40)
     assert rates == [1e-3, 1e-3 / 3] and fit["learning_rate"] == 1e-3 / 3
     assert fit["check"]["learned"] and len(fit["attempts"]) == 1
     aside = tmp_path / "ae2" / COLLAPSED_DIR / "lr_0.001" / "model.keras"
@@ -75,7 +75,7 @@ def test_a_collapsed_attempt_is_set_aside_and_retried_slower(tmp_path, monkeypat
     assert record["collapsed"][0]["learning_rate"] == 1e-3 and "learned nothing" in messages[0]
     rates.clear()
     fit_until_learned(lambda: None, None, [(crops, crops)], tmp_path / "ae2",
-                      learning_rate=1e-3, log=messages.append)
+                      learning_rate=1e-3, log=messages.append, epochs=40)
     assert rates == [1e-3 / 3]
 
 
@@ -87,6 +87,12 @@ def test_it_gives_up_after_the_retries_and_says_so(tmp_path, monkeypatch):
         "model": Constant(), "history": {}, "best_epoch": 0})
     messages = []
     fit = fit_until_learned(lambda: None, None, [(crops, crops)], tmp_path,
-                            learning_rate=1.0, retries=1, log=messages.append)
+                            learning_rate=1.0, retries=1, log=messages.append, epochs=40)
     assert not fit["check"]["learned"] and fit["learning_rate"] == 1 / 3
-    assert messages[-1].startswith("warning:") and "learned nothing" in messages[-1]
+    assert messages[-1].startswith("warning:") and "after 1 slower retry;" in messages[-1]
+    # A short training is warned about, not retried: it had no time to learn.
+    messages.clear()
+    fit = fit_until_learned(lambda: None, None, [(crops, crops)], tmp_path / "short",
+                            learning_rate=1.0, log=messages.append, epochs=4)
+    assert fit["learning_rate"] == 1.0 and fit["attempts"] == []
+    assert len(messages) == 1 and "fewer than 10, so not retried" in messages[0]

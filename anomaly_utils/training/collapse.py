@@ -10,7 +10,9 @@ learned nothing"). The carpet and magnetic_tile learn at 1e-3 (magnetic_tile: 0.
 :func:`reconstruction_check` compares a model's validation L1 error with that flat baseline;
 :func:`fit_until_learned` trains, checks, and while the model is no better than the baseline
 sets the attempt aside (``model_dir/collapsed/lr_<rate>/``, kept for inspection) and trains
-again from fresh weights at a third of the learning rate, at most ``retries`` times. Each
+again from fresh weights at a third of the learning rate, at most ``retries`` times, when it
+trained at least :data:`MIN_EPOCHS` epochs (a few epochs leave any autoencoder near flat, and
+a slower retry would not help; a short run is only warned). Each
 verdict is recorded in ``model_dir/attempts.json`` before the next attempt starts, so a run
 killed during a retry resumes that retry, not the attempt already judged.
 """
@@ -32,6 +34,7 @@ from anomaly_utils.training.fit import fit_autoencoder
 ATTEMPTS_FILE = "attempts.json"
 COLLAPSED_DIR = "collapsed"
 RETRY_FACTOR = 3.0  # each retry divides the learning rate by this
+MIN_EPOCHS = 10  # shorter trainings are warned about, not retried
 
 
 def batches(data: Any) -> Iterable:
@@ -83,7 +86,8 @@ def fit_until_learned(build_model: Callable[[], keras.Model], train_data: Any, v
         learning_rate: the first attempt's rate; attempt k uses it / 3**k.
         retries: attempts after the first, at most.
         log: where each verdict is reported.
-        **fit_options: passed to ``fit_autoencoder`` (epochs, seed, loss, ...).
+        **fit_options: passed to ``fit_autoencoder`` (epochs, seed, loss, ...); with fewer
+            than :data:`MIN_EPOCHS` ``epochs`` a model that learned nothing is not retried.
 
     Returns:
         ``fit_autoencoder``'s result with ``"check"`` (the last attempt's check),
@@ -100,11 +104,15 @@ def fit_until_learned(build_model: Callable[[], keras.Model], train_data: Any, v
         check = reconstruction_check(fit["model"], val_data)
         verdict = (f"learning rate {rate:.3g}: validation L1 {check['model_l1']:.4f}, "
                    f"{check['ratio']:.2f}x that of a flat grey")
-        if check["learned"] or len(attempts) >= retries:
+        short = fit_options.get("epochs", MIN_EPOCHS) < MIN_EPOCHS
+        if check["learned"] or short or len(attempts) >= retries:
             if not check["learned"]:
-                log(f"warning: {verdict}, and still after {retries} slower retries; the "
-                    "model learned nothing from these images, so its maps show texture, not "
-                    "defects (notebook 04 will rank it accordingly)")
+                why = (f"after {fit_options.get('epochs')} epochs (fewer than {MIN_EPOCHS}, "
+                       "so not retried)" if short else f"still after {len(attempts)} slower "
+                       + ("retry" if len(attempts) == 1 else "retries"))
+                log(f"warning: {verdict}, {why}; the model learned nothing from these "
+                    "images, so its maps show texture, not defects (notebook 04 ranks it "
+                    "on validation like every candidate)")
             elif attempts:
                 log(f"{verdict}: learned")
             fit.update(check=check, learning_rate=rate, attempts=attempts)
