@@ -77,19 +77,17 @@ def test_training_notebooks_print_the_report_numbers(notebook, model, column, me
 
 def test_gallery_per_defect_table_matches_the_report():
     report = _wrapped_table(_outputs("04_threshold_selection", "per_defect = pd.DataFrame"))
-    gallery = _outputs("05_results_gallery", "per_defect_table = pd.DataFrame")
-    # 05 adds AUPRO and pandas wraps the wide table: the first block holds ae1's three
-    # columns and ae2's image and pixel AUROC, in that order.
-    first_block = _table(gallery.split("\n\n")[0])
-    assert set(first_block) == set(report)
+    # 05 has image AUROC, pixel AUROC and AUPRO per candidate (04: the first two), in
+    # CANDIDATES order; pandas wraps the wide table into blocks.
+    gallery = _wrapped_table(_outputs("05_results_gallery", "per_defect_table = pd.DataFrame"))
+    assert set(gallery) == set(report)
     for defect, values in report.items():
-        ae1_img, ae1_px = values[2 * AE1:2 * AE1 + 2]
-        ae2_img, ae2_px = values[2 * AE2:2 * AE2 + 2]
-        ours = first_block[defect]
-        assert ours[0] == pytest.approx(ae1_img, abs=ROUNDING), defect
-        assert ours[1] == pytest.approx(ae1_px, abs=ROUNDING), defect
-        assert ours[3] == pytest.approx(ae2_img, abs=ROUNDING), defect
-        assert ours[4] == pytest.approx(ae2_px, abs=ROUNDING), defect
+        ours = gallery[defect]
+        assert len(ours) == 3 * len(CANDIDATES) and len(values) == 2 * len(CANDIDATES)
+        for k, name in enumerate(CANDIDATES):
+            assert ours[3 * k] == pytest.approx(values[2 * k], abs=ROUNDING), (defect, name)
+            assert ours[3 * k + 1] == pytest.approx(values[2 * k + 1], abs=ROUNDING), \
+                (defect, name)
 
 
 def test_readme_carpet_table_matches_the_committed_report(metrics_table):
