@@ -118,10 +118,9 @@ def test_run_refuses_a_missing_data_dir_before_creating_the_run(tmp_path: Path):
                                            / "params").glob("*.yaml")))
 def test_every_preset_resolves_to_valid_parameters(preset: str):
     from anomaly_utils.pipeline import parameters as params
-    from anomaly_utils.pipeline.cli import _preset_overrides
-    from anomaly_utils.pipeline.parameters import resolve_parameters
+    from anomaly_utils.pipeline.parameters import preset_overrides, resolve_parameters
 
-    overrides = _preset_overrides(preset)
+    overrides = preset_overrides(preset)
     assert overrides, f"preset {preset} is empty"
     for notebook, values in resolve_parameters(overrides).items():
         params.validate(notebook, values)          # raises ParameterError on a bad value

@@ -19,7 +19,8 @@ from anomaly_utils.data.layout import dataset_summary
 from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
-from anomaly_utils.pipeline.parameters import NOTEBOOK_DIR
+from anomaly_utils.pipeline.auto import AUTO, run_auto
+from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
@@ -61,22 +62,10 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preset_overrides(name: str | None) -> dict[str, str]:
-    if not name:
-        return {}
-    import yaml
-
-    path = NOTEBOOK_DIR / "params" / f"{name}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ParameterError(f"preset '{name}' does not exist ({path})",
-                             fix=f"use one of {available}")
-    return {str(k): v for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
 
-    overrides: dict = _preset_overrides(args.preset)
+    auto = args.preset == AUTO
+    overrides: dict = {} if auto else preset_overrides(args.preset)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.epochs is not None:
@@ -89,6 +78,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = run_pipeline({}, run_id=args.resume, runs_dir=args.runs_dir, resume=True,
                                until=args.until, progress=not args.quiet,
                                backend=args.backend)
+    elif auto:
+        if args.until:
+            raise ParameterError("--preset auto runs every notebook of each preset's run",
+                                 fix="drop --until, or run one preset with --preset NAME")
+        run_dir = run_auto(overrides, run_id=args.run_id, runs_dir=args.runs_dir,
+                           progress=not args.quiet, backend=args.backend)
     else:
         run_dir = run_pipeline(overrides, run_id=args.run_id, runs_dir=args.runs_dir,
                                until=args.until, progress=not args.quiet,
@@ -101,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
 
     grid = {name: values for name, *values in args.param}
-    fixed = _preset_overrides(args.preset)
+    fixed = preset_overrides(args.preset)
     if args.data_dir:
         fixed["data_dir"] = args.data_dir
     fixed.update(_parameter_pairs(args.fixed))
@@ -220,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a notebook parameter (NAME, or ae1.NAME / ae2.NAME for one model)")
-    p.add_argument("--preset", help="a parameter set from notebooks/params/NAME.yaml")
+    p.add_argument("--preset", help="a parameter set from notebooks/params/NAME.yaml, or "
+                   "auto: one run per preset (defaults, real), the candidate validation "
+                   "prefers among them (runs <id>-defaults, <id>-real, <id>-auto.json)")
     p.add_argument("--run-id")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
     p.add_argument("--until", metavar="NOTEBOOK", help="stop after this notebook (e.g. 03)")

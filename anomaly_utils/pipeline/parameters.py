@@ -361,3 +361,21 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
             f"parameter 'pad' ({params['pad']}) of {notebook} needs sliding-window scoring, "
             "but the unet bottleneck is scored by inpainting whole images",
             fix="use -p pad 0 with -p bottleneck unet")
+
+
+def preset_overrides(name: str | None) -> dict[str, Any]:
+    """The parameters of preset ``notebooks/params/<name>.yaml`` (``{}`` for None).
+
+    Raises:
+        ParameterError: no such preset, naming the ones there are.
+    """
+    if not name:
+        return {}
+    import yaml
+
+    path = NOTEBOOK_DIR / "params" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ParameterError(f"preset '{name}' does not exist ({path})",
+                             fix=f"use one of {available} or auto")
+    return {str(k): v for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
