@@ -73,6 +73,10 @@ NOT_RUN = {
                                   "checks that every install then reads it alone (--no-index)",
     "make run REUSE_BACKEND=1 KERAS_BACKEND=jax": "would rebuild the shared .venv around the "
         "machine's own Python; tests/test_environment.py checks what it leaves out",
+    ".venv/bin/python -m anomaly_utils run --preset auto --data-dir "
+    "../shared/datasets/magnetic_tile --run-id mt": "two full runs of magnetic_tile (about 45 "
+        "minutes on 2 cores); test_preset_real_on_magnetic_tile runs the real preset's chain "
+        "and tests/test_auto.py the choice between the runs",
 }
 
 
