@@ -303,8 +303,9 @@ def summary(run_dir: str | os.PathLike) -> str:
 
 def without_stderr(outputs: list) -> list:
     """A code cell's outputs less its stderr stream. What lands there is TensorFlow's C++ log
-    (e.g. a tf.data graph-rewrite notice), which comes and goes with the machine and its load
-    and is never a result: the committed notebooks leave it out, and nbval ignores it."""
+    (e.g. a graph-rewrite notice), which comes and goes with the machine and its load, and
+    warnings that depend on how training went (AE-2's collapse verdicts): never a result, so
+    the committed notebooks leave it out, and nbval ignores it."""
     return [o for o in outputs if not (o.get("output_type") == "stream"
                                        and o.get("name") == "stderr")]
 

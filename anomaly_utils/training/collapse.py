@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,15 @@ def reconstruction_check(model: keras.Model, val_data: Any) -> dict[str, float |
     return {"model_l1": model_l1, "flat_l1": flat_l1, "ratio": ratio, "learned": ratio < 1.0}
 
 
+def _to_stderr(message: str) -> None:
+    # A verdict depends on how training went, so it is a warning, not a result: in a notebook
+    # it shows in red, and nbval's comparison of outputs leaves it out (pipeline.runs).
+    print(message, file=sys.stderr)
+
+
 def fit_until_learned(build_model: Callable[[], keras.Model], train_data: Any, val_data: Any,
                       model_dir: str | os.PathLike, *, learning_rate: float, retries: int = 2,
-                      log: Callable[[str], None] = print, **fit_options: Any) -> dict:
+                      log: Callable[[str], None] = _to_stderr, **fit_options: Any) -> dict:
     """:func:`~anomaly_utils.training.fit.fit_autoencoder`, retried at a lower learning rate
     while the model reconstructs no better than a flat grey (:func:`reconstruction_check`).
 
@@ -85,7 +92,7 @@ def fit_until_learned(build_model: Callable[[], keras.Model], train_data: Any, v
             ``model_dir/collapsed/lr_<rate>/``.
         learning_rate: the first attempt's rate; attempt k uses it / 3**k.
         retries: attempts after the first, at most.
-        log: where each verdict is reported.
+        log: where each verdict is reported (default: standard error).
         **fit_options: passed to ``fit_autoencoder`` (epochs, seed, loss, ...); with fewer
             than :data:`MIN_EPOCHS` ``epochs`` a model that learned nothing is not retried.
 
