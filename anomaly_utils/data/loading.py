@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -154,8 +155,10 @@ class AnomalyDataset:
     skipped: list[tuple] = field(default_factory=list)
     val_paths: list[Path] = field(default_factory=list)  # the files of ``val_images``, in order
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        # Hashes every file of the dataset; the stored scores and the shared validation set
+        # each ask for it, so it is computed once per loaded dataset.
         return fingerprint(self.index)
 
 
