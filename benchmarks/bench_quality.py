@@ -2,16 +2,19 @@
 
 Each set runs `python -m anomaly_utils run --data-dir DIR` as a user would type it (plus only
 the options the set's own README asks for), into runs/quality-<set>-<timestamp>/, with its
-wall time and the peak resident memory of the whole process tree. The table puts every
+wall time and the peak resident memory of the whole process tree. For a set other than the
+synthetic carpet that command is `--preset auto` (runs ...-defaults and ...-real, and
+...-auto.json with the choice): the table has a row per candidate of each run. It puts every
 candidate's validation columns (the pseudo-labelled validation set, which chooses) apart from
-its test columns (for the report only), and marks the candidate the run chose.
+its test columns (for the report only), and marks the candidate the command chose.
 
 Sets: the synthetic carpet (written if absent), ELPV mono and poly (written from the PyPI
 package elpv-dataset if absent; image labels only), and ../shared/datasets/magnetic_tile
 where it exists (skipped with a printed reason elsewhere). Results go to
 runs/bench/quality.json and, as a Markdown table, runs/bench/quality.md.
 
-Usage: `python -m benchmarks.bench_quality [--sets carpet elpv_mono ...] [-p NAME VALUE ...]`
+Usage: `python -m benchmarks.bench_quality [--sets carpet elpv_mono ...] [--preset NAME]
+[-p NAME VALUE ...]` (`--preset defaults`: one run per set with the notebooks' defaults).
 """
 
 from __future__ import annotations
@@ -70,8 +73,13 @@ def ensure_data(dev: DevelopmentSet) -> str | None:
     return f"{dev.folder} is absent (the team's shared datasets are not mounted here)"
 
 
-def rows_of(dev: DevelopmentSet, metrics: dict, seconds: float, peak_gib: float) -> list[dict]:
-    """One row per candidate: validation and test columns, the choice, time and memory."""
+def rows_of(dev: DevelopmentSet, metrics: dict, seconds: float, peak_gib: float,
+            run_label: str | None = None, chosen: bool = True) -> list[dict]:
+    """One row per candidate: validation and test columns, the choice, time and memory.
+
+    ``run_label`` names the preset's run of an auto command in the candidate column;
+    ``chosen`` is False for a run whose recommendation the auto command did not take.
+    """
     choice = metrics.get("choice", {})
     rows = []
     for name in CANDIDATES:
@@ -79,12 +87,28 @@ def rows_of(dev: DevelopmentSet, metrics: dict, seconds: float, peak_gib: float)
         if not report:
             continue
         validation = report.get("validation", {})
-        rows.append({"set": dev.name, "candidate": name,
-                     "chosen": name == choice.get("model"),
+        rows.append({"set": dev.name,
+                     "candidate": f"{name} ({run_label})" if run_label else name,
+                     "chosen": chosen and name == choice.get("model"),
                      "val_selection": (choice.get("scores") or {}).get(name),
                      **{f"val_{m}": validation.get(m) for m in METRICS},
                      **{f"test_{m}": report.get(m) for m in METRICS},
                      "seconds": seconds, "peak_rss_gib": peak_gib})
+    return rows
+
+
+def command_rows(dev: DevelopmentSet, runs: Path, run_id: str, seconds: float,
+                 peak_gib: float) -> list[dict]:
+    """The rows of one command's runs: one run, or each preset's run of an auto command
+    (``<run_id>-auto.json``), where only the candidate the auto command took is chosen."""
+    auto = runs / f"{run_id}-auto.json"
+    if not auto.is_file():
+        return rows_of(dev, read_json(runs / run_id / "metrics.json"), seconds, peak_gib)
+    record = read_json(auto)
+    rows = []
+    for label, run in record["runs"].items():
+        rows += rows_of(dev, read_json(runs / run["run"] / "metrics.json"), seconds, peak_gib,
+                        run_label=label, chosen=label == record["chosen"]["preset"])
     return rows
 
 
@@ -115,6 +139,8 @@ def main() -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=[s.name for s in SETS],
                         choices=[s.name for s in SETS])
+    parser.add_argument("--preset", help="passed to every run (default: none, as a user "
+                        "types it: auto for the real sets, the defaults for the carpet)")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="passed to every run")
     args = parser.parse_args(sys.argv[1:])
@@ -130,15 +156,15 @@ def main() -> dict:
         user_command = ["python", "-m", "anomaly_utils", "run", "--data-dir",
                         str(dev.folder.relative_to(ROOT) if dev.folder.is_relative_to(ROOT)
                             else Path("..") / dev.folder.relative_to(ROOT.parent)),
-                        *dev.options, *extra]
+                        *dev.options, *extra,
+                        *(("--preset", args.preset) if args.preset else ())]
         commands[dev.name] = " ".join(user_command)
         print(f"running {dev.name}: {commands[dev.name]}", flush=True)
         code, seconds, peak = run_watched([sys.executable, *user_command[1:], "--run-id", run_id,
                                            "--quiet"], cwd=ROOT)
         if code != 0:
             raise SystemExit(f"{dev.name}: the run failed with status {code} (runs/{run_id})")
-        metrics = read_json(ROOT / "runs" / run_id / "metrics.json")
-        rows += rows_of(dev, metrics, seconds, peak / 2**30)
+        rows += command_rows(dev, ROOT / "runs", run_id, seconds, peak / 2**30)
         print(markdown([r for r in rows if r["set"] == dev.name], {}), flush=True)
     text = markdown(rows, commands)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)

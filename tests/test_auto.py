@@ -12,22 +12,34 @@ from anomaly_utils.pipeline.parameters import preset_overrides
 
 
 def _fake_runs(monkeypatch, scores: dict[str, tuple[str, float]]):
-    """run_pipeline replaced: each run writes params.json and a metrics.json whose choice
-    is ``scores[label]``; the calls are returned for inspection."""
+    """create_run and run_pipeline replaced: a created run has a params.json, and running it
+    writes a metrics.json whose choice is ``scores[label]``; the calls are returned."""
     calls = []
 
-    def fake(overrides, run_id=None, runs_dir="runs", resume=False, **kwargs):
-        calls.append({"overrides": overrides, "run_id": run_id, "resume": resume})
+    def create(overrides, run_dir, backend=None):
+        calls.append({"create": run_dir.name, "overrides": overrides})
+        run_dir.mkdir(parents=True)
+        (run_dir / "params.json").write_text(json.dumps({"notebooks": {}}))
+
+    def run(overrides, run_id=None, runs_dir="runs", resume=False, **kwargs):
+        calls.append({"run_id": run_id, "resume": resume, "overrides": overrides})
         run_dir = runs_dir / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "params.json").write_text("{}")
         model, score = scores[run_id.rsplit("-", 1)[1]]
         (run_dir / "metrics.json").write_text(json.dumps(
             {"choice": {"model": model, "score": score, "by": "mean of validation ..."}}))
         return run_dir
 
-    monkeypatch.setattr(auto, "run_pipeline", fake)
+    monkeypatch.setattr(auto, "create_run", create)
+    monkeypatch.setattr(auto, "run_pipeline", run)
     return calls
+
+
+def _runs(calls):
+    return [c["run_id"] for c in calls if "run_id" in c]
+
+
+def _created(calls):
+    return {c["create"]: c["overrides"] for c in calls if "create" in c}
 
 
 def test_each_preset_runs_and_the_best_validation_score_wins(tmp_path, monkeypatch):
@@ -36,10 +48,11 @@ def test_each_preset_runs_and_the_best_validation_score_wins(tmp_path, monkeypat
     chosen = auto.run_auto({"data_dir": "d", "seed": "1"}, run_id="x", runs_dir=tmp_path,
                            log=log.append)
     assert chosen == tmp_path / "x-real"
-    assert [c["run_id"] for c in calls] == ["x-defaults", "x-real"]
+    assert _runs(calls) == ["x-defaults", "x-real"]
     # The preset's values under the user's: data_dir and -p pairs win.
-    assert calls[0]["overrides"] == {"data_dir": "d", "seed": "1"}
-    assert calls[1]["overrides"] == {**preset_overrides("real"), "data_dir": "d", "seed": "1"}
+    assert _created(calls) == {
+        "x-defaults": {"data_dir": "d", "seed": "1"},
+        "x-real": {**preset_overrides("real"), "data_dir": "d", "seed": "1"}}
     record = json.loads((tmp_path / "x-auto.json").read_text())
     assert record["chosen"] == {"preset": "real", "run": "x-real", "model": "ae2",
                                 "score": 0.886, "by": "mean of validation ..."}
@@ -50,17 +63,73 @@ def test_rerunning_resumes_the_runs_that_exist_and_ties_go_to_the_defaults(tmp_p
                                                                            monkeypatch):
     calls = _fake_runs(monkeypatch, {"defaults": ("ae2", 0.8), "real": ("ae2", 0.8)})
     (tmp_path / "y-defaults").mkdir()
-    (tmp_path / "y-defaults" / "params.json").write_text("{}")
+    (tmp_path / "y-defaults" / "params.json").write_text(json.dumps({"notebooks": {}}))
     chosen = auto.run_auto({"data_dir": "d"}, run_id="y", runs_dir=tmp_path, log=lambda m: 0)
-    assert [c["resume"] for c in calls] == [True, False] and calls[0]["overrides"] == {}
+    assert list(_created(calls)) == ["y-real"]  # y-defaults is resumed, not made again
+    assert _runs(calls) == ["y-defaults", "y-real"]
+    assert all(c["resume"] and c["overrides"] == {} for c in calls if "run_id" in c)
     assert chosen == tmp_path / "y-defaults"
 
 
 def test_auto_needs_a_data_dir_and_a_run_must_recommend(tmp_path, monkeypatch):
     with pytest.raises(ParameterError, match="--data-dir"):
         auto.run_auto({}, runs_dir=tmp_path)
+    monkeypatch.setattr(auto, "create_run", lambda o, run_dir, backend=None: run_dir.mkdir())
     monkeypatch.setattr(auto, "run_pipeline",
-                        lambda o, run_id=None, runs_dir="runs", **k: runs_dir)
+                        lambda o, run_id=None, runs_dir="runs", **k: runs_dir / run_id)
     from anomaly_utils.errors import ArtifactError
     with pytest.raises(ArtifactError, match="metrics.json"):
         auto.run_auto({"data_dir": "d"}, run_id="z", runs_dir=tmp_path, log=lambda m: 0)
+
+
+def test_own_data_runs_auto_and_the_synthetic_carpet_the_defaults(tmp_path):
+    from anomaly_utils.pipeline.parameters import NOTEBOOKS, resolve_parameters
+
+    carpet = resolve_parameters({})[NOTEBOOKS[0]]["data_dir"]
+    assert auto.default_preset(None, None)[0] is None
+    assert auto.default_preset(carpet, None)[0] is None
+    preset, why = auto.default_preset(str(tmp_path), None)
+    assert preset == "auto" and "--preset defaults" in why
+    preset, why = auto.default_preset(str(tmp_path), "03")
+    assert preset is None and "--until 03" in why
+    assert preset_overrides("defaults") == {}
+
+
+def test_the_run_command_says_which_preset_it_chose(tmp_path, monkeypatch, capsys):
+    from anomaly_utils.pipeline import cli
+
+    calls = _fake_runs(monkeypatch, {"defaults": ("floor", 0.7), "real": ("ae2", 0.6)})
+    monkeypatch.setattr(cli, "summary", lambda run_dir: f"summary of {run_dir.name}")
+    code = cli.main(["run", "--data-dir", str(tmp_path / "mine"), "--run-id", "m",
+                     "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "preset: auto, the default for a dataset other than" in out
+    assert _runs(calls) == ["m-defaults", "m-real"]
+    assert "summary of m-defaults" in out  # the floor of the defaults' run won
+
+
+def test_a_clash_with_the_real_preset_fails_before_any_run(tmp_path, monkeypatch):
+    calls = _fake_runs(monkeypatch, {"defaults": ("floor", 0.7), "real": ("ae2", 0.6)})
+    # A 128 px patch fits the defaults' 128 px images, not the real preset's 64 px ones.
+    with pytest.raises(ParameterError, match="with --preset real.*'patch_size' \\(128\\)"):
+        auto.run_auto({"data_dir": "d", "ae2.patch_size": "128"}, run_id="c",
+                      runs_dir=tmp_path, log=lambda m: 0)
+    assert calls == [] and not any(tmp_path.iterdir())
+
+
+def test_the_quality_benchmark_reports_both_runs_of_an_auto_command(tmp_path):
+    from benchmarks.bench_quality import DevelopmentSet, command_rows
+
+    for label, model in (("defaults", "floor"), ("real", "ae2")):
+        (tmp_path / f"q-{label}").mkdir()
+        (tmp_path / f"q-{label}" / "metrics.json").write_text(json.dumps({
+            "choice": {"model": model, "scores": {"floor": 0.7, "ae2": 0.8}},
+            "floor": {"image_auroc": 0.6, "validation": {"image_auroc": 0.7}},
+            "ae2": {"image_auroc": 0.9, "validation": {"image_auroc": 0.8}}}))
+    (tmp_path / "q-auto.json").write_text(json.dumps({
+        "runs": {"defaults": {"run": "q-defaults"}, "real": {"run": "q-real"}},
+        "chosen": {"preset": "real"}}))
+    rows = command_rows(DevelopmentSet("s", tmp_path), tmp_path, "q", 10.0, 1.0)
+    assert [(r["candidate"], r["chosen"]) for r in rows] == [
+        ("floor (defaults)", False), ("ae2 (defaults)", False),
+        ("floor (real)", False), ("ae2 (real)", True)]

@@ -65,10 +65,33 @@ def test_a_run_writes_every_artifact(finished_run: Path):
 
 def test_a_run_never_overwrites_another(finished_run: Path, tiny_data: Path):
     before = (finished_run / "metrics.json").read_bytes()
-    result = cli("run", *tiny_args(tiny_data), "--runs-dir", str(finished_run.parent),
-                 "--run-id", finished_run.name)
+    result = cli("run", *tiny_args(tiny_data), "--preset", "defaults", "--runs-dir",
+                 str(finished_run.parent), "--run-id", finished_run.name)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_a_later_auto_run_takes_the_notebooks_its_preset_leaves_unchanged(tmp_path: Path,
+                                                                           finished_run: Path):
+    from anomaly_utils.pipeline.runs import create_run
+    from anomaly_utils.pipeline.sharing import share_identical_notebooks
+
+    params = read_json(finished_run / "params.json")
+    overrides = {k: v for k, v in params["overrides"].items() if k != "run_dir"}
+    overrides["data_dir"] = params["notebooks"][NOTEBOOKS[0]]["data_dir"]  # as resolved there
+    target = tmp_path / "ae2-changed"
+    create_run({**overrides, "ae2.ssim_weight": 0.5}, target)
+    shared = share_identical_notebooks(finished_run, target)
+    assert shared == list(NOTEBOOKS[:2])  # 03 differs, and 04-05 read it
+    status = read_json(target / "status.json")
+    assert {nb: (s["state"], s["reused_from"]) for nb, s in status.items()} == {
+        nb: ("completed", finished_run.name) for nb in shared}
+    assert (target / "ae1" / "model.keras").read_bytes() == (
+        finished_run / "ae1" / "model.keras").read_bytes()
+    assert not (target / "ae2").exists()
+    other = tmp_path / "seed-changed"
+    create_run({**overrides, "seed": 1}, other)
+    assert share_identical_notebooks(finished_run, other) == []
 
 
 def test_resume_warns_about_and_records_a_changed_environment(tmp_path: Path,

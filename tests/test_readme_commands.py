@@ -145,7 +145,8 @@ def test_preset_real_on_magnetic_tile(fresh_root: Path, readme_runs):
         pytest.skip("../shared/datasets/magnetic_tile is absent on this machine")
     run = finished(readme_runs.result(PRESET), fresh_root)
     params = read_json(run / "params.json")["notebooks"]
-    assert params["03_train_ae2"]["color_mode"] == "grayscale"
+    assert params["03_train_ae2"]["color_mode"] == "auto"  # detected: one channel below
+    assert read_json(run / "ae2" / "scoring.json")["color_mode"] == "grayscale"
     assert params["03_train_ae2"]["gms_weight"] == 1.0  # the preset's, kept under TINY
     assert params["03_train_ae2"]["head"] == "segmentation"
     assert (run / "ae2" / "head" / "model.keras").is_file()

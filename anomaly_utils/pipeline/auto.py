@@ -10,7 +10,13 @@ runs' validation selection scores compare directly. The auto run makes each pres
 (``<id>-defaults``, ``<id>-real``), keeps every one of them, and writes ``<id>-auto.json``
 with each run's recommended candidate and score and the one chosen; the test split takes no
 part. Running the same command with the same ``--run-id`` again resumes the runs that did not
-finish.
+finish. Notebooks whose parameters a preset does not change (the data summary and the floor
+of notebook 01, AE-1 of notebook 02 with the real preset) run once, in the first run, and the
+later runs take their outputs (:func:`~anomaly_utils.pipeline.sharing.share_identical_notebooks`).
+
+Auto is what ``run --data-dir DIR`` does for any dataset other than the synthetic carpet the
+notebooks default to (:func:`default_preset`); ``--preset defaults`` makes the one run with
+the notebooks' defaults.
 
 Measured (docs/experiments.md, "Settings the data chooses"): on magnetic_tile the defaults'
 run recommends the floor (validation 0.729, test image AUROC 0.730) and the real preset's run
@@ -25,15 +31,64 @@ from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, ParameterError
-from anomaly_utils.pipeline.parameters import preset_overrides
-from anomaly_utils.pipeline.runs import new_run_id, run_pipeline
+from anomaly_utils.pipeline.parameters import (
+    DEFAULTS,
+    NOTEBOOKS,
+    preset_overrides,
+    resolve_parameters,
+    validate,
+)
+from anomaly_utils.pipeline.runs import create_run, new_run_id, run_pipeline
+from anomaly_utils.pipeline.sharing import share_identical_notebooks
 
 AUTO = "auto"
 AUTO_PRESETS = (None, "real")  # the notebooks' defaults, then notebooks/params/real.yaml
 
 
 def preset_label(preset: str | None) -> str:
-    return preset or "defaults"
+    return preset or DEFAULTS
+
+
+def default_preset(data_dir: str | None, until: str | None) -> tuple[str | None, str]:
+    """The preset ``run`` uses when none is given, and why, as one line for the console.
+
+    Auto for a dataset other than the synthetic carpet that the notebooks default to: no
+    fixed setting serves every real set, so both presets run and validation chooses. The
+    defaults alone for the carpet (they were developed on it), and with ``--until``, which
+    stops before notebook 04 makes the choice.
+
+    Args:
+        data_dir: the ``--data-dir`` (or ``-p data_dir``) given, None when none was.
+        until: the ``--until`` notebook, None when none was given.
+    """
+    default_dir = resolve_parameters({})[NOTEBOOKS[0]]["data_dir"]
+    if data_dir is None or Path(data_dir).expanduser().resolve() == Path(default_dir):
+        return None, "the notebooks' defaults (the synthetic carpet)"
+    if until:
+        return None, (f"the notebooks' defaults: --until {until} stops before the choice "
+                      f"that --preset {AUTO} makes")
+    return AUTO, (f"{AUTO}, the default for a dataset other than the synthetic carpet: one run "
+                  f"with the defaults and one with --preset real, then the candidate with the "
+                  f"best validation score (--preset {DEFAULTS} makes the first run alone)")
+
+
+def check_presets(overrides: dict[str, Any]) -> None:
+    """Check the parameters of every preset's run before any run starts.
+
+    Raises:
+        ParameterError: as :func:`~anomaly_utils.pipeline.parameters.validate`, naming the
+            preset whose values clash with ``overrides``.
+    """
+    for preset in AUTO_PRESETS:
+        try:
+            for notebook, params in resolve_parameters(
+                    {**preset_overrides(preset), **overrides}).items():
+                validate(notebook, params)
+        except ParameterError as error:
+            if preset is None:
+                raise
+            raise ParameterError(f"with --preset {preset} (run by --preset {AUTO}): {error.message}",
+                                 fix=error.fix) from None
 
 
 def run_auto(overrides: dict[str, Any], run_id: str | None = None,
@@ -57,6 +112,7 @@ def run_auto(overrides: dict[str, Any], run_id: str | None = None,
     if "data_dir" not in overrides:
         raise ParameterError("--preset auto needs --data-dir",
                              fix="pass the dataset folder with --data-dir")
+    check_presets(overrides)
     runs_dir = Path(runs_dir)
     base = run_id or new_run_id()
     results = {}
@@ -64,13 +120,17 @@ def run_auto(overrides: dict[str, Any], run_id: str | None = None,
         label = preset_label(preset)
         sub_id = f"{base}-{label}"
         log(f"== {AUTO}: the run with {label} ({sub_id})")
-        if (runs_dir / sub_id / "params.json").is_file():
-            run_dir = run_pipeline({}, run_id=sub_id, runs_dir=runs_dir, resume=True,
-                                   progress=progress, log=log, backend=backend)
-        else:
-            run_dir = run_pipeline({**preset_overrides(preset), **overrides}, run_id=sub_id,
-                                   runs_dir=runs_dir, progress=progress, log=log,
-                                   backend=backend)
+        if not (runs_dir / sub_id / "params.json").is_file():
+            create_run({**preset_overrides(preset), **overrides}, runs_dir / sub_id,
+                       backend=backend)
+            if results:  # what this preset does not change is taken from the first run
+                first = runs_dir / next(iter(results.values()))["run"]
+                shared = share_identical_notebooks(first, runs_dir / sub_id)
+                if shared:
+                    log(f"{AUTO}: {', '.join(shared)} as in {first.name} (same parameters), "
+                        f"reused")
+        run_dir = run_pipeline({}, run_id=sub_id, runs_dir=runs_dir, resume=True,
+                               progress=progress, log=log, backend=backend)
         metrics_path = run_dir / "metrics.json"
         if not metrics_path.is_file():
             raise ArtifactError(f"run '{sub_id}' has no metrics.json, so it recommends nothing",

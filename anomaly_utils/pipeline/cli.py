@@ -19,7 +19,7 @@ from anomaly_utils.data.layout import dataset_summary
 from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
-from anomaly_utils.pipeline.auto import AUTO, run_auto
+from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
 from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
@@ -64,15 +64,20 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
 
-    auto = args.preset == AUTO
-    overrides: dict = {} if auto else preset_overrides(args.preset)
+    pairs = _parameter_pairs(args.param)
+    preset = args.preset
+    if preset is None and not args.resume:
+        preset, why = default_preset(args.data_dir or pairs.get("data_dir"), args.until)
+        print(f"preset: {why}", flush=True)
+    auto = preset == AUTO
+    overrides: dict = {} if auto else preset_overrides(preset)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
-    overrides.update(_parameter_pairs(args.param))
+    overrides.update(pairs)
     if args.resume:
-        if overrides:
+        if overrides or args.preset:
             raise ParameterError("a resumed run keeps the parameters in its params.json",
                                  fix="drop the -p/--epochs/--data-dir/--preset options")
         run_dir = run_pipeline({}, run_id=args.resume, runs_dir=args.runs_dir, resume=True,
@@ -215,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a notebook parameter (NAME, or ae1.NAME / ae2.NAME for one model)")
-    p.add_argument("--preset", help="a parameter set from notebooks/params/NAME.yaml, or "
-                   "auto: one run per preset (defaults, real), the candidate validation "
-                   "prefers among them (runs <id>-defaults, <id>-real, <id>-auto.json)")
+    p.add_argument("--preset", help="a parameter set from notebooks/params/NAME.yaml; "
+                   "defaults: the notebooks' own; auto: one run per preset (defaults, real), "
+                   "the candidate validation prefers among them (runs <id>-defaults, "
+                   "<id>-real, <id>-auto.json). Default: auto for a --data-dir other than "
+                   "the synthetic carpet, else defaults")
     p.add_argument("--run-id")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
     p.add_argument("--until", metavar="NOTEBOOK", help="stop after this notebook (e.g. 03)")

@@ -48,6 +48,7 @@ NOTEBOOKS = (
 SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": NOTEBOOKS[1],
           "03": NOTEBOOKS[2], "ae2": NOTEBOOKS[2], "04": NOTEBOOKS[3], "05": NOTEBOOKS[4]}
 PATH_PARAMETERS = ("data_dir", "run_dir")
+DEFAULTS = "defaults"  # the preset name of the notebooks' own defaults
 
 
 @dataclass(frozen=True)
@@ -364,12 +365,13 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
 
 
 def preset_overrides(name: str | None) -> dict[str, Any]:
-    """The parameters of preset ``notebooks/params/<name>.yaml`` (``{}`` for None).
+    """The parameters of preset ``notebooks/params/<name>.yaml`` (``{}`` for None and
+    :data:`DEFAULTS`, the notebooks' own defaults).
 
     Raises:
         ParameterError: no such preset, naming the ones there are.
     """
-    if not name:
+    if not name or name == DEFAULTS:
         return {}
     import yaml
 
@@ -377,5 +379,5 @@ def preset_overrides(name: str | None) -> dict[str, Any]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ParameterError(f"preset '{name}' does not exist ({path})",
-                             fix=f"use one of {available} or auto")
+                             fix=f"use one of {available}, {DEFAULTS} or auto")
     return {str(k): v for k, v in (yaml.safe_load(path.read_text()) or {}).items()}

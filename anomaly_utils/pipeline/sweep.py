@@ -22,11 +22,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,16 +46,9 @@ from anomaly_utils.pipeline.runs import (
     new_run_id,
     read_status,
 )
-from anomaly_utils.scoring.stored import CANDIDATES, FLOOR, load_scores
+from anomaly_utils.pipeline.sharing import copy_outputs, work_key
+from anomaly_utils.scoring.stored import CANDIDATES, load_scores
 
-# What each notebook reads from earlier notebooks, and what it writes into the run.
-UPSTREAM = {NOTEBOOKS[0]: (), NOTEBOOKS[1]: (), NOTEBOOKS[2]: (),
-            NOTEBOOKS[3]: (NOTEBOOKS[0], NOTEBOOKS[1], NOTEBOOKS[2]),
-            NOTEBOOKS[4]: (NOTEBOOKS[0], NOTEBOOKS[1], NOTEBOOKS[2], NOTEBOOKS[3])}
-OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", FLOOR, "figures/01_*"),
-           NOTEBOOKS[1]: ("ae1", "figures/02_*"), NOTEBOOKS[2]: ("ae2", "figures/03_*"),
-           NOTEBOOKS[3]: ("thresholds.json", "metrics.json", "figures/04_*"),
-           NOTEBOOKS[4]: ("figures/05_*",)}
 # What must be complete in a run before a notebook starts there on a cluster: notebooks 01-03
 # read only the data, 04 and 05 read everything written before them (04 the data summary too).
 NEEDS = {nb: (NOTEBOOKS[:i] if i >= 3 else ()) for i, nb in enumerate(NOTEBOOKS)}
@@ -71,26 +61,6 @@ SELECT_BY = "ae2_val_image_auroc"
 def config_name(values: dict[str, Any]) -> str:
     """A folder name for one configuration, e.g. ``epochs=5_latent_dim=64``."""
     return "_".join(f"{name.replace('.', '-')}={value}" for name, value in values.items())
-
-
-def work_key(notebook: str, effective: dict[str, dict[str, Any]]) -> str:
-    """What a notebook's result depends on: its parameters and its upstream notebooks'."""
-    parts = {nb: {k: v for k, v in effective[nb].items() if k != "run_dir"}
-             for nb in (notebook, *UPSTREAM[notebook])}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def copy_outputs(notebook: str, source: Path, target: Path) -> None:
-    """Copy a notebook's outputs from one run of the sweep to another."""
-    for pattern in OUTPUTS[notebook]:
-        for path in source.glob(pattern):
-            destination = target / path.relative_to(source)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(path, destination, dirs_exist_ok=True)
-            else:
-                shutil.copy2(path, destination)
-    shutil.copy2(source / f"{notebook}.ipynb", target / f"{notebook}.ipynb")
 
 
 def split_threads(jobs: int) -> int:
