@@ -155,3 +155,42 @@ def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
     heavy = _python("import sys, anomaly_utils.models.ae2, keras; print('tensorflow' in sys.modules)")
     assert heavy.stdout.strip() == "True", heavy.stderr
     assert _unexpected_stderr(heavy.stderr) == [], heavy.stderr
+
+
+def test_each_notebook_checks_its_own_parameters_in_its_first_code_cell():
+    """JupyterLab runs no command line: the notebook checks its values itself, before it
+    loads data, and its defaults pass."""
+    import json
+
+    from anomaly_utils.pipeline.parameters import (
+        NOTEBOOK_DIR,
+        NOTEBOOKS,
+        check_parameters,
+        declared_parameters,
+    )
+
+    for notebook in NOTEBOOKS:
+        cells = json.loads((NOTEBOOK_DIR / f"{notebook}.ipynb").read_text())["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        assert "parameters" in cells[1]["metadata"]["tags"]
+        assert f'check_parameters("{notebook}", globals())' in code[1], notebook
+        defaults = {name: d.default for name, d in declared_parameters(notebook).items()}
+        check_parameters(notebook, defaults)
+
+
+@pytest.mark.parametrize(("notebook", "values", "fragments"), [
+    ("03_train_ae2", {"head": "segmentation", "ensemble_size": 3, "bottleneck": "spatial"},
+     ["'head'", "ensemble_size 3"]),
+    ("03_train_ae2", {"patch_size": 256, "image_size": 128}, ["'patch_size' (256)"]),
+    ("02_train_ae1", {"variant": "gan"}, ["'variant'", "'gan'"]),
+    ("04_threshold_selection", {"percentile": 120.0}, ["'percentile'"]),
+])
+def test_a_bad_value_set_in_the_notebook_fails_before_any_work(notebook, values, fragments):
+    from anomaly_utils.errors import ParameterError
+    from anomaly_utils.pipeline.parameters import check_parameters, declared_parameters
+
+    namespace = {name: d.default for name, d in declared_parameters(notebook).items()}
+    namespace.update(values, np=object())  # other kernel variables are left alone
+    with pytest.raises(ParameterError) as error:
+        check_parameters(notebook, namespace)
+    assert all(fragment in str(error.value) for fragment in fragments), str(error.value)

@@ -364,6 +364,27 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
             fix="use -p pad 0 with -p bottleneck unet")
 
 
+def check_parameters(notebook: str, namespace: dict[str, Any]) -> None:
+    """Check a notebook's parameters where it runs: JupyterLab, papermill or nbval.
+
+    The command line checks every notebook's values before a run starts (:func:`validate`);
+    a notebook edited and run by hand gets the same checks from its first code cell, before
+    it loads data or trains, instead of failing later deep inside a library.
+
+    Args:
+        notebook: the notebook's name, e.g. ``"03_train_ae2"``.
+        namespace: the kernel's variables (``globals()``); the parameters' current values
+            are read from it.
+
+    Raises:
+        ParameterError: as :func:`validate`, naming the parameter, its value and the range.
+    """
+    if notebook not in RULES:
+        raise ParameterError(f"notebook {notebook!r} has no parameter rules",
+                             fix=f"use one of {sorted(RULES)}")
+    validate(notebook, {name: namespace[name] for name in RULES[notebook] if name in namespace})
+
+
 def preset_overrides(name: str | None) -> dict[str, Any]:
     """The parameters of preset ``notebooks/params/<name>.yaml`` (``{}`` for None and
     :data:`DEFAULTS`, the notebooks' own defaults).
