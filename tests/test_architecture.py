@@ -101,3 +101,24 @@ def test_long_modules_say_why():
             assert "One module because" in doc, (
                 f"{path.relative_to(PACKAGE)} has {lines} lines: split it, or say in its "
                 f"docstring why it is one module ('One module because ...')")
+
+
+def test_every_list_of_candidates_is_read_from_the_registry():
+    """One entry in scoring/candidates.py makes a candidate known everywhere it is listed."""
+    from anomaly_utils.pipeline.parameters import NOTEBOOKS, SCOPES
+    from anomaly_utils.pipeline.sharing import OUTPUTS
+    from anomaly_utils.pipeline.sweep import MODEL_FOLDERS
+    from anomaly_utils.scoring import stored
+    from anomaly_utils.scoring.candidates import REGISTRY
+    from anomaly_utils.visualization.plots import MODEL_COLORS
+
+    assert stored.CANDIDATES == tuple(c.name for c in REGISTRY)
+    assert stored.MODELS == tuple(c.name for c in REGISTRY if c.network)
+    for c in REGISTRY:
+        assert c.notebook in NOTEBOOKS and SCOPES[c.name] == c.notebook
+        assert c.name in OUTPUTS[c.notebook]  # a sweep or an auto run copies its folder
+        assert MODEL_COLORS[c.name] == c.color
+        assert (c.name in MODEL_FOLDERS.get(c.notebook, ())) == c.network
+    sources = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py")
+                        if p.name != "candidates.py")
+    assert '("ae1", "ae2")' not in sources and "'ae1', 'ae2'" not in sources

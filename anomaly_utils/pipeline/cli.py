@@ -24,6 +24,7 @@ from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
+from anomaly_utils.scoring.candidates import MODELS
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
 
 
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score new images with a trained run")
     p.add_argument("--run", required=True, help="a finished run directory")
-    p.add_argument("--model", choices=("ae1", "ae2"), default="ae2")
+    p.add_argument("--model", choices=MODELS, default=MODELS[-1])
     p.add_argument("--out", help="write a heatmap overlay per image here")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--backend", choices=BACKENDS,

@@ -20,6 +20,7 @@ from anomaly_utils.data.images import AUTO_COLOR, COLOR_MODES
 from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.vocabulary import HEAD_TRAININGS
+from anomaly_utils.scoring.candidates import REGISTRY
 from anomaly_utils.scoring.map_kinds import HEADS, map_components
 from anomaly_utils.scoring.statistics_floor import FLOOR_VARIANTS
 from anomaly_utils.training.masks import CORRUPT_MODES
@@ -45,8 +46,9 @@ NOTEBOOKS = (
     "04_threshold_selection",
     "05_results_gallery",
 )
-SCOPES = {"01": NOTEBOOKS[0], "data": NOTEBOOKS[0], "02": NOTEBOOKS[1], "ae1": NOTEBOOKS[1],
-          "03": NOTEBOOKS[2], "ae2": NOTEBOOKS[2], "04": NOTEBOOKS[3], "05": NOTEBOOKS[4]}
+# -p SCOPE.NAME: a notebook by its number, the data notebook, or a candidate's notebook.
+SCOPES = {**{nb[:2]: nb for nb in NOTEBOOKS}, "data": NOTEBOOKS[0],
+          **{c.name: c.notebook for c in REGISTRY}}
 PATH_PARAMETERS = ("data_dir", "run_dir")
 DEFAULTS = "defaults"  # the preset name of the notebooks' own defaults
 
@@ -150,10 +152,6 @@ def resolve_parameters(overrides: dict[str, Any],
 
 
 Rule = Callable[[Any], str | None]
-
-
-# How AE-2's training inputs are corrupted (training.patch_dataset), here so that the
-# parameter check needs no TensorFlow.
 
 
 def _positive_int(value: Any) -> str | None:
@@ -365,11 +363,9 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
 
 
 def check_parameters(notebook: str, namespace: dict[str, Any]) -> None:
-    """Check a notebook's parameters where it runs: JupyterLab, papermill or nbval.
-
-    The command line checks every notebook's values before a run starts (:func:`validate`);
-    a notebook edited and run by hand gets the same checks from its first code cell, before
-    it loads data or trains, instead of failing later deep inside a library.
+    """Check a notebook's parameters where it runs (JupyterLab, papermill, nbval): its first
+    code cell calls this, so a value edited by hand fails as :func:`validate` fails on the
+    command line, before data is loaded or a model trained.
 
     Args:
         notebook: the notebook's name, e.g. ``"03_train_ae2"``.

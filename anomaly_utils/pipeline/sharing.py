@@ -18,16 +18,17 @@ from typing import Any
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from anomaly_utils.pipeline.runs import mark_status, read_status
-from anomaly_utils.scoring.stored import FLOOR
+from anomaly_utils.scoring.candidates import REGISTRY
 
 # What each notebook reads from earlier notebooks, and what it writes into the run.
 UPSTREAM = {NOTEBOOKS[0]: (), NOTEBOOKS[1]: (), NOTEBOOKS[2]: (),
             NOTEBOOKS[3]: (NOTEBOOKS[0], NOTEBOOKS[1], NOTEBOOKS[2]),
             NOTEBOOKS[4]: (NOTEBOOKS[0], NOTEBOOKS[1], NOTEBOOKS[2], NOTEBOOKS[3])}
-OUTPUTS = {NOTEBOOKS[0]: ("data_summary.json", FLOOR, "figures/01_*"),
-           NOTEBOOKS[1]: ("ae1", "figures/02_*"), NOTEBOOKS[2]: ("ae2", "figures/03_*"),
-           NOTEBOOKS[3]: ("thresholds.json", "metrics.json", "figures/04_*"),
-           NOTEBOOKS[4]: ("figures/05_*",)}
+# Each notebook's figures are figures/<its number>_*; candidates write their folder.
+REPORTS = {NOTEBOOKS[0]: ("data_summary.json",),
+           NOTEBOOKS[3]: ("thresholds.json", "metrics.json")}
+OUTPUTS = {nb: (*REPORTS.get(nb, ()), *(c.name for c in REGISTRY if c.notebook == nb),
+                f"figures/{nb[:2]}_*") for nb in NOTEBOOKS}
 
 
 def work_key(notebook: str, effective: dict[str, dict[str, Any]]) -> str:

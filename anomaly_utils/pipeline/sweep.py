@@ -47,12 +47,13 @@ from anomaly_utils.pipeline.runs import (
     read_status,
 )
 from anomaly_utils.pipeline.sharing import copy_outputs, work_key
+from anomaly_utils.scoring.candidates import REGISTRY
 from anomaly_utils.scoring.stored import CANDIDATES, load_scores
 
 # What must be complete in a run before a notebook starts there on a cluster: notebooks 01-03
 # read only the data, 04 and 05 read everything written before them (04 the data summary too).
 NEEDS = {nb: (NOTEBOOKS[:i] if i >= 3 else ()) for i, nb in enumerate(NOTEBOOKS)}
-MODEL_FOLDERS = {NOTEBOOKS[1]: ("ae1",), NOTEBOOKS[2]: ("ae2",)}
+MODEL_FOLDERS = {c.notebook: (c.name,) for c in REGISTRY if c.network}
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 VALIDATION_METRICS = ("val_image_auroc", "val_pixel_auroc")
 SELECT_BY = "ae2_val_image_auroc"

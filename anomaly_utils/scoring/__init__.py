@@ -5,5 +5,6 @@
 - ``reconstruction``: whole-image, sliding-window and inpainting reconstruction.
 - ``head_maps``: the segmentation head's maps and image scores.
 - ``scorer``: :class:`scorer.Scorer`, one way to score images for every caller.
+- ``candidates``: the registry of what a run fits, scores and chooses among.
 - ``stored``: each split's scores on disk.
 """

@@ -13,13 +13,15 @@ import numpy as np
 
 from anomaly_utils.artifacts import load_npz, save_npz
 from anomaly_utils.errors import ArtifactError
+from anomaly_utils.scoring.candidates import (  # noqa: F401 - FLOOR: read here by callers
+    CANDIDATES,
+    FLOOR,
+    MODELS,
+)
 from anomaly_utils.scoring.validation_set import shared_validation
 
 if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
     from anomaly_utils.scoring.scorer import Scorer
-MODELS = ("ae1", "ae2")  # the autoencoders' folders in a run directory
-FLOOR = "floor"  # the training-free statistics floor's folder (notebook 01)
-CANDIDATES = (FLOOR, *MODELS)  # everything a run scores and chooses among, in report order
 
 
 @dataclass

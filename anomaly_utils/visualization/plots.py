@@ -14,8 +14,9 @@ import numpy as np
 import seaborn as sns
 
 from anomaly_utils.artifacts import atomic_path
+from anomaly_utils.scoring.candidates import REGISTRY
 
-MODEL_COLORS = {"floor": "#55a868", "ae1": "#4c72b0", "ae2": "#dd8452"}
+MODEL_COLORS = {c.name: c.color for c in REGISTRY}
 sns.set_theme(style="whitegrid", context="notebook")
 
 # Inline figures at 72 dpi keep the committed notebooks small; saved figures use save()'s dpi.
