@@ -112,8 +112,8 @@ def test_every_list_of_candidates_is_read_from_the_registry():
     from anomaly_utils.scoring.candidates import REGISTRY
     from anomaly_utils.visualization.plots import MODEL_COLORS
 
-    assert stored.CANDIDATES == tuple(c.name for c in REGISTRY)
-    assert stored.MODELS == tuple(c.name for c in REGISTRY if c.network)
+    assert tuple(c.name for c in REGISTRY) == stored.CANDIDATES
+    assert tuple(c.name for c in REGISTRY if c.network) == stored.MODELS
     for c in REGISTRY:
         assert c.notebook in NOTEBOOKS and SCOPES[c.name] == c.notebook
         assert c.name in OUTPUTS[c.notebook]  # a sweep or an auto run copies its folder

@@ -102,12 +102,14 @@ def _tiny(kind):
 
 
 @pytest.mark.parametrize("kind", ["ae", "vae", "ae2"])
-def test_one_training_step_lowers_the_loss(kind):
+def test_a_few_training_steps_lower_the_loss(kind):
+    # A few, not one: one step on the VAE's single-sample ELBO may go either way.
     keras.utils.set_random_seed(0)
     model, x, loss = _tiny(kind)
     model.compile(keras.optimizers.Adam(1e-3), loss=loss)
     before = model.evaluate(x, x, verbose=0, return_dict=True)["loss"]
-    model.train_on_batch(x, x)
+    for _ in range(3):
+        model.train_on_batch(x, x)
     after = model.evaluate(x, x, verbose=0, return_dict=True)["loss"]
     assert np.isfinite(before) and after < before
 
@@ -145,9 +147,10 @@ def test_vae_call_decodes_the_mean_and_samples_vary_with_seed():
 
 
 class _GradientTapeVAE(VariationalAutoencoder):
-    """The VAE's training as it was written for TensorFlow alone: a GradientTape step with
-    noise keyed on (seed, optimizer.iterations), validation on (seed, -1). The reference for
-    the backend-neutral ``compute_loss``: on TensorFlow both must give the same bits."""
+    """The VAE's training written out for TensorFlow: a GradientTape step whose noise is
+    drawn at the seed (seed, optimizer.iterations), validation at ``validation_seed``. The
+    reference for the backend-neutral ``compute_loss``: on TensorFlow both give the same
+    bits."""
 
     def _reference_elbo(self, x, y, noise_seed, training):
         mean, log_var = self.encoder(x, training=training)
@@ -163,16 +166,16 @@ class _GradientTapeVAE(VariationalAutoencoder):
 
     def train_step(self, data):
         x, y = data
-        step = tf.cast(self.optimizer.iterations, tf.int64)
+        step = tf.cast(self.optimizer.iterations, tf.int32)
         with tf.GradientTape() as tape:
-            loss = self._reference_elbo(x, y, tf.stack([tf.constant(self.seed, tf.int64), step]),
+            loss = self._reference_elbo(x, y, tf.stack([tf.constant(self.seed, tf.int32), step]),
                                         True)
         self.optimizer.apply(tape.gradient(loss, self.trainable_weights), self.trainable_weights)
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
         x, y = data
-        self._reference_elbo(x, y, tf.constant([self.seed, -1], tf.int64), False)
+        self._reference_elbo(x, y, tf.constant([self.validation_seed(), 0], tf.int32), False)
         return {m.name: m.result() for m in self.metrics}
 
 

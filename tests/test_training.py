@@ -314,14 +314,6 @@ def test_huge_learning_rate_stops_with_lab_error(tmp_path):
                         epochs=3, learning_rate=1e12, seed=0, batch_size=2, verbose=0)
 
 
-def test_the_vae_refuses_a_backend_its_noise_does_not_support(tmp_path, monkeypatch):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    images = _images(4)
-    with pytest.raises(ParameterError, match=r"variant 'vae'.*'torch'.*--backend jax"):
-        fit_autoencoder(_small_ae1("vae"), images, images, tmp_path, epochs=1,
-                        learning_rate=1e-3, seed=0, verbose=0)
-
-
 def test_resume_refuses_other_settings(tmp_path):
     _fit_ae1(tmp_path, epochs=1)
     (tmp_path / "backup").mkdir()  # as if the run above had been killed

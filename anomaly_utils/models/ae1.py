@@ -20,6 +20,8 @@ from anomaly_utils.models.building import (
     seeded_initializer,
 )
 
+VALIDATION_SEED_OFFSET = 2**30  # validation noise: seed + this, apart from (seed, step)
+
 
 def _ae1_encoder_trunk(inputs, encoder_filters: tuple[int, ...], seed: int):
     x = inputs
@@ -132,13 +134,14 @@ class VariationalAutoencoder(keras.Model):
     size and is not comparable to AE-1's per-pixel MSE. The logged metrics are ``loss``,
     ``reconstruction_loss`` and ``kl_loss``.
 
-    The training noise of step ``k`` is keyed on ``(seed, k)``: the state of a
-    ``keras.random.SeedGenerator``, which every backend threads through its compiled train
-    step, and which :meth:`fit` sets to the optimizer's step count (restored from a backup on
-    resume), so a resumed run draws the same noise as an uninterrupted one. Validation uses
-    fixed noise keyed on ``(seed, -1)``, so ``val_loss`` is deterministic. The ELBO is a
-    ``compute_loss`` in ``keras.ops``; the noise comes from :func:`standard_normal`
-    (TensorFlow or JAX).
+    The training noise of step ``k`` is drawn by ``keras.random.normal`` from a
+    ``keras.random.SeedGenerator`` whose state :meth:`fit` sets to ``(seed, k)`` at the
+    optimizer's step count (restored from a backup on resume), and which every backend threads
+    through its train step, so a resumed run draws the same noise as an uninterrupted one.
+    Validation draws from the fixed integer seed :meth:`validation_seed`, so ``val_loss`` is
+    deterministic. The ELBO is a ``compute_loss`` in ``keras.ops``, and the noise is Keras'
+    own on every backend (TensorFlow, JAX, PyTorch); each backend draws other numbers from
+    the same seed.
 
     Calling the model (``model(x)``, ``predict``) returns the reconstruction decoded from the
     posterior mean; :meth:`sample_reconstructions` draws several stochastic ones.
@@ -169,6 +172,11 @@ class VariationalAutoencoder(keras.Model):
             self.noise.state.assign(ops.convert_to_tensor([self.seed, step],
                                                           self.noise.state.dtype))
 
+    def validation_seed(self) -> int:
+        """The integer seed of the validation noise: apart from the training keys
+        ``(seed, step)``, whose first element is ``seed``."""
+        return (self.seed + VALIDATION_SEED_OFFSET) % 2**31
+
     def fit(self, *args, **kwargs):
         self._start_noise()
         return super().fit(*args, **kwargs)
@@ -180,9 +188,10 @@ class VariationalAutoencoder(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The negative ELBO of one reparameterised sample (``y_pred``, the decoded mean, is
         not used); updates the three logged metrics."""
-        key = self.noise.next() if training else [self.seed, -1]
         mean, log_var = self.encoder(x, training=training)
-        z = mean + ops.exp(0.5 * log_var) * standard_normal(ops.shape(mean), key, mean.dtype)
+        eps = keras.random.normal(ops.shape(mean), dtype=mean.dtype,
+                                  seed=self.noise if training else self.validation_seed())
+        z = mean + ops.exp(0.5 * log_var) * eps
         recon = self.decoder(z, training=training)
         target = x if y is None else y
         reconstruction = ops.sum(ops.square(ops.cast(target, recon.dtype) - recon),
@@ -212,9 +221,10 @@ class VariationalAutoencoder(keras.Model):
         """
         n_samples = check_positive_int("n_samples", n_samples)
         mean, log_var = self.encoder(ops.convert_to_tensor(x, "float32"), training=False)
+        draws = keras.random.SeedGenerator(int(seed))  # sample i: the i-th draw from seed
         samples = []
-        for i in range(n_samples):
-            eps = standard_normal(ops.shape(mean), [int(seed), i], mean.dtype)
+        for _ in range(n_samples):
+            eps = keras.random.normal(ops.shape(mean), dtype=mean.dtype, seed=draws)
             samples.append(self.decoder(mean + ops.exp(0.5 * log_var) * eps, training=False))
         return ops.convert_to_numpy(ops.stack(samples))
 
@@ -235,35 +245,3 @@ class VariationalAutoencoder(keras.Model):
     def build(self, input_shape):
         # Encoder and decoder are functional models, built at construction.
         self.built = True
-
-
-NOISE_BACKENDS = ("tensorflow", "jax")
-
-
-def check_noise_backend() -> None:
-    """Raise ParameterError unless Keras runs on a backend the VAE's noise supports."""
-    backend = keras.backend.backend()
-    if backend not in NOISE_BACKENDS:
-        raise ParameterError(
-            f"the VAE (variant 'vae') draws its noise from (seed, step) keys, which it does "
-            f"on TensorFlow and JAX only, and Keras runs on {backend!r}",
-            fix="run with --backend jax or --backend tensorflow (KERAS_BACKEND), or use "
-                "variant 'ae'")
-
-
-def standard_normal(shape, key, dtype="float32"):
-    """Standard normal noise of ``shape`` that is a pure function of ``key``, an integer pair
-    ``(seed, step)`` (a list or a tensor; ``step`` may be -1).
-
-    On TensorFlow it is ``tf.random.stateless_normal``, the op the VAE has always drawn from
-    (``keras.random`` folds a key into the int32 range, which would move the noise of step
-    -1); on JAX the pair, as uint32, is the PRNG key itself.
-    """
-    check_noise_backend()
-    dtype = keras.backend.standardize_dtype(dtype)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.random.stateless_normal(shape, seed=tf.cast(key, tf.int64), dtype=dtype)
-    return keras.random.normal(shape, dtype=dtype, seed=ops.cast(ops.convert_to_tensor(
-        key, "int32" if isinstance(key, list) else None), "uint32"))

@@ -53,7 +53,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
-from anomaly_utils.models.ae1 import VariationalAutoencoder, build_ae1, check_noise_backend
+from anomaly_utils.models.ae1 import VariationalAutoencoder, build_ae1
 from anomaly_utils.models.ae2 import build_ae2
 from anomaly_utils.models.building import AE1_BUILDER, AE2_BUILDER, builder_config
 from anomaly_utils.models.losses import default_loss
@@ -172,7 +172,6 @@ def fit_autoencoder(model: keras.Model, train_data: np.ndarray | keras.utils.PyD
     if isinstance(model, VariationalAutoencoder):
         if loss is not None:
             raise ParameterError("loss must be None for the VAE (it trains on its own ELBO)")
-        check_noise_backend()
     elif loss is None:
         loss = default_loss(model)
     if strategy is not None and _is_default_strategy(strategy):
