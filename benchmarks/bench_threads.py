@@ -31,7 +31,8 @@ def _run(intra: int, inter: int) -> dict:
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         out = Path(tmp) / "training.json"
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_training.py"),
-                        "--batch-sizes", "32", "--jit", "off", "--out", str(out)],
+                        "--backends", "tensorflow", "--batch-sizes", "32", "--jit", "off",
+                        "--out", str(out)],
                        check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
