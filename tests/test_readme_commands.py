@@ -63,7 +63,8 @@ NOT_RUN = {
         "tests/test_elpv.py runs the dataset command on a generated stand-in instead",
     ".venv/bin/python -m anomaly_utils make-elpv data/elpv": "needs the elpv-dataset package; "
         "tests/test_elpv.py runs it on a generated stand-in (--source)",
-    "make bench-quality": "runs the full defaults on four datasets (about an hour on 2 cores); "
+    "make bench-quality": "runs the user's command on four datasets, both presets' runs on "
+                          "the three real ones (hours on 2 cores); "
         "its parts are tested in tests/test_elpv.py and tests/test_selection.py",
     DOWNLOAD: "needs the network (the downloader is tested against archives served on "
               "loopback in test_download.py); data/carpet here is the tiny carpet instead",
