@@ -50,7 +50,7 @@ LAB_ARGS ?=
 QUALITY_ARGS ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: run test test-torch lab data notebooks figures bench bench-quality lint venv wheelhouse clean-runs
+.PHONY: run test test-backends lab data notebooks figures bench bench-quality lint venv wheelhouse clean-runs
 
 venv: $(STAMP)
 
@@ -105,7 +105,7 @@ test: $(STAMP) data
 	@mkdir -p runs
 	@$(PY) -m pytest notebooks $(BALANCE) $(NBVAL) -p no:cacheprovider --durations=10 \
 		> runs/nbval.log 2>&1 & nbval=$$!; \
-	$(PY) -m pytest tests -m "not chain and not torch" $(BALANCE:%=--ignore=%) -p no:cacheprovider \
+	$(PY) -m pytest tests -m "not chain and not backends" $(BALANCE:%=--ignore=%) -p no:cacheprovider \
 		--durations=15 \
 		> runs/unit-tests.log 2>&1 & units=$$!; \
 	$(PY) -m pytest tests -m chain --durations=20; chain=$$?; \
@@ -127,12 +127,13 @@ bench: $(STAMP) data
 # The user's command on every development set (the carpet, ELPV mono and poly, magnetic_tile
 # where ../shared/datasets has it): validation and test columns, seconds and peak memory.
 ELPV := elpv-dataset==1.0.0.post1
-# The same lab on Keras' PyTorch backend (tests/test_torch.py): PyTorch joins the venv from
-# requirements-torch.txt, and the tests marked "torch" run. .ci/run runs it after make test.
-test-torch: export OMP_NUM_THREADS := 2
-test-torch: $(STAMP) data
+# The tests marked "backends", which make test's ten minutes leave out: the lab on Keras'
+# PyTorch backend (tests/test_torch.py; PyTorch joins the venv from requirements-torch.txt)
+# and a JAX training killed and resumed. .ci/run runs it after make test.
+test-backends: export OMP_NUM_THREADS := 2
+test-backends: $(STAMP) data
 	$(PIP_INSTALL) -r requirements-torch.txt
-	$(PY) -m pytest tests -m torch -p no:cacheprovider --durations=5
+	$(PY) -m pytest tests -m backends -p no:cacheprovider --durations=5
 
 bench-quality: $(STAMP) data
 	$(PY) -m pip install --quiet $(ELPV)

@@ -156,13 +156,13 @@ def test_pyproject_dependencies_are_the_pinned_ones():
                            f"{sorted(undeclared)}"
 
 
-def test_make_test_torch_adds_the_pinned_torch_and_runs_the_torch_tests(tmp_path):
+def test_make_test_backends_adds_the_pinned_torch_and_runs_the_backend_tests(tmp_path):
     (line,) = _requirements("requirements-torch.txt")
     assert line.partition("==")[0] == "torch" and line.partition("==")[2]
-    lines = _make_dry("test-torch", f"VENV={tmp_path / 'venv'}", f"WHEELHOUSE={tmp_path}")
+    lines = _make_dry("test-backends", f"VENV={tmp_path / 'venv'}", f"WHEELHOUSE={tmp_path}")
     install = [line for line in lines if "-r requirements-torch.txt" in line]
     assert len(install) == 1 and f"--no-index --find-links {tmp_path}" in install[0]
-    assert any(" -m pytest tests -m torch " in line for line in lines)
-    assert "make test-torch" in (ROOT / ".ci" / "run").read_text()
+    assert any(" -m pytest tests -m backends " in line for line in lines)
+    assert "make test-backends" in (ROOT / ".ci" / "run").read_text()
     test_units = next(line for line in _make_dry("test") if '-m "not chain' in line)
-    assert "not torch" in test_units  # make test leaves them to make test-torch
+    assert "not backends" in test_units  # make test leaves them to make test-backends

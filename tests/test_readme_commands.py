@@ -72,7 +72,7 @@ NOT_RUN = {
                 "its pip commands with make -n",
     "make run WHEELHOUSE=wheels": "needs the wheelhouse above; tests/test_environment.py "
                                   "checks that every install then reads it alone (--no-index)",
-    "make test-torch": "CI runs it after make test (.ci/run); it runs tests/test_torch.py, "
+    "make test-backends": "CI runs it after make test (.ci/run): the tests marked backends, "
                        "and tests/test_environment.py checks what it installs",
     "make run REUSE_BACKEND=1 KERAS_BACKEND=jax": "would rebuild the shared .venv around the "
         "machine's own Python; tests/test_environment.py checks what it leaves out",

@@ -1,8 +1,9 @@
 """The lab on Keras' PyTorch backend: the tiny chain of all five notebooks, the same metrics
 from the same parameters, the VAE, and compute that equals TensorFlow's without loading it.
 
-Marked ``torch``: ``make test`` leaves these out (PyTorch is not in requirements.txt), and
-``make test-torch`` installs requirements-torch.txt and runs them; ``.ci/run`` runs both.
+Marked ``backends``: ``make test`` leaves these out (PyTorch is not in requirements.txt),
+and ``make test-backends`` installs requirements-torch.txt and runs them; ``.ci/run`` runs
+both.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.scoring.stored import load_scores
 from tests.conftest import ROOT, tiny_pairs
 
-pytestmark = pytest.mark.torch
+pytestmark = pytest.mark.backends
 if importlib.util.find_spec("torch") is None:
-    pytest.skip("torch is not installed: `make test-torch` installs requirements-torch.txt "
+    pytest.skip("torch is not installed: `make test-backends` installs requirements-torch.txt "
                 "and runs these tests", allow_module_level=True)
 
 TORCH_ENV = {"OMP_NUM_THREADS": "2", "TF_CPP_MIN_LOG_LEVEL": "3",

@@ -342,8 +342,14 @@ def test_load_model_refuses_missing_corrupt_and_lambda_files(tmp_path):
 # --------------------------------------------------------------------------- SIGKILL resume
 
 
-def _start_worker(model_dir, *extra):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+# A JAX worker on one CPU thread, as tests/test_backends.py runs JAX.
+WORKER_ENV = {"tensorflow": {}, "jax": {
+    "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}}
+
+
+def _start_worker(model_dir, *extra, backend="tensorflow"):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **WORKER_ENV[backend]}
     return subprocess.Popen([sys.executable, str(WORKER), str(model_dir), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -355,11 +361,17 @@ def _result(process, timeout=240):
     return json.loads(lines[-1][len("RESULT "):]), output
 
 
-def test_sigkill_resumes_at_first_unfinished_epoch_and_matches_uninterrupted_run(tmp_path):
+# On JAX in make test-backends: make test's time is spent (tests/test_backends.py trains the
+# JAX chain and the VAE's resume there).
+@pytest.mark.parametrize("backend", ["tensorflow",
+                                     pytest.param("jax", marks=pytest.mark.backends)])
+def test_sigkill_resumes_at_first_unfinished_epoch_and_matches_uninterrupted_run(tmp_path,
+                                                                                 backend):
     epochs = "6"
-    reference = _start_worker(tmp_path / "reference", "--epochs", epochs)
+    reference = _start_worker(tmp_path / "reference", "--epochs", epochs, backend=backend)
     victim_dir = tmp_path / "victim"
-    victim = _start_worker(victim_dir, "--epochs", epochs, "--epoch-delay", "0.3")
+    victim = _start_worker(victim_dir, "--epochs", epochs, "--epoch-delay", "0.3",
+                           backend=backend)
     metadata = victim_dir / "backup" / "training_metadata.json"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and victim.poll() is None:
@@ -372,8 +384,10 @@ def test_sigkill_resumes_at_first_unfinished_epoch_and_matches_uninterrupted_run
     finished = json.loads(metadata.read_text())["epoch"]
     assert 2 <= finished < 6
 
-    resumed, output = _result(_start_worker(victim_dir, "--epochs", epochs))
+    resumed, output = _result(_start_worker(victim_dir, "--epochs", epochs, backend=backend))
     assert resumed["initial_epoch"] == finished
+    backend_of = json.loads((victim_dir / "config.json").read_text()).get("backend")
+    assert backend_of == backend
     assert f"Resuming training at epoch {finished}" in output
     rows = read_history_csv(victim_dir / "history.csv")
     assert [r["epoch"] for r in rows] == list(range(6))
