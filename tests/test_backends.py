@@ -73,16 +73,19 @@ def _jax_installed() -> None:
 
 
 @pytest.fixture(scope="session")
-def jax_env(tmp_path_factory) -> dict[str, str]:
-    """JAX_ENV with a persistent XLA compilation cache that this test process's JAX
-    processes share (every compilation is kept, however short): a chain's kernels compile a
-    model's predict step and its initializers, and a later process that loads the same
-    architecture finds them compiled (measured: the tiny chain's kernels take 104 s of CPU
-    with a cold cache, 54 s with a warm one). The cache is new for every test process, so
-    each computation is still compiled once."""
+def jax_env() -> dict[str, str]:
+    """JAX_ENV with a persistent XLA compilation cache that the JAX processes share (every
+    compilation is kept, however short): a chain's kernels compile a model's predict step and
+    its initializers, and a later process that loads the same architecture finds them
+    compiled (measured: the tiny chain's kernels take 104 s of CPU with a cold cache, 54 s
+    with a warm one). The cache is ``.cache/jax`` in the checkout (ignored by git), so a warm
+    ``make test`` finds the last one's compilations; a fresh clone, as CI makes it, compiles
+    everything. XLA keys each entry on the computation, the flags and its own version."""
     _jax_installed()
+    cache = ROOT / ".cache" / "jax"
+    cache.mkdir(parents=True, exist_ok=True)
     return {**os.environ, **JAX_ENV,
-            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_COMPILATION_CACHE_DIR": str(cache),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
