@@ -51,6 +51,16 @@ def copy_outputs(notebook: str, source: Path, target: Path) -> None:
     shutil.copy2(source / f"{notebook}.ipynb", target / f"{notebook}.ipynb")
 
 
+def take_outputs(notebook: str, source: Path, target: Path, reused_from: str) -> None:
+    """Give run ``target`` the outputs of ``source``'s execution of ``notebook``: copied and
+    marked completed, with ``reused_from`` naming where they came from in its status."""
+    copy_outputs(notebook, source, target)
+    mark_status(target, notebook, "completed")
+    status = read_status(target)
+    status[notebook]["reused_from"] = reused_from
+    write_json(target / "status.json", status)
+
+
 def share_identical_notebooks(source: Path, target: Path) -> list[str]:
     """Give the new run ``target`` the outputs of the notebooks it would repeat from ``source``.
 
@@ -67,12 +77,6 @@ def share_identical_notebooks(source: Path, target: Path) -> list[str]:
                 or work_key(notebook, effective["source"]) != work_key(notebook,
                                                                        effective["target"])):
             break
-        copy_outputs(notebook, source, target)
-        mark_status(target, notebook, "completed")
+        take_outputs(notebook, source, target, source.name)
         shared.append(notebook)
-    if shared:
-        record = read_status(target)
-        for notebook in shared:
-            record[notebook]["reused_from"] = source.name
-        write_json(target / "status.json", record)
     return shared

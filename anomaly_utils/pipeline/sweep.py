@@ -46,7 +46,7 @@ from anomaly_utils.pipeline.runs import (
     new_run_id,
     read_status,
 )
-from anomaly_utils.pipeline.sharing import copy_outputs, work_key
+from anomaly_utils.pipeline.sharing import take_outputs, work_key
 from anomaly_utils.scoring.candidates import REGISTRY
 from anomaly_utils.scoring.stored import CANDIDATES, load_scores
 
@@ -71,11 +71,7 @@ def split_threads(jobs: int) -> int:
 
 def share_outputs(notebook: str, leader: str, runs: dict[str, dict], name: str) -> None:
     """Give run ``name`` the outputs of ``leader``'s execution of ``notebook``, as completed."""
-    copy_outputs(notebook, runs[leader]["dir"], runs[name]["dir"])
-    mark_status(runs[name]["dir"], notebook, "completed")
-    status = read_status(runs[name]["dir"])
-    status[notebook]["reused_from"] = leader
-    write_json(runs[name]["dir"] / "status.json", status)
+    take_outputs(notebook, runs[leader]["dir"], runs[name]["dir"], leader)
 
 
 def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str | None = None,
