@@ -1,14 +1,15 @@
 """Which synthetic-anomaly fills the segmentation head should train on: a comparison on a
 finished run's AE-2.
 
-For each fill set, one head is trained two-stage on top of ``runs/<id>/ae2`` (the same widths,
-learning rate, opacity and clean fraction as the run, a short budget of ``--epochs``), then
-the validation set the lab chooses on (validation normals with the default pseudo-anomaly mix,
-real-like kinds included; never the head's own anomalies) and, for the record only, the test
-set are scored. The lab's validation set is small (a tenth of the normals, half of them
-with one pseudo-anomaly), so ``--val-draws`` further draws of pseudo-anomalies on the same
+For each fill set, one head is trained on top of ``runs/<id>/ae2`` (the same widths, learning rate,
+opacity, clean fraction, batch, augmentation and schedule as the run; ``--epochs`` and
+``--patches`` default to the run's), then
+the run's own validation set, the one the lab chooses on (its held-out normals clean and
+with the pseudo-anomaly mix, real-like kinds included, never the head's own anomalies;
+:func:`anomaly_utils.scoring.validation_set.shared_validation`) and, for the record only,
+the test set are scored. ``--val-draws`` further draws of pseudo-anomalies on the same
 normals (seeds seed + 1, ...) are scored beside it. Prints one row per fill set: seconds of
-training, image / pixel AUROC on the lab's validation set, on all draws, and on the test set,
+training, image / pixel AUROC on the run's validation set, on the extra draws, and on the test set,
 then the pixel AUROC of each pseudo-anomaly kind over all draws and of each test defect type
 (image AUROC where a type has no masks). The sets run one after another in this one
 process. The default sets are DRAEM's three fills, then those plus each of ``gradient``,
@@ -17,9 +18,9 @@ plus all four.
 
 Usage::
 
-    python experiments/head_fills.py runs/<id> --out /tmp/fills --epochs 12 \\
+    python experiments/head_fills.py runs/<id> --out /tmp/fills [--epochs 12] \\
         [--sets "image,noise,colour;image,noise,colour,crack"] [--patches 1280] [--seed 0] \\
-        [--data-dir data/elpv/mono] [--val-draws 5]
+        [--data-dir data/elpv/mono] [--val-draws 0]
 
 Writes ``<out>/fills.json`` after every set (a stopped comparison keeps what it finished).
 """
@@ -38,8 +39,10 @@ from anomaly_utils.data import pseudo_anomalies
 from anomaly_utils.data.loading import load_dataset, resize_mask
 from anomaly_utils.data.training_anomalies import DRAEM_FILLS
 from anomaly_utils.evaluation import metrics
+from anomaly_utils.models.losses import make_ae2_loss
 from anomaly_utils.models.segmentation_head import build_segmentation_head
 from anomaly_utils.scoring.scorer import Scorer
+from anomaly_utils.scoring.validation_set import shared_validation
 from anomaly_utils.seeding import set_global_seed
 from anomaly_utils.training.head import fit_segmentation_head
 
@@ -74,13 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--patches", type=int, default=1280)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the run's")
+    parser.add_argument("--patches", type=int, default=None, help="default: the run's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", default="", help="fill sets, ';' between sets, ',' inside")
-    parser.add_argument("--val-draws", type=int, default=5,
-                        help="pseudo-anomaly draws on the validation normals, the lab's first")
+    parser.add_argument("--val-draws", type=int, default=0,
+                        help="further pseudo-anomaly draws on the validation normals")
     parser.add_argument("--data-dir", default=None, help="the run's data, moved (default: "
                         "the run's data_dir)")
     args = parser.parse_args()
@@ -95,20 +97,24 @@ def main() -> None:
     base = Scorer.load(args.run_dir, "ae2")
     config = type(base.config)(**{**base.config.__dict__, "head": "segmentation",
                                   "head_score_window": params.get("head_score_window", 0.08)})
-    draws = [pseudo_anomalies.make_labelled_validation(ds.val_images, params["seed"] + k)
-             for k in range(max(1, args.val_draws))]
-    val = np.concatenate([d[0] for d in draws])
-    v_labels = np.concatenate([d[1] for d in draws])
-    v_masks = np.stack([resize_mask(m, params["eval_size"]) for d in draws for m in d[2]])
-    v_kinds = [kind for d in draws for kind in d[3]]
-    lab = np.arange(len(val)) < len(ds.val_images)  # the first draw: the lab's own set
+    shared = shared_validation(args.run_dir, ds, params["seed"], params["eval_size"])
+    draws = [pseudo_anomalies.make_balanced_validation(ds.val_images, params["seed"] + 1 + k)
+             for k in range(args.val_draws)]
+    val = np.concatenate([shared.images, *[d[0] for d in draws]])
+    v_labels = np.concatenate([shared.labels, *[d[1] for d in draws]])
+    v_masks = np.concatenate([shared.masks, *[np.stack([resize_mask(m, params["eval_size"])
+                                                        for m in d[2]]) for d in draws]])
+    v_kinds = [*shared.kinds, *[kind for d in draws for kind in d[3]]]
+    lab = np.arange(len(val)) < len(shared.images)  # the run's own set
+    epochs = args.epochs or params.get("head_epochs", 12)
+    patches = args.patches or params.get("head_patches_per_epoch", 1280)
     test_masks = ds.test_masks.copy()
     test_masks[~ds.test_has_mask] = False
     widths = params.get("head_widths", [16, 32, 64])
     print(f"{args.run_dir.name}: {len(ds.train_images)} train, {len(val)} validation "
           f"({int(v_labels[lab].sum())} pseudo-anomalous; {int(v_labels.sum())} in "
           f"{len(draws)} draws), {len(ds.test_images)} test; head "
-          f"{widths}, {args.epochs} epochs of {args.patches}", flush=True)
+          f"{widths}, {epochs} epochs of {patches}", flush=True)
 
     rows: list[dict] = []
     for fills in sets:
@@ -120,10 +126,15 @@ def main() -> None:
         start = time.perf_counter()
         fitted = fit_segmentation_head(
             base.model, head, ds.train_images, args.out / "_".join(fills),
-            patch_size=params["patch_size"], epochs=args.epochs,
-            patches_per_epoch=args.patches, batch_size=args.batch,
+            patch_size=params["patch_size"], epochs=epochs, patches_per_epoch=patches,
+            batch_size=params.get("batch_size", 32),
             learning_rate=params.get("head_learning_rate", 1e-3), seed=args.seed,
-            focal_gamma=params.get("focal_gamma", 2.0), anomaly_options=options)
+            training=params.get("head_training", "two_stage"),
+            focal_gamma=params.get("focal_gamma", 2.0), augment=params.get("augment", False),
+            reconstruction_loss=make_ae2_loss(ssim_weight=params.get("ssim_weight", 1.0),
+                                              l1_weight=params.get("l1_weight", 0.5),
+                                              gms_weight=params.get("gms_weight", 0.0)),
+            anomaly_options=options)
         seconds = time.perf_counter() - start
         scorer = Scorer(base.model, config, head=fitted["head"])
         scored = scorer.score(val)
@@ -133,12 +144,13 @@ def main() -> None:
                "val_draws": evaluate(scored, v_labels, v_masks, v_kinds),
                "test": evaluate(scorer.score(ds.test_images), ds.test_labels, test_masks,
                                 ds.test_types)}
+        row["val_selection"] = (row["val"]["image_auroc"] + row["val"]["pixel_auroc"]) / 2
         rows.append(row)
         write_json(args.out / "fills.json", {"run": str(args.run_dir), "args": {
             k: str(v) for k, v in vars(args).items()}, "rows": rows})
         v, a, t = row["val"], row["val_draws"], row["test"]
         print(f"{'+'.join(fills):42s} {seconds:6.0f}s | val {_fmt(v['image_auroc'])} "
-              f"{_fmt(v['pixel_auroc'])} | draws {_fmt(a['image_auroc'])} "
+              f"{_fmt(v['pixel_auroc'])} (selection {row['val_selection']:.3f}) | draws {_fmt(a['image_auroc'])} "
               f"{_fmt(a['pixel_auroc'])} | test {_fmt(t['image_auroc'])} "
               f"{_fmt(t['pixel_auroc'])}", flush=True)
         print("    draws by kind: " + ", ".join(f"{k} {_fmt(x)}"
