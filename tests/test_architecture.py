@@ -119,6 +119,11 @@ def test_every_list_of_candidates_is_read_from_the_registry():
         assert c.name in OUTPUTS[c.notebook]  # a sweep or an auto run copies its folder
         assert MODEL_COLORS[c.name] == c.color
         assert (c.name in MODEL_FOLDERS.get(c.notebook, ())) == c.network
+    from anomaly_utils.pipeline.cli import build_parser
+
+    score = next(action for action in build_parser()._subparsers._group_actions[0].choices[
+        "score"]._actions if action.dest == "model")
+    assert tuple(score.choices) == stored.CANDIDATES and score.default is None
     sources = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py")
                         if p.name != "candidates.py")
     assert '("ae1", "ae2")' not in sources and "'ae1', 'ae2'" not in sources

@@ -240,6 +240,46 @@ def test_score_command_prints_verdicts_and_writes_overlays(prepared: dict):
     assert len(list(prepared["out"].glob("*_heatmap.png"))) == len(lines)
 
 
+def _score_with_the_recommended_and_the_floor(finished_run: Path, folder: Path) -> dict:
+    """``score`` without ``--model`` (the run's recommended candidate) and with the floor,
+    on the reference run's test/hole images."""
+    data = Path(read_json(finished_run / "params.json")["notebooks"]["05_results_gallery"]
+                ["data_dir"])
+    images = data / "test" / "hole"
+    return {"images": images, "out": folder / "floor",
+            "default": cli("score", "--run", str(finished_run), str(images)),
+            "floor": cli("score", "--run", str(finished_run), "--model", "floor", str(images),
+                         "--out", str(folder / "floor"))}
+
+
+def _printed_scores(stdout: str) -> dict[str, float]:
+    """``score``'s lines as {file name: score}."""
+    lines = [line.split() for line in stdout.splitlines() if line.strip().endswith(".png")]
+    return {Path(parts[-1]).name: float(parts[0]) for parts in lines}
+
+
+@pytest.mark.after_run(prepare=_score_with_the_recommended_and_the_floor)
+def test_score_serves_every_candidate_and_by_default_the_recommended_one(prepared: dict,
+                                                                          finished_run: Path):
+    from anomaly_utils.scoring.stored import load_scores
+
+    chosen = read_json(finished_run / "metrics.json")["choice"]["model"]
+    default, floor = prepared["default"], prepared["floor"]
+    assert default.returncode == 0 and floor.returncode == 0, default.stderr + floor.stderr
+    assert f"{chosen} (recommended on validation) of run" in default.stdout
+    assert default.stdout.count(".png") == len(list(prepared["images"].iterdir()))
+    # The floor scores new images as notebook 01 scored the test split (float32 maps, the
+    # same resize): its stored test scores to float32 rounding.
+    stored = load_scores(finished_run / "floor" / "scores_test.npz")
+    expected = {Path(p).name: s for p, s, t in zip(stored["paths"], stored["scores"],
+                                                   stored["types"], strict=True) if t == "hole"}
+    printed = _printed_scores(floor.stdout)
+    assert sorted(printed) == sorted(expected)
+    for name, score in printed.items():  # printed with 6 significant digits
+        assert score == pytest.approx(float(expected[name]), rel=1e-5), name
+    assert len(list(prepared["out"].glob("*_heatmap.png"))) == len(printed)
+
+
 def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: Path,
                                                  tmp_path: Path):
     import shutil

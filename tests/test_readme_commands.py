@@ -48,7 +48,7 @@ MAKE_TEST = "make test"
 DOWNLOAD = "python -m anomaly_utils download --category carpet --dest data/"
 PAPERMILL = (".venv/bin/papermill notebooks/03_train_ae2.ipynb out.ipynb -p epochs 100 "
              "--cwd notebooks")
-SCORE = (".venv/bin/python -m anomaly_utils score --run runs/<id> --model ae2 path/to/images/ "
+SCORE = (".venv/bin/python -m anomaly_utils score --run runs/<id> path/to/images/ "
          "--out heatmaps/")
 MAKE_LAB = "make lab"
 

@@ -24,7 +24,7 @@ from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
-from anomaly_utils.scoring.candidates import MODELS
+from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
 
 
@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score new images with a trained run")
     p.add_argument("--run", required=True, help="a finished run directory")
-    p.add_argument("--model", choices=MODELS, default=MODELS[-1])
+    p.add_argument("--model", choices=CANDIDATES,
+                   help="the candidate to score with (default: the one the run recommends "
+                        "on validation, as metrics.json names it)")
     p.add_argument("--out", help="write a heatmap overlay per image here")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--backend", choices=BACKENDS,

@@ -240,9 +240,8 @@ def _clean_fraction(value: Any) -> str | None:
 
 
 def _window_fraction(value: Any) -> str | None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
-        return "must be in (0, 1], a fraction of the image side"
-    return None
+    bad = not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1
+    return "must be in (0, 1], a fraction of the image side" if bad else None
 
 
 def _one_of(*choices: str) -> Rule:
@@ -324,7 +323,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
         "pixel_percentile": _percent, "min_defect_area": _non_negative,
         "n_bootstrap": _positive_int},
-    "05_results_gallery": {"per_defect": _positive_int, "rows_per_figure": _positive_int},
+    "05_results_gallery": {"per_defect": _positive_int, "rows_per_figure": _positive_int,
+                           "show_inline": _one_of("recommended", "all")},
 }
 
 

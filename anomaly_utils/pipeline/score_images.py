@@ -1,10 +1,13 @@
 """``python -m anomaly_utils score``: score new images with a finished run.
 
-1. Check the run directory: the model, its scoring settings and the chosen thresholds
-   must all be there and belong together (the model name in each file agrees).
-2. Load the model in Keras' safe mode (no code from the file is ever executed), on this
-   process's Keras backend: a ``.keras`` file is backend-neutral, so a run trained on one
-   backend scores on another (the ``score`` command's ``--backend`` chooses it).
+1. Check the run directory: the candidate's files (its registry entry's), its scoring
+   settings and the chosen thresholds must all be there and belong together (the model name
+   in each file agrees). Without ``--model``, the candidate is the one the run recommends
+   (``metrics.json``).
+2. Load it (:func:`anomaly_utils.scoring.serving.load_candidate`): a network in Keras' safe
+   mode (no code from the file is ever executed), on this process's Keras backend (a
+   ``.keras`` file is backend-neutral, so a run trained on one backend scores on another;
+   the ``score`` command's ``--backend`` chooses it); the statistics floor from its arrays.
 3. Read each image (files, or every image in a folder), score it, print its score and
    verdict against the run's image threshold, and optionally write a heatmap overlay.
 """
@@ -21,9 +24,26 @@ from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, read_image
 from anomaly_utils.data.loading import resize_image
 from anomaly_utils.errors import ArtifactError, DataError
 from anomaly_utils.pipeline.provenance import recorded_backend
-from anomaly_utils.scoring.scorer import Scorer
+from anomaly_utils.scoring.candidates import BY_NAME
+from anomaly_utils.scoring.serving import load_candidate
 
-REQUIRED = ("model.keras", "scoring.json")
+
+def recommended(run_dir: Path) -> str:
+    """The candidate ``run_dir`` recommends on validation (``metrics.json``'s choice)."""
+    path = run_dir / "metrics.json"
+    if not run_dir.is_dir():
+        raise ArtifactError(f"run directory '{run_dir}' does not exist",
+                            fix="pass --run runs/<run-id> of a finished run")
+    if not path.is_file():
+        raise ArtifactError(f"run '{run_dir}' is incomplete: missing {path}, which names the "
+                            "candidate it recommends",
+                            fix=f"finish the run (python -m anomaly_utils run --resume "
+                                f"{run_dir.name}), or pass --model")
+    choice = read_json(path).get("choice", {}).get("model")
+    if choice not in BY_NAME:
+        raise ArtifactError(f"'{path}' recommends no known candidate (got {choice!r})",
+                            fix="rerun notebook 04 for this run, or pass --model")
+    return choice
 
 
 def check_run(run_dir: Path, model: str) -> dict:
@@ -31,7 +51,7 @@ def check_run(run_dir: Path, model: str) -> dict:
     if not run_dir.is_dir():
         raise ArtifactError(f"run directory '{run_dir}' does not exist",
                             fix="pass --run runs/<run-id> of a finished run")
-    missing = [str(run_dir / model / name) for name in REQUIRED
+    missing = [str(run_dir / model / name) for name in BY_NAME[model].files
                if not (run_dir / model / name).is_file()]
     if not (run_dir / "thresholds.json").is_file():
         missing.append(str(run_dir / "thresholds.json"))
@@ -40,10 +60,12 @@ def check_run(run_dir: Path, model: str) -> dict:
                             fix=f"finish the run first (python -m anomaly_utils run --resume "
                                 f"{run_dir.name})")
     thresholds = read_json(run_dir / "thresholds.json")
-    settings = read_json(run_dir / model / "scoring.json")
     if model not in thresholds or "image_threshold" not in thresholds[model]:
         raise ArtifactError(f"'{run_dir / 'thresholds.json'}' has no threshold for {model}",
                             fix="rerun notebook 04 for this run")
+    if not BY_NAME[model].network:
+        return thresholds[model]
+    settings = read_json(run_dir / model / "scoring.json")
     if settings.get("model") != model:
         raise ArtifactError(f"'{run_dir / model / 'scoring.json'}' describes model "
                             f"{settings.get('model')!r}, not {model}",
@@ -69,24 +91,27 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return files
 
 
-def score_paths(run_dir: Path, model: str, paths: list[Path], out_dir: Path | None = None,
-                batch: int = 16, log=print) -> list[dict]:
-    """Score image files with the run's model; print and return one dict per image."""
+def score_paths(run_dir: Path, model: str | None, paths: list[Path],
+                out_dir: Path | None = None, batch: int = 16, log=print) -> list[dict]:
+    """Score image files with the run's candidate ``model`` (None: the one the run
+    recommends); print and return one dict per image."""
+    chosen = model is None
+    model = recommended(run_dir) if chosen else model
     entry = check_run(run_dir, model)
-    scorer = Scorer.load(run_dir, model)
+    served = load_candidate(run_dir, model)
     threshold = float(entry["image_threshold"])
-    c = scorer.config
     files = collect_images(paths)
     results = []
     used_names: set[str] = set()
     trained_on = recorded_backend(run_dir) or "unrecorded"
-    log(f"{model} of run {run_dir.name} (trained on {trained_on}, scored on "
-        f"{keras.backend.backend()}): threshold {threshold:.6g} ({entry.get('strategy')})")
+    log(f"{model}{' (recommended on validation)' if chosen else ''} of run {run_dir.name} "
+        f"(trained on {trained_on}, scored on {keras.backend.backend()}): threshold "
+        f"{threshold:.6g} ({entry.get('strategy')})")
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
-        originals = [read_image(p, c.color_mode) for p in chunk]
-        images = np.stack([resize_image(image, c.image_size) for image in originals])
-        scored = scorer.score(images)
+        originals = [read_image(p, served.color_mode) for p in chunk]
+        images = np.stack([resize_image(image, served.image_size) for image in originals])
+        scored = served.score(images)
         for path, original, score, heat in zip(chunk, originals, scored.scores, scored.maps,
                                                strict=True):
             verdict = "ANOMALOUS" if score >= threshold else "normal"

@@ -6,8 +6,10 @@ split), under the name that ``metrics.json`` and the reports use. Everything tha
 candidates reads :data:`REGISTRY`: the scope of ``-p <name>.<parameter>``
 (``pipeline.parameters``), what a sweep or an auto run copies between runs
 (``pipeline.sharing``, ``pipeline.sweep``), the score files and their order in reports
-(``scoring.stored``), the ``score`` command's ``--model`` choices, and the figures' colours
-(``visualization.plots``). A new candidate is its notebook and one entry here.
+(``scoring.stored``), the ``score`` command's ``--model`` choices and the files it needs
+(``pipeline.score_images``), how a finished candidate is loaded to score new images
+(``scoring.serving``), and the figures' colours (``visualization.plots``). A new candidate
+is its notebook and one entry here.
 
 Pure data (no numpy), so the command line reads it without loading anything heavy.
 
@@ -32,6 +34,7 @@ class Candidate:
         network: a saved Keras model that ``Scorer`` loads and ``score --model`` serves;
             its test scores keep the reconstructions the gallery shows.
         color: its colour in figures (hex RGB).
+        files: what its folder holds once fitted, the files that ``score`` loads.
     """
 
     name: str
@@ -39,14 +42,17 @@ class Candidate:
     notebook: str
     network: bool
     color: str
+    files: tuple[str, ...]
 
 
 REGISTRY: tuple[Candidate, ...] = (  # in report order: the floor first, as the bar to clear
-    Candidate("floor", "statistics floor", "01_data_exploration", False, "#55a868"),
-    Candidate("ae1", "AE-1", "02_train_ae1", True, "#4c72b0"),
-    Candidate("ae2", "AE-2", "03_train_ae2", True, "#dd8452"),
+    Candidate("floor", "statistics floor", "01_data_exploration", False, "#55a868",
+              ("statistics_floor.json", "statistics_floor.npz")),
+    Candidate("ae1", "AE-1", "02_train_ae1", True, "#4c72b0", ("model.keras", "scoring.json")),
+    Candidate("ae2", "AE-2", "03_train_ae2", True, "#dd8452", ("model.keras", "scoring.json")),
 )
 CANDIDATES: tuple[str, ...] = tuple(c.name for c in REGISTRY)
 MODELS: tuple[str, ...] = tuple(c.name for c in REGISTRY if c.network)
+BY_NAME: dict[str, Candidate] = {c.name: c for c in REGISTRY}
 FLOOR = "floor"  # the training-free statistics floor (notebook 01)
 assert FLOOR in CANDIDATES and FLOOR not in MODELS
