@@ -16,8 +16,9 @@ Usage::
         --run ae2_real=runs/<real>/ae2 [--how mean]
 
 Prints one row per candidate and fusion: validation image / pixel AUROC and selection
-score, test image / pixel AUROC (pixel "-" without masks), the validation's first choice
-marked.
+score, test image / pixel AUROC ("n/a" without masks), the validation's first choice
+marked; then the rank agreement (Spearman's rho) of the validation selection score and the
+test image AUROC, over the candidates alone and over candidates and fusions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score, validation_metrics
@@ -95,6 +97,11 @@ def main() -> None:
         print(f"{r['name']:28s} {metrics.shown(r['val_image'], 3)} / "
               f"{metrics.shown(r['val_pixel'], 3)} ({r['selection']:.3f}) | "
               f"{metrics.shown(r['test_image'], 3)} / {metrics.shown(r['test_pixel'], 3)}{mark}")
+    singles = rows[:len(scored)]
+    for label, subset in (("candidates", singles), ("candidates and fusions", rows)):
+        rho = spearmanr([r["selection"] for r in subset], [r["test_image"] for r in subset])[0]
+        print(f"Spearman rho, validation selection vs test image AUROC, {len(subset)} "
+              f"{label}: {rho:.2f}")
 
 
 if __name__ == "__main__":
