@@ -27,7 +27,7 @@ from anomaly_utils.pipeline import cluster as cluster_module
 from anomaly_utils.pipeline.cluster import parse_cluster
 from anomaly_utils.pipeline.parameters import NOTEBOOKS, declared_parameters
 from anomaly_utils.pipeline.sweep import run_sweep
-from anomaly_utils.scoring.stored import ScoreResult, save_scores
+from anomaly_utils.scoring.stored import CANDIDATES, ScoreResult, save_scores
 from tests.conftest import TINY
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
@@ -67,7 +67,7 @@ def _fake_outputs(notebook: str, run_dir: Path, parameters: dict) -> None:
     if notebook == "04_threshold_selection":
         write_json(run_dir / "metrics.json", {m: {"image_auroc": 0.7, "pixel_auroc": 0.6,
                                                   "aupro": 0.3, "f1_max": 0.5}
-                                              for m in ("floor", "ae1", "ae2")})
+                                              for m in CANDIDATES})
     (run_dir / f"{notebook}.ipynb").write_text("{}")
 
 

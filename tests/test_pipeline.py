@@ -240,16 +240,18 @@ def test_score_command_prints_verdicts_and_writes_overlays(prepared: dict):
     assert len(list(prepared["out"].glob("*_heatmap.png"))) == len(lines)
 
 
-def _score_with_the_recommended_and_the_floor(finished_run: Path, folder: Path) -> dict:
-    """``score`` without ``--model`` (the run's recommended candidate) and with the floor,
-    on the reference run's test/hole images."""
+def _score_with_the_recommended_the_floor_and_the_blend(finished_run: Path,
+                                                        folder: Path) -> dict:
+    """``score`` without ``--model`` (the run's recommended candidate), with the floor and
+    with the blend, on the reference run's test/hole images."""
     data = Path(read_json(finished_run / "params.json")["notebooks"]["05_results_gallery"]
                 ["data_dir"])
     images = data / "test" / "hole"
     return {"images": images, "out": folder / "floor",
             "default": cli("score", "--run", str(finished_run), str(images)),
             "floor": cli("score", "--run", str(finished_run), "--model", "floor", str(images),
-                         "--out", str(folder / "floor"))}
+                         "--out", str(folder / "floor")),
+            "blend": cli("score", "--run", str(finished_run), "--model", "blend", str(images))}
 
 
 def _printed_scores(stdout: str) -> dict[str, float]:
@@ -258,26 +260,31 @@ def _printed_scores(stdout: str) -> dict[str, float]:
     return {Path(parts[-1]).name: float(parts[0]) for parts in lines}
 
 
-@pytest.mark.after_run(prepare=_score_with_the_recommended_and_the_floor)
+@pytest.mark.after_run(prepare=_score_with_the_recommended_the_floor_and_the_blend)
 def test_score_serves_every_candidate_and_by_default_the_recommended_one(prepared: dict,
                                                                           finished_run: Path):
     from anomaly_utils.scoring.stored import load_scores
 
     chosen = read_json(finished_run / "metrics.json")["choice"]["model"]
-    default, floor = prepared["default"], prepared["floor"]
-    assert default.returncode == 0 and floor.returncode == 0, default.stderr + floor.stderr
+    for key in ("default", "floor", "blend"):
+        assert prepared[key].returncode == 0, prepared[key].stderr[-3000:]
+    default = prepared["default"]
     assert f"{chosen} (recommended on validation) of run" in default.stdout
     assert default.stdout.count(".png") == len(list(prepared["images"].iterdir()))
-    # The floor scores new images as notebook 01 scored the test split (float32 maps, the
-    # same resize): its stored test scores to float32 rounding.
-    stored = load_scores(finished_run / "floor" / "scores_test.npz")
-    expected = {Path(p).name: s for p, s, t in zip(stored["paths"], stored["scores"],
-                                                   stored["types"], strict=True) if t == "hole"}
-    printed = _printed_scores(floor.stdout)
-    assert sorted(printed) == sorted(expected)
-    for name, score in printed.items():  # printed with 6 significant digits
-        assert score == pytest.approx(float(expected[name]), rel=1e-5), name
-    assert len(list(prepared["out"].glob("*_heatmap.png"))) == len(printed)
+    # The floor and the blend score new images as notebooks 01 and 04 scored the test split
+    # (the same reading and resizing; the blend from its parts' float32 scores): their stored
+    # test scores, to the 6 significant digits `score` prints.
+    for model in ("floor", "blend"):
+        stored = load_scores(finished_run / model / "scores_test.npz")
+        expected = {Path(p).name: s for p, s, t in zip(stored["paths"], stored["scores"],
+                                                       stored["types"], strict=True)
+                    if t == "hole"}
+        printed = _printed_scores(prepared[model].stdout)
+        assert sorted(printed) == sorted(expected), model
+        for name, score in printed.items():
+            assert score == pytest.approx(float(expected[name]), rel=1e-5, abs=1e-5), \
+                (model, name)
+    assert len(list(prepared["out"].glob("*_heatmap.png"))) == len(expected)
 
 
 def test_score_command_refuses_an_incomplete_run(finished_run: Path, tiny_data: Path,

@@ -124,13 +124,13 @@ def _write_run(run_dir, fingerprints):
 
 def test_a_runs_scores_load_together_and_must_share_one_dataset(tmp_path):
     from anomaly_utils.errors import ArtifactError
-    from anomaly_utils.scoring.stored import load_run_scores
+    from anomaly_utils.scoring.stored import CANDIDATES, load_run_scores
 
-    _write_run(tmp_path / "same", {"floor": "abc", "ae1": "abc", "ae2": "abc"})
+    _write_run(tmp_path / "same", dict.fromkeys(CANDIDATES, "abc"))
     scores = load_run_scores(tmp_path / "same")
-    assert set(scores) == {"floor", "ae1", "ae2"}
+    assert set(scores) == {"floor", "ae1", "ae2", "blend"}
     assert set(scores["ae2"]) == {"test", "val", "val_pseudo"}
-    _write_run(tmp_path / "mixed", {"floor": "abc", "ae1": "abc", "ae2": "xyz"})
+    _write_run(tmp_path / "mixed", {**dict.fromkeys(CANDIDATES, "abc"), "ae2": "xyz"})
     with pytest.raises(ArtifactError, match="different datasets"):
         load_run_scores(tmp_path / "mixed")
 

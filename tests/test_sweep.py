@@ -14,7 +14,7 @@ import pytest
 from anomaly_utils.artifacts import write_json
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.pipeline.sweep import best_configuration, comparison_table
-from anomaly_utils.scoring.stored import ScoreResult, save_scores
+from anomaly_utils.scoring.stored import CANDIDATES, ScoreResult, save_scores
 
 
 def _validation(folder: Path, model: str, separation: float) -> None:
@@ -35,11 +35,11 @@ def _sweep(tmp_path: Path, runs: dict[str, tuple[float, float]]) -> Path:
     """``{config: (validation separation, test image AUROC)}`` as a finished sweep folder."""
     configs = {}
     for name, (separation, test_auroc) in runs.items():
-        for model in ("floor", "ae1", "ae2"):
+        for model in CANDIDATES:
             _validation(tmp_path / name / model, model, separation)
         write_json(tmp_path / name / "metrics.json",
                    {m: {"image_auroc": test_auroc, "pixel_auroc": 0.5, "aupro": 0.3,
-                        "f1_max": 0.6} for m in ("floor", "ae1", "ae2")})
+                        "f1_max": 0.6} for m in CANDIDATES})
         configs[name] = {"ae2.epochs": name}
     write_json(tmp_path / "sweep.json", {"grid": {"ae2.epochs": list(runs)}, "fixed": {},
                                          "configs": configs})

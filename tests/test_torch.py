@@ -36,10 +36,11 @@ TORCH_ENV = {"OMP_NUM_THREADS": "2", "TF_CPP_MIN_LOG_LEVEL": "3",
 SPLITS = ("val", "val_pseudo", "test")
 
 
-def _run(data: Path, runs: Path, run_id: str, *extra: str) -> subprocess.CompletedProcess:
+def _run(data: Path, runs: Path, run_id: str, *extra: str,
+         backend: str = "torch") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # --backend alone
     return subprocess.run(
-        [sys.executable, "-m", "anomaly_utils", "run", "--backend", "torch", "--data-dir",
+        [sys.executable, "-m", "anomaly_utils", "run", "--backend", backend, "--data-dir",
          str(data), "--preset", "defaults", "--run-id", run_id, "--runs-dir", str(runs),
          "--quiet", *tiny_pairs(), *extra], cwd=ROOT, env={**env, **TORCH_ENV},
         capture_output=True, text=True, timeout=900)
@@ -48,12 +49,15 @@ def _run(data: Path, runs: Path, run_id: str, *extra: str) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def torch_runs(tiny_data: Path, tmp_path_factory) -> Path:
     """Three runs on PyTorch: the whole tiny chain (``chain``), the same parameters again
-    until AE-1 (``again``), and AE-1 as the VAE (``vae``)."""
+    until AE-1 (``again``), and AE-1 as the VAE (``vae``); and one on TensorFlow until AE-2
+    (``tensorflow``), for scoring across."""
     runs = tmp_path_factory.mktemp("torch_runs")
     for run_id, extra in (("chain", ()), ("again", ("--until", "02")),
                           ("vae", ("-p", "ae1.variant", "vae", "--until", "02"))):
         result = _run(tiny_data, runs, run_id, *extra)
         assert result.returncode == 0, result.stderr[-3000:]
+    result = _run(tiny_data, runs, "tensorflow", "--until", "03", backend="tensorflow")
+    assert result.returncode == 0, result.stderr[-3000:]
     return runs
 
 
@@ -132,3 +136,38 @@ def test_compute_on_torch_equals_tensorflow_and_loads_no_tensorflow(tmp_path: Pa
     loss = make_ae2_loss(ssim_weight=0.6, l1_weight=0.2, gms_weight=0.2)
     np.testing.assert_allclose(out["loss"], np.asarray(loss(x, y)), atol=1e-5)
     np.testing.assert_allclose(out["map"], anomaly_map(x, y, "0.5*ssim+0.5*gms"), atol=1e-4)
+
+
+def _stored_scores(run: Path, model: str) -> dict[tuple[str, ...], float]:
+    """The test scores ``run``'s training notebook stored, by test/<type>/<name>."""
+    stored = load_scores(run / model / "scores_test.npz")
+    return {Path(p).parts[-3:]: s for p, s in zip(stored["paths"], stored["scores"], strict=True)}
+
+
+def test_a_run_trained_on_torch_or_tensorflow_scores_the_same_on_the_other(torch_runs: Path,
+                                                                            tiny_data: Path):
+    """`score` loads a run's saved models on the other backend (safe mode) and gives the
+    scores the training notebook stored, to float32 rounding (CROSS_RTOL of
+    test_backends.py, whose JAX-TensorFlow measurement it rests on)."""
+    from tests.test_backends import CROSS_RTOL, MODELS, SCORE_SCRIPT, score_on_tensorflow
+
+    folder = tiny_data / "test"
+    result = subprocess.run(
+        [sys.executable, "-c", f"MODELS = {MODELS!r}\n" + SCORE_SCRIPT,
+         str(torch_runs / "tensorflow"), str(folder), "torch"], cwd=ROOT, capture_output=True,
+        text=True, timeout=900, env={**os.environ, **TORCH_ENV, "KERAS_BACKEND": "torch"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    scored = {"tensorflow": json.loads(result.stdout.strip().splitlines()[-1]),
+              "torch": score_on_tensorflow(torch_runs / "chain", folder)}
+    for trained_on, other in (("tensorflow", "torch"), ("torch", "tensorflow")):
+        run = torch_runs / ("chain" if trained_on == "torch" else "tensorflow")
+        for model in MODELS:
+            assert f"(trained on {trained_on}, scored on {other})" in \
+                scored[trained_on][model]["header"]
+            expected = _stored_scores(run, model)
+            results = scored[trained_on][model]["results"]
+            assert sorted(Path(r["path"]).parts[-3:] for r in results) == sorted(expected)
+            got = np.array([r["score"] for r in results])
+            want = np.array([expected[Path(r["path"]).parts[-3:]] for r in results])
+            np.testing.assert_allclose(got, want, rtol=CROSS_RTOL, atol=0,
+                                       err_msg=f"{model} trained on {trained_on}")

@@ -46,9 +46,9 @@ NOTEBOOKS = (
     "04_threshold_selection",
     "05_results_gallery",
 )
-# -p SCOPE.NAME: a notebook by its number, the data notebook, or a candidate's notebook.
+# -p SCOPE.NAME: a notebook by its number, the data notebook, or a fitted candidate's notebook.
 SCOPES = {**{nb[:2]: nb for nb in NOTEBOOKS}, "data": NOTEBOOKS[0],
-          **{c.name: c.notebook for c in REGISTRY}}
+          **{c.name: c.notebook for c in REGISTRY if not c.parts}}
 PATH_PARAMETERS = ("data_dir", "run_dir")
 DEFAULTS = "defaults"  # the preset name of the notebooks' own defaults
 

@@ -7,7 +7,8 @@
 2. Load it (:func:`anomaly_utils.scoring.serving.load_candidate`): a network in Keras' safe
    mode (no code from the file is ever executed), on this process's Keras backend (a
    ``.keras`` file is backend-neutral, so a run trained on one backend scores on another;
-   the ``score`` command's ``--backend`` chooses it); the statistics floor from its arrays.
+   the ``score`` command's ``--backend`` chooses it); the statistics floor from its arrays;
+   a blend from its parts.
 3. Read each image (files, or every image in a folder), score it, print its score and
    verdict against the run's image threshold, and optionally write a heatmap overlay.
 """
@@ -21,7 +22,6 @@ import numpy as np
 
 from anomaly_utils.artifacts import atomic_path, read_json
 from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, read_image
-from anomaly_utils.data.loading import resize_image
 from anomaly_utils.errors import ArtifactError, DataError
 from anomaly_utils.pipeline.provenance import recorded_backend
 from anomaly_utils.scoring.candidates import BY_NAME
@@ -51,8 +51,9 @@ def check_run(run_dir: Path, model: str) -> dict:
     if not run_dir.is_dir():
         raise ArtifactError(f"run directory '{run_dir}' does not exist",
                             fix="pass --run runs/<run-id> of a finished run")
-    missing = [str(run_dir / model / name) for name in BY_NAME[model].files
-               if not (run_dir / model / name).is_file()]
+    needed = [run_dir / folder / name for folder in (model, *BY_NAME[model].parts)
+              for name in BY_NAME[folder].files]
+    missing = [str(path) for path in needed if not path.is_file()]
     if not (run_dir / "thresholds.json").is_file():
         missing.append(str(run_dir / "thresholds.json"))
     if missing:
@@ -110,8 +111,7 @@ def score_paths(run_dir: Path, model: str | None, paths: list[Path],
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         originals = [read_image(p, served.color_mode) for p in chunk]
-        images = np.stack([resize_image(image, served.image_size) for image in originals])
-        scored = served.score(images)
+        scored = served.score(originals)
         for path, original, score, heat in zip(chunk, originals, scored.scores, scored.maps,
                                                strict=True):
             verdict = "ANOMALOUS" if score >= threshold else "normal"

@@ -15,7 +15,7 @@ Pure data (no numpy), so the command line reads it without loading anything heav
 
 Example:
     >>> [c.name for c in REGISTRY], MODELS
-    (['floor', 'ae1', 'ae2'], ('ae1', 'ae2'))
+    (['floor', 'ae1', 'ae2', 'blend'], ('ae1', 'ae2'))
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class Candidate:
             its test scores keep the reconstructions the gallery shows.
         color: its colour in figures (hex RGB).
         files: what its folder holds once fitted, the files that ``score`` loads.
+        parts: the candidates it is made of (a blend of their standardised scores, written
+            by its notebook from their score files, :mod:`anomaly_utils.scoring.blend`);
+            empty for a candidate fitted on the data.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Candidate:
     network: bool
     color: str
     files: tuple[str, ...]
+    parts: tuple[str, ...] = ()
 
 
 REGISTRY: tuple[Candidate, ...] = (  # in report order: the floor first, as the bar to clear
@@ -50,9 +54,12 @@ REGISTRY: tuple[Candidate, ...] = (  # in report order: the floor first, as the 
               ("statistics_floor.json", "statistics_floor.npz")),
     Candidate("ae1", "AE-1", "02_train_ae1", True, "#4c72b0", ("model.keras", "scoring.json")),
     Candidate("ae2", "AE-2", "03_train_ae2", True, "#dd8452", ("model.keras", "scoring.json")),
+    Candidate("blend", "floor + AE-2", "04_threshold_selection", False, "#8172b3",
+              ("blend.json",), parts=("floor", "ae2")),
 )
 CANDIDATES: tuple[str, ...] = tuple(c.name for c in REGISTRY)
 MODELS: tuple[str, ...] = tuple(c.name for c in REGISTRY if c.network)
 BY_NAME: dict[str, Candidate] = {c.name: c for c in REGISTRY}
 FLOOR = "floor"  # the training-free statistics floor (notebook 01)
 assert FLOOR in CANDIDATES and FLOOR not in MODELS
+assert all(part in BY_NAME and not BY_NAME[part].parts for c in REGISTRY for part in c.parts)

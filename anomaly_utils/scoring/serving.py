@@ -1,28 +1,32 @@
 """Any candidate of a finished run, loaded to score new images: one interface for all.
 
 A network (AE-1, AE-2 with or without its head) loads through :class:`Scorer` in Keras'
-safe mode; the statistics floor through :class:`StatisticsFloor`. Either way the caller
-gets a :class:`ServedCandidate`: the input it expects (side in pixels, colour mode) and a
-``score`` function from (N, S, S, C) images to a :class:`ScoreResult`, so that the
-``score`` command serves whichever candidate a run recommends.
+safe mode; the statistics floor through :class:`StatisticsFloor`; a blend loads its parts
+and the standardisation notebook 04 stored (:mod:`anomaly_utils.scoring.blend`). Either way
+the caller gets a :class:`ServedCandidate`: the colour mode to read images in and a
+``score`` function from images of any size to a :class:`ScoreResult`, each candidate
+resizing them to its own input, so that the ``score`` command serves whichever candidate a
+run recommends.
 
 Example:
     >>> served = load_candidate("runs/<id>", "floor")  # doctest: +SKIP
-    >>> served.score(images).scores.shape  # doctest: +SKIP
-    (N,)
+    >>> served.score([read_image("x.png", served.color_mode)]).scores.shape  # doctest: +SKIP
+    (1,)
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from anomaly_utils.errors import ParameterError
-from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES, FLOOR
+from anomaly_utils.data.loading import resize_image
+from anomaly_utils.errors import ArtifactError, ParameterError
+from anomaly_utils.scoring.blend import combine, read_blend
+from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
 from anomaly_utils.scoring.scorer import Scorer
 from anomaly_utils.scoring.statistics_floor import StatisticsFloor
 from anomaly_utils.scoring.stored import ScoreResult
@@ -35,17 +39,21 @@ class ServedCandidate:
     """A loaded candidate.
 
     Attributes:
-        name: the candidate's name (``floor``, ``ae1``, ``ae2``).
-        image_size: side of the square images ``score`` takes, pixels.
-        color_mode: ``"rgb"`` or ``"grayscale"``.
-        score: (N, S, S, C) uint8 or float [0, 1] images -> :class:`ScoreResult` with
-            ``scores`` (N,) and ``maps`` (N, E, E) float32.
+        name: the candidate's name (``floor``, ``ae1``, ``ae2``, ``blend``).
+        color_mode: ``"rgb"`` or ``"grayscale"``, the mode to read images in.
+        score: a sequence of N (H, W, C) uint8 images, any H and W -> :class:`ScoreResult`
+            with ``scores`` (N,) and ``maps`` (N, E, E) float32.
     """
 
     name: str
-    image_size: int
     color_mode: str
-    score: Callable[[np.ndarray], ScoreResult]
+    score: Callable[[Sequence[np.ndarray]], ScoreResult]
+
+
+def _resized(score: Callable[[np.ndarray], ScoreResult], size: int):
+    def resized_score(originals: Sequence[np.ndarray]) -> ScoreResult:
+        return score(np.stack([resize_image(image, size) for image in originals]))
+    return resized_score
 
 
 def load_candidate(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
@@ -53,17 +61,32 @@ def load_candidate(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
 
     Raises:
         ParameterError: ``name`` is not a candidate.
-        ArtifactError: its files are missing, corrupt or refused by safe mode.
+        ArtifactError: its files are missing, corrupt or refused by safe mode, or a blend's
+            parts read images in different colour modes.
     """
     if name not in CANDIDATES:
         raise ParameterError(f"candidate must be one of {CANDIDATES}, got {name!r}",
                              fix=f"pass --model with one of {', '.join(CANDIDATES)}")
     folder = Path(run_dir) / name
-    if BY_NAME[name].network:
+    candidate = BY_NAME[name]
+    if candidate.parts:
+        standardisers = read_blend(folder)
+        parts = {part: load_candidate(run_dir, part) for part in standardisers}
+        modes = {part.color_mode for part in parts.values()}
+        if len(modes) != 1:
+            raise ArtifactError(f"the parts of {name} in '{run_dir}' read images as {modes}",
+                                fix="rerun the run: its notebooks disagree on color_mode")
+
+        def blend_score(originals: Sequence[np.ndarray]) -> ScoreResult:
+            results = {p: parts[p].score(originals) for p in parts}
+            return combine({p: (r.scores, r.maps) for p, r in results.items()}, standardisers)
+
+        return ServedCandidate(name, modes.pop(), blend_score)
+    if candidate.network:
         scorer = Scorer.load(run_dir, name)
-        return ServedCandidate(name, scorer.config.image_size, scorer.config.color_mode,
-                               scorer.score)
-    assert name == FLOOR
+        return ServedCandidate(name, scorer.config.color_mode,
+                               _resized(scorer.score, scorer.config.image_size))
     floor = StatisticsFloor.load(folder)
     height, _, channels = floor.image_shape
-    return ServedCandidate(name, int(height), FLOOR_COLOR_MODES[int(channels)], floor.score)
+    return ServedCandidate(name, FLOOR_COLOR_MODES[int(channels)],
+                           _resized(floor.score, int(height)))
