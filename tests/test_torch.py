@@ -49,14 +49,14 @@ def _run(data: Path, runs: Path, run_id: str, *extra: str,
 @pytest.fixture(scope="module")
 def torch_runs(tiny_data: Path, tmp_path_factory) -> Path:
     """Three runs on PyTorch: the whole tiny chain (``chain``), the same parameters again
-    until AE-1 (``again``), and AE-1 as the VAE (``vae``); and one on TensorFlow until AE-2
-    (``tensorflow``), for scoring across."""
+    until AE-1 (``again``), and AE-1 as the VAE (``vae``); and one on TensorFlow until its
+    thresholds (``tensorflow``), for scoring across."""
     runs = tmp_path_factory.mktemp("torch_runs")
     for run_id, extra in (("chain", ()), ("again", ("--until", "02")),
                           ("vae", ("-p", "ae1.variant", "vae", "--until", "02"))):
         result = _run(tiny_data, runs, run_id, *extra)
         assert result.returncode == 0, result.stderr[-3000:]
-    result = _run(tiny_data, runs, "tensorflow", "--until", "03", backend="tensorflow")
+    result = _run(tiny_data, runs, "tensorflow", "--until", "04", backend="tensorflow")
     assert result.returncode == 0, result.stderr[-3000:]
     return runs
 
