@@ -94,7 +94,8 @@ def test_readme_carpet_table_matches_the_committed_report(metrics_table):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Synthetic carpet, the defaults"):]
     for column, label in ((CANDIDATES.index("floor"), "statistics floor"),
-                          (AE1, "AE-1 (baseline)"), (AE2, "AE-2")):
+                          (AE1, "AE-1 (baseline)"), (AE2, "AE-2"),
+                          (CANDIDATES.index("blend"), "**blend: floor + AE-2 (recommended)**")):
         row = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
         image, pixel, aupro = float(cells[1].split()[0].strip("*")), float(cells[2]), \
