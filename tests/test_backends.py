@@ -51,10 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # JAX against TensorFlow, absolute, per pixel or per value, where the images have texture:
 # both compute in float32 with kernels that sum in different orders (measured: <= 2e-6 on
 # the SSIM maps, <= 6e-7 on the losses). On flat areas far from the plane mean the variance
-# is a float32 cancellation on either backend, so there each is held to skimage within TOL
-# (measured: JAX <= 6e-5, TensorFlow <= 9.1e-5; 9.4e-5 apart).
+# is a float32 cancellation on either backend, so there each is held to skimage within
+# FLAT_TOL. Its bound: E[x^2] - E[x]^2 is off by a few float32 ulps of (x - centre)^2 <= 1,
+# a few 1e-7, and SSIM divides that by C2 = 9e-4 (measured: JAX <= 6e-5 on one CPU and
+# 1.2e-4 on another, TensorFlow <= 9.1e-5).
 JAX_TOL = 1e-5
 FLAT = ("structured", "half", "square")
+FLAT_TOL = 5e-4
 # Loss gradients, relative to the largest gradient value (measured: <= 1e-6).
 GRAD_RTOL = 1e-4
 # The AE-2 blends the test compares: the default (SSIM only) and all three terms.
@@ -270,8 +273,9 @@ def test_ssim_map_matches_skimage_and_tensorflow_under_jax(jax_run):
         on_jax, on_tf = outputs[f"ssim_{name}"], ssim_map(x, y)
         assert on_jax.dtype == np.float32 and on_jax.shape == x.shape[:3]
         reference = skimage_ssim_map(x, y)
-        np.testing.assert_allclose(on_jax, reference, rtol=0, atol=TOL, err_msg=name)
-        np.testing.assert_allclose(on_tf, reference, rtol=0, atol=TOL, err_msg=name)
+        tol = FLAT_TOL if name in FLAT else TOL
+        np.testing.assert_allclose(on_jax, reference, rtol=0, atol=tol, err_msg=name)
+        np.testing.assert_allclose(on_tf, reference, rtol=0, atol=tol, err_msg=name)
         if name not in FLAT:
             np.testing.assert_allclose(on_jax, on_tf, rtol=0, atol=JAX_TOL, err_msg=name)
     np.testing.assert_allclose(outputs["ssim_traced"], outputs["ssim_loss"], rtol=0, atol=1e-6)

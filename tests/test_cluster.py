@@ -51,7 +51,8 @@ def test_malformed_cluster_address_fails_before_any_folder(tmp_path: Path):
 
 def _fake_outputs(notebook: str, run_dir: Path, parameters: dict) -> None:
     """What each notebook writes that the comparison reads, scores apart by AE-2's epochs."""
-    models = {"01_data_exploration": "floor", "02_train_ae1": "ae1", "03_train_ae2": "ae2"}
+    models = {"01_data_exploration": "floor", "02_train_ae1": "ae1", "03_train_ae2": "ae2",
+              "04_threshold_selection": "blend"}
     if notebook in models:
         model = models[notebook]
         rng = np.random.default_rng(parameters.get("epochs", 0))
