@@ -32,24 +32,19 @@ from scipy.stats import spearmanr
 
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score, validation_metrics
+from anomaly_utils.scoring.blend import SPLITS, Standardiser
 from anomaly_utils.scoring.stored import load_scores
-
-SPLITS = ("val", "val_pseudo", "test")
 
 
 def standardised(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     """A candidate's scores and maps of every split, float64, standardised by its clean
-    validation normals: (score - mean) / std, per image score and per map pixel."""
+    validation normals as the lab's blend is (:class:`Standardiser`)."""
     raw = {split: load_scores(folder / f"scores_{split}.npz") for split in SPLITS}
-    normals = raw["val"]
-    s_mean, s_std = float(np.mean(normals["scores"])), float(np.std(normals["scores"]))
-    m = np.asarray(normals["maps"], np.float64)
-    m_mean, m_std = float(m.mean()), float(m.std())
+    standardiser = Standardiser.of_normals(raw["val"])
     out = {}
     for split, z in raw.items():
-        out[split] = {**z, "scores": (np.asarray(z["scores"], np.float64) - s_mean)
-                      / max(s_std, 1e-12),
-                      "maps": (np.asarray(z["maps"], np.float64) - m_mean) / max(m_std, 1e-12)}
+        scores, maps = standardiser.apply(z["scores"], z["maps"])
+        out[split] = {**z, "scores": scores, "maps": maps}
     return out
 
 

@@ -28,12 +28,16 @@ from anomaly_utils.scoring.candidates import BY_NAME
 from anomaly_utils.scoring.serving import load_candidate
 
 
-def recommended(run_dir: Path) -> str:
-    """The candidate ``run_dir`` recommends on validation (``metrics.json``'s choice)."""
-    path = run_dir / "metrics.json"
+def _require_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise ArtifactError(f"run directory '{run_dir}' does not exist",
                             fix="pass --run runs/<run-id> of a finished run")
+
+
+def recommended(run_dir: Path) -> str:
+    """The candidate ``run_dir`` recommends on validation (``metrics.json``'s choice)."""
+    path = run_dir / "metrics.json"
+    _require_run_dir(run_dir)
     if not path.is_file():
         raise ArtifactError(f"run '{run_dir}' is incomplete: missing {path}, which names the "
                             "candidate it recommends",
@@ -48,9 +52,7 @@ def recommended(run_dir: Path) -> str:
 
 def check_run(run_dir: Path, model: str) -> dict:
     """Return the run's threshold entry for ``model`` after checking the run's files."""
-    if not run_dir.is_dir():
-        raise ArtifactError(f"run directory '{run_dir}' does not exist",
-                            fix="pass --run runs/<run-id> of a finished run")
+    _require_run_dir(run_dir)
     needed = [run_dir / folder / name for folder in (model, *BY_NAME[model].parts)
               for name in BY_NAME[folder].files]
     missing = [str(path) for path in needed if not path.is_file()]
