@@ -691,4 +691,25 @@ def test_kernels_run_on_the_backend_they_are_given(monkeypatch):
         config=provenance.kernel_config(keras_backend="jax"))
     asyncio.run(manager._async_launch_kernel(["python"], env={"KERAS_BACKEND": "tensorflow",
                                                                "OTHER": "1"}))
-    assert seen["env"] == {"KERAS_BACKEND": "jax", "OTHER": "1"}
+    assert seen["env"] == {"KERAS_BACKEND": "jax", "OTHER": "1",
+                           "GLIBC_TUNABLES": provenance.MALLOC_TUNABLES}
+
+
+def test_kernels_ask_for_huge_pages_unless_the_user_set_glibc_tunables(monkeypatch):
+    from jupyter_client.manager import AsyncKernelManager
+
+    seen = {}
+
+    async def launch(self, kernel_cmd, **kw):
+        seen.update(kw)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_launch_kernel", launch)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    manager = provenance.kernel_manager_class()(config=provenance.kernel_config())
+    asyncio.run(manager._async_launch_kernel(["python"]))  # no env: this process's
+    assert seen["env"]["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert seen["env"]["KERAS_BACKEND"] == "tensorflow"
+    own = "glibc.malloc.arena_max=2"
+    asyncio.run(manager._async_launch_kernel(["python"], env={"GLIBC_TUNABLES": own}))
+    assert seen["env"] == {"GLIBC_TUNABLES": own}
