@@ -49,10 +49,9 @@ RUN_ARGS ?=
 LAB_ARGS ?=
 QUALITY_ARGS ?=
 export PYTHONHASHSEED := 0
-# glibc's malloc maps each large array (a training step's activations and gradients) afresh
-# and faults it in 4 KiB pages; hugetlb=1 asks for transparent huge pages on those maps (glibc
-# 2.35 and later; older ones ignore it). AE-1's training: 7.2 M page faults -> 1.6 M, its
-# wall time -20 % (docs/performance.md). A user's own GLIBC_TUNABLES is kept.
+# Transparent huge pages for malloc's large maps, for every process make starts; the kernels of
+# a run get the same value (MALLOC_TUNABLES in anomaly_utils/pipeline/provenance.py says why).
+# A user's own GLIBC_TUNABLES is kept.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: run test test-backends lab data notebooks figures bench bench-quality lint venv wheelhouse clean-runs

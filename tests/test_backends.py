@@ -678,38 +678,37 @@ def test_a_resumed_run_keeps_its_backend(small_data, tmp_path, monkeypatch):
     assert ran == [(notebook, "jax") for notebook in NOTEBOOKS[1:]]
 
 
-def test_kernels_run_on_the_backend_they_are_given(monkeypatch):
+def _kernel_environment(monkeypatch, config, **launch) -> dict:
+    """The environment a kernel of ``kernel_manager_class`` would be started with."""
     from jupyter_client.manager import AsyncKernelManager
 
     seen = {}
 
-    async def launch(self, kernel_cmd, **kw):
+    async def launch_kernel(self, kernel_cmd, **kw):
         seen.update(kw)
 
-    monkeypatch.setattr(AsyncKernelManager, "_async_launch_kernel", launch)
-    manager = provenance.kernel_manager_class()(
-        config=provenance.kernel_config(keras_backend="jax"))
-    asyncio.run(manager._async_launch_kernel(["python"], env={"KERAS_BACKEND": "tensorflow",
-                                                               "OTHER": "1"}))
-    assert seen["env"] == {"KERAS_BACKEND": "jax", "OTHER": "1",
-                           "GLIBC_TUNABLES": provenance.MALLOC_TUNABLES}
+    monkeypatch.setattr(AsyncKernelManager, "_async_launch_kernel", launch_kernel)
+    manager = provenance.kernel_manager_class()(config=config)
+    asyncio.run(manager._async_launch_kernel(["python"], **launch))
+    return seen["env"]
+
+
+def test_kernels_run_on_the_backend_they_are_given(monkeypatch):
+    env = _kernel_environment(monkeypatch, provenance.kernel_config(keras_backend="jax"),
+                              env={"KERAS_BACKEND": "tensorflow", "OTHER": "1"})
+    assert env == {"KERAS_BACKEND": "jax", "OTHER": "1",
+                   "GLIBC_TUNABLES": provenance.MALLOC_TUNABLES}
 
 
 def test_kernels_ask_for_huge_pages_unless_the_user_set_glibc_tunables(monkeypatch):
-    from jupyter_client.manager import AsyncKernelManager
-
-    seen = {}
-
-    async def launch(self, kernel_cmd, **kw):
-        seen.update(kw)
-
-    monkeypatch.setattr(AsyncKernelManager, "_async_launch_kernel", launch)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    manager = provenance.kernel_manager_class()(config=provenance.kernel_config())
-    asyncio.run(manager._async_launch_kernel(["python"]))  # no env: this process's
-    assert seen["env"]["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    assert seen["env"]["KERAS_BACKEND"] == "tensorflow"
+    env = _kernel_environment(monkeypatch, provenance.kernel_config())  # this process's
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert env["KERAS_BACKEND"] == "tensorflow"
     own = "glibc.malloc.arena_max=2"
-    asyncio.run(manager._async_launch_kernel(["python"], env={"GLIBC_TUNABLES": own}))
-    assert seen["env"] == {"GLIBC_TUNABLES": own}
+    assert _kernel_environment(monkeypatch, provenance.kernel_config(),
+                               env={"GLIBC_TUNABLES": own}) == {"GLIBC_TUNABLES": own}
+    # make's processes get the same value as the kernels
+    assert f"export GLIBC_TUNABLES ?= {provenance.MALLOC_TUNABLES}\n" in \
+        (ROOT / "Makefile").read_text()

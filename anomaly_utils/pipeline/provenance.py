@@ -13,8 +13,8 @@ import platform
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json
