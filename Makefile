@@ -25,15 +25,16 @@ PLATFORM_ARGS := $(if $(PLATFORM),--platform $(PLATFORM)) \
 	$(if $(PLATFORM)$(PYTHON_VERSION),--only-binary=:all:)
 # A machine that has a Keras backend already (a JAX or PyTorch image, say): REUSE_BACKEND=1
 # makes the venv see the packages of the Python that creates it (--system-site-packages) and
-# leaves out the pins of each backend that Python can import (jax and jaxlib, tensorflow), so
-# that its own build, CUDA included, is the one used. TensorFlow is left out as well when
-# KERAS_BACKEND names another backend found there (make test compares the backends with
-# TensorFlow, so it keeps it).
+# leaves out the pins of each backend that Python can import (jax and jaxlib, tensorflow, and
+# the ml_dtypes they share), so that its own build, CUDA included, is the one used. TensorFlow
+# is left out as well when KERAS_BACKEND names another backend found there (make test compares
+# the backends with TensorFlow, so it keeps it).
 VENV_ARGS ?=
 ifdef REUSE_BACKEND
 VENV_ARGS += --system-site-packages
 REUSED := $(shell $(PYTHON) -c 'import importlib.util as u; print(*[n for n in ("tensorflow", "jax", "torch") if u.find_spec(n)])' 2>/dev/null)
 SKIP_PINS := $(if $(filter jax,$(REUSED)),jax jaxlib) \
+	$(if $(filter jax tensorflow,$(REUSED)),ml_dtypes) \
 	$(if $(filter tensorflow,$(REUSED)),tensorflow tensorflow-cpu) \
 	$(if $(and $(filter jax torch,$(KERAS_BACKEND)),$(filter $(KERAS_BACKEND),$(REUSED)), \
 	$(if $(filter test,$(MAKECMDGOALS)),,1)),tensorflow tensorflow-cpu)

@@ -104,15 +104,21 @@ def test_reuse_backend_keeps_the_machines_own_backend(tmp_path):
     names = {line.partition("==")[0] for line in _requirements()}
     lines, installed = _reused_requirements(tmp_path, has="jax")
     assert any("-m venv --system-site-packages" in line for line in lines)
-    assert {line.partition("==")[0] for line in installed} == names - {"jax", "jaxlib"}
+    # The backend's own ml_dtypes comes with it: the pin would replace the machine's build.
+    assert {line.partition("==")[0] for line in installed} == \
+        names - {"jax", "jaxlib", "ml_dtypes"}
     # With JAX as the backend, TensorFlow is not installed either, except for make test.
     _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=jax", has="jax")
     assert {line.partition("==")[0] for line in installed} == \
-        names - {"jax", "jaxlib", "tensorflow-cpu"}
+        names - {"jax", "jaxlib", "ml_dtypes", "tensorflow-cpu"}
     _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=jax", "test", has="jax")
     assert "tensorflow-cpu" in {line.partition("==")[0] for line in installed}
     _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=torch", has="tensorflow torch")
-    assert {line.partition("==")[0] for line in installed} == names - {"tensorflow-cpu"}
+    assert {line.partition("==")[0] for line in installed} == \
+        names - {"tensorflow-cpu", "ml_dtypes"}
+    # PyTorch alone brings no ml_dtypes: the pin is installed.
+    _, installed = _reused_requirements(tmp_path, "KERAS_BACKEND=torch", has="torch")
+    assert "ml_dtypes" in {line.partition("==")[0] for line in installed}
     # A Python without any backend: everything is installed, from the pins.
     lines, installed = _reused_requirements(tmp_path, has="")
     assert installed == _requirements() and not any(line.startswith("grep ") for line in lines)
