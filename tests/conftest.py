@@ -188,7 +188,7 @@ TINY_RUN = " --quiet " + " ".join(tiny_pairs())
 # Where a README command's test checks only the first notebooks, the run stops after them
 # (``--until``): the notebooks after that are run by the other commands' tests.
 UNTIL = {RERUN: " --until 02", RESUME: " --until 03", PRESET: " --until 04",
-         BACKEND_RUN: " --until 03"}
+         BACKEND_RUN: " --until 03", SWEEP: " --until 04"}
 BACKGROUND_WORKERS = 3  # jobs at once: fills 2 cores beside the tests, within memory
 
 
@@ -311,7 +311,7 @@ def background(request, tmp_path_factory) -> Background | None:
     if "readme_runs" in needed:
         jobs.append((OWN_DATA, kill_and_resume))
         fixed = " ".join(tiny_pairs("--set", skip=("ae2.epochs",)))
-        jobs.append((SWEEP, f"{SWEEP} --sweep-id s {fixed}"))
+        jobs.append((SWEEP, f"{SWEEP} --sweep-id s {fixed}{UNTIL[SWEEP]}"))
         jobs.append((RERUN, RERUN + TINY_RUN + UNTIL[RERUN]))
         if (ROOT.parent / "shared" / "datasets" / "magnetic_tile").is_dir():
             jobs.append((PRESET, PRESET + TINY_RUN + UNTIL[PRESET]))

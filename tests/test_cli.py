@@ -148,8 +148,10 @@ def test_tensorflow_loads_only_when_a_model_needs_it_and_then_quietly():
                     "anomaly_utils.pipeline.sweep, anomaly_utils.data.loading, "
                     "anomaly_utils.pipeline.parameters, anomaly_utils.evaluation.metrics, "
                     "anomaly_utils.evaluation.thresholds, anomaly_utils.scoring.stored, "
-                    "anomaly_utils.visualization.gallery; print('tensorflow' in sys.modules)")
-    # --help, parameter and data checks, thresholds (notebook 04) and the gallery (05)
+                    "anomaly_utils.visualization.gallery, anomaly_utils.pipeline.score_images, "
+                    "anomaly_utils.scoring.serving; print('tensorflow' in sys.modules)")
+    # --help, parameter and data checks, thresholds (notebook 04), the gallery (05), and
+    # `score` until it loads a network (its checks, the statistics floor)
     assert light.stdout.strip() == "False", light.stderr
     # TF_CPP_MIN_LOG_LEVEL is unset here: the package's own default (errors only) applies.
     heavy = _python("import sys, anomaly_utils.models.ae2, keras; print('tensorflow' in sys.modules)")

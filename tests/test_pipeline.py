@@ -270,6 +270,8 @@ def test_score_serves_every_candidate_and_by_default_the_recommended_one(prepare
         assert prepared[key].returncode == 0, prepared[key].stderr[-3000:]
     default = prepared["default"]
     assert f"{chosen} (recommended on validation) of run" in default.stdout
+    assert "scored on numpy)" in prepared["floor"].stdout  # the floor loads no Keras
+    assert "scored on tensorflow)" in prepared["blend"].stdout  # AE-2 is one of its parts
     assert default.stdout.count(".png") == len(list(prepared["images"].iterdir()))
     # The floor and the blend score new images as notebooks 01 and 04 scored the test split
     # (the same reading and resizing; the blend from its parts' float32 scores): their stored

@@ -171,7 +171,8 @@ def test_rerun_with_other_settings(fresh_root: Path, readme_runs):
 
 def test_sweep_reuses_work_and_compares(fresh_root: Path, readme_runs: Background):
     """The README's sweep over AE-2's head: AE-1 trained once and shared, AE-2 with and
-    without its segmentation head through the whole papermill chain."""
+    without its segmentation head, each configuration until notebook 04 (``--until 04``: the
+    comparison reads its metrics; the galleries of a sweep are drawn in test_cluster.py)."""
     result = readme_runs.result(SWEEP)
     _ok(result)
     sweep = fresh_root / "runs" / "s"

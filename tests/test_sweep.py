@@ -61,3 +61,44 @@ def test_best_configuration_refuses_a_test_column(tmp_path: Path):
     table = comparison_table(_sweep(tmp_path, {"5": (4.0, 0.6), "50": (0.2, 0.9)}))
     with pytest.raises(ParameterError, match="validation column"):
         best_configuration(table, by="ae2_image_auroc")
+
+
+def test_a_sweep_until_04_draws_no_gallery_and_still_compares(tiny_data: Path, tmp_path: Path,
+                                                              monkeypatch):
+    """``sweep --until 04``: each configuration stops after the metrics notebook; the
+    comparison is written from them (the notebooks are stand-ins writing what it reads)."""
+    from anomaly_utils.pipeline import sweep as sweep_module
+    from anomaly_utils.pipeline.runs import read_status
+
+    executed = []
+
+    def fake_execute(notebook, run_dir, parameters, progress=True):
+        executed.append(notebook)
+        (run_dir / f"{notebook}.ipynb").write_text("{}")  # what sharing copies
+        if notebook == "04_threshold_selection":
+            for model in CANDIDATES:
+                _validation(run_dir / model, model, separation=float(parameters["percentile"]))
+            write_json(run_dir / "metrics.json", {m: {"image_auroc": 0.7} for m in CANDIDATES})
+        return 0.01
+
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")  # the sweep sets them in this process; restored after
+    monkeypatch.setattr(sweep_module, "execute_notebook", fake_execute)
+    monkeypatch.setattr(sweep_module, "write_comparison_notebook", lambda sweep_dir: None)
+    sweep = sweep_module.run_sweep({"04.percentile": ["95", "99"]},
+                                   {"data_dir": str(tiny_data)}, sweep_id="s",
+                                   runs_dir=tmp_path, until="04", log=lambda m: None)
+    assert "05_results_gallery" not in executed
+    assert executed.count("04_threshold_selection") == 2  # one per configuration
+    assert "05_results_gallery" not in read_status(sweep / "04-percentile=99")  # never started
+    table = comparison_table(sweep).set_index("config")
+    assert table.loc["04-percentile=99", "ae2_val_image_auroc"] == 1.0  # 99 apart: separated
+
+
+def test_a_sweep_until_before_04_is_refused_before_any_folder(tmp_path: Path):
+    from anomaly_utils.pipeline.sweep import run_sweep
+
+    with pytest.raises(ParameterError, match="before 04_threshold_selection") as info:
+        run_sweep({"ae2.epochs": ["1", "2"]}, {}, sweep_id="s", runs_dir=tmp_path, until="03")
+    assert "--until 04" in info.value.fix
+    assert not (tmp_path / "s").exists()

@@ -107,7 +107,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fixed["data_dir"] = args.data_dir
     fixed.update(_parameter_pairs(args.fixed))
     sweep_dir = run_sweep(grid, fixed, sweep_id=args.sweep_id, runs_dir=args.runs_dir,
-                          jobs=args.jobs, cluster=args.cluster, backend=args.backend)
+                          jobs=args.jobs, cluster=args.cluster, backend=args.backend,
+                          until=args.until)
     print(f"sweep written to {sweep_dir} (comparison.csv, comparison.ipynb)")
     return 0
 
@@ -144,7 +145,7 @@ def scoring_backend(requested: str | None, run_dir: Path) -> str:
 def cmd_score(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     scoring_backend(args.backend, run_dir)
-    from anomaly_utils.pipeline.score_images import score_paths  # loads Keras on it
+    from anomaly_utils.pipeline.score_images import score_paths  # Keras, if a network
 
     score_paths(run_dir, args.model, [Path(p) for p in args.paths],
                 out_dir=Path(args.out) if args.out else None)
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker reaches")
     p.add_argument("--sweep-id")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--until", metavar="NOTEBOOK",
+                   help="stop each configuration after this notebook: 04 leaves out the "
+                        "galleries (the comparison needs only 04's metrics)")
     _add_backend(p, "every configuration runs on it")
     p.set_defaults(func=cmd_sweep)
 

@@ -197,6 +197,22 @@ def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,
         log(f"{tag} done in {seconds:.0f} s")
 
 
+def notebooks_until(until: str | None) -> tuple[str, ...]:
+    """The notebooks of the chain up to ``until`` (a name or a scope such as "03" or "ae2";
+    None: all five), in order.
+
+    Raises:
+        ParameterError: ``until`` names no notebook.
+    """
+    if until is None:
+        return tuple(NOTEBOOKS)
+    last = SCOPES.get(until, until)
+    if last not in NOTEBOOKS:
+        raise ParameterError(f"--until {until!r} is not a notebook",
+                             fix=f"use one of {sorted(SCOPES)}")
+    return tuple(NOTEBOOKS[:NOTEBOOKS.index(last) + 1])
+
+
 def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
                  runs_dir: str | os.PathLike = "runs", resume: bool = False,
                  until: str | None = None, progress: bool = True, log=print,
@@ -215,13 +231,7 @@ def run_pipeline(overrides: dict[str, Any], run_id: str | None = None,
             started with; naming another one is an error.
     """
     runs_dir = Path(runs_dir)
-    notebooks = NOTEBOOKS
-    if until is not None:
-        last = SCOPES.get(until, until)
-        if last not in NOTEBOOKS:
-            raise ParameterError(f"--until {until!r} is not a notebook",
-                                 fix=f"use one of {sorted(SCOPES)}")
-        notebooks = NOTEBOOKS[:NOTEBOOKS.index(last) + 1]
+    notebooks = notebooks_until(until)
     start = time.perf_counter()
     if resume:
         if not run_id:

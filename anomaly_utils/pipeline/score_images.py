@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from anomaly_utils.artifacts import atomic_path, read_json
@@ -101,14 +100,14 @@ def score_paths(run_dir: Path, model: str | None, paths: list[Path],
     chosen = model is None
     model = recommended(run_dir) if chosen else model
     entry = check_run(run_dir, model)
+    files = collect_images(paths)  # a wrong path is refused before a model loads
     served = load_candidate(run_dir, model)
     threshold = float(entry["image_threshold"])
-    files = collect_images(paths)
     results = []
     used_names: set[str] = set()
     trained_on = recorded_backend(run_dir) or "unrecorded"
     log(f"{model}{' (recommended on validation)' if chosen else ''} of run {run_dir.name} "
-        f"(trained on {trained_on}, scored on {keras.backend.backend()}): threshold "
+        f"(trained on {trained_on}, scored on {_scored_on(model)}): threshold "
         f"{threshold:.6g} ({entry.get('strategy')})")
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
@@ -124,6 +123,16 @@ def score_paths(run_dir: Path, model: str | None, paths: list[Path],
                 write_overlay(out_dir / name, original, heat)
                 results[-1]["overlay"] = str(out_dir / name)
     return results
+
+
+def _scored_on(model: str) -> str:
+    """The Keras backend that scores ``model`` in this process, or "numpy" for a candidate
+    without a network (the statistics floor, which loads no Keras)."""
+    if not any(BY_NAME[name].network for name in (model, *BY_NAME[model].parts)):
+        return "numpy"
+    import keras
+
+    return keras.backend.backend()
 
 
 def overlay_name(path: Path, used: set[str]) -> str:

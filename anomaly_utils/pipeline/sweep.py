@@ -2,7 +2,8 @@
 
 1. Every combination of the swept values becomes a run under ``runs/<sweep-id>/<config>/``
    (created and checked up front, like a single run).
-2. The notebooks run in waves, 01 to 05. In each wave, configurations whose parameters for
+2. The notebooks run in waves, 01 to 05 (to 04 with ``until="04"``, which leaves out the
+   galleries: the comparison needs only the metrics notebook 04 writes). In each wave, configurations whose parameters for
    that notebook (and for the notebooks it reads from) are identical share one execution:
    one of them runs it, the others receive a copy of its outputs. Sweeping ``ae2.epochs``
    therefore trains AE-1 once.
@@ -44,12 +45,14 @@ from anomaly_utils.pipeline.runs import (
     execute_notebook,
     mark_status,
     new_run_id,
+    notebooks_until,
     read_status,
 )
 from anomaly_utils.pipeline.sharing import take_outputs, work_key
 from anomaly_utils.scoring.candidates import REGISTRY
 from anomaly_utils.scoring.stored import CANDIDATES, load_scores
 
+METRICS_NOTEBOOK = "04_threshold_selection"  # writes metrics.json, which the comparison reads
 # What must be complete in a run before a notebook starts there on a cluster: notebooks 01-03
 # read only the data, 04 and 05 read everything written before them (04 the data summary too).
 NEEDS = {nb: (NOTEBOOKS[:i] if i >= 3 else ()) for i, nb in enumerate(NOTEBOOKS)}
@@ -76,7 +79,7 @@ def share_outputs(notebook: str, leader: str, runs: dict[str, dict], name: str) 
 
 def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str | None = None,
               runs_dir: str | os.PathLike = "runs", jobs: int = 1, log=print, *,
-              cluster=None, backend: str | None = None) -> Path:
+              cluster=None, backend: str | None = None, until: str | None = None) -> Path:
     """Run every combination of ``grid`` (with ``fixed`` parameters) and compare them.
 
     Args:
@@ -88,6 +91,8 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
             or a ``distributed.Client``; see :func:`anomaly_utils.pipeline.cluster.run_on_cluster`.
         backend: the Keras backend of every configuration's kernels (default:
             ``KERAS_BACKEND``, else Keras' own); each run records it in its ``env.json``.
+        until: the last notebook each configuration runs ("04" or "05", the default; the
+            comparison reads the metrics notebook 04 writes).
 
     Returns:
         The sweep directory holding one run folder per configuration, ``comparison.csv`` and
@@ -98,6 +103,11 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
                              fix="pass e.g. -p epochs 5 20 50")
     if jobs < 1:
         raise ParameterError(f"--jobs must be >= 1, got {jobs}")
+    notebooks = notebooks_until(until)
+    if METRICS_NOTEBOOK not in notebooks:
+        raise ParameterError(f"--until {until} stops before {METRICS_NOTEBOOK}, which writes "
+                             "the metrics the sweep compares",
+                             fix="pass --until 04 (no galleries), or drop --until")
     if isinstance(cluster, str):
         parse_cluster(cluster)  # a malformed address fails before any folder is made
     sweep_dir = Path(runs_dir).resolve() / (sweep_id or new_run_id("sweep-"))
@@ -116,9 +126,9 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
     write_json(sweep_dir / "sweep.json", {"grid": grid, "fixed": fixed,
                                           "configs": {k: r["values"] for k, r in runs.items()}})
     if cluster is not None:
-        _run_on_cluster(runs, cluster, sweep_dir.name, log)
+        _run_on_cluster(runs, notebooks, cluster, sweep_dir.name, log)
     else:
-        _run_here(runs, jobs, log)
+        _run_here(runs, notebooks, jobs, log)
     table = comparison_table(sweep_dir)
     table.to_csv(sweep_dir / "comparison.csv", index=False)
     if "error" in table and table["error"].notna().all():
@@ -129,7 +139,8 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
     return sweep_dir
 
 
-def _run_on_cluster(runs: dict[str, dict], cluster, sweep_name: str, log) -> None:
+def _run_on_cluster(runs: dict[str, dict], notebooks: tuple[str, ...], cluster,
+                    sweep_name: str, log) -> None:
     """Each distinct execution as one task of a Dask cluster, submitted once it is ready.
 
     The executions and their sharing are those of the waves: configurations with the same
@@ -143,10 +154,10 @@ def _run_on_cluster(runs: dict[str, dict], cluster, sweep_name: str, log) -> Non
     from distributed import as_completed
 
     groups: dict[tuple[str, str], list[str]] = {}
-    for notebook in NOTEBOOKS:
+    for notebook in notebooks:
         for name, run in runs.items():
             groups.setdefault((notebook, work_key(notebook, run["effective"])), []).append(name)
-    log(f"{len(groups)} execution(s) of {len(NOTEBOOKS)} notebooks for {len(runs)} "
+    log(f"{len(groups)} execution(s) of {len(notebooks)} notebooks for {len(runs)} "
         f"configuration(s) on the cluster")
     done: dict[tuple[str, str], str | None] = {}  # (notebook, config) -> error or None
     waiting = dict(groups)
@@ -218,12 +229,12 @@ def _run_on_cluster(runs: dict[str, dict], cluster, sweep_name: str, log) -> Non
             submit_ready()
 
 
-def _run_here(runs: dict[str, dict], jobs: int, log) -> None:
+def _run_here(runs: dict[str, dict], notebooks: tuple[str, ...], jobs: int, log) -> None:
     """The notebooks in waves, leaders in ``jobs`` threads of this process (each a kernel)."""
     threads = split_threads(jobs)
     os.environ.update({"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
                        "OMP_NUM_THREADS": str(threads)})
-    for notebook in NOTEBOOKS:
+    for notebook in notebooks:
         leaders: dict[str, str] = {}
         for name, run in runs.items():
             leaders.setdefault(work_key(notebook, run["effective"]), name)

@@ -27,7 +27,6 @@ from anomaly_utils.data.loading import resize_image
 from anomaly_utils.errors import ArtifactError, ParameterError
 from anomaly_utils.scoring.blend import combine, read_blend
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
-from anomaly_utils.scoring.scorer import Scorer
 from anomaly_utils.scoring.statistics_floor import StatisticsFloor
 from anomaly_utils.scoring.stored import ScoreResult
 
@@ -83,6 +82,9 @@ def load_candidate(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
 
         return ServedCandidate(name, modes.pop(), blend_score)
     if candidate.network:
+        # Imported here: it loads Keras and its backend (seconds), which the floor never needs.
+        from anomaly_utils.scoring.scorer import Scorer
+
         scorer = Scorer.load(run_dir, name)
         return ServedCandidate(name, scorer.config.color_mode,
                                _resized(scorer.score, scorer.config.image_size))
