@@ -21,7 +21,8 @@ MAY_IMPORT = {
 }
 # Function-level imports of the package's own modules, each loading a heavy library on purpose.
 LAZY = {
-    ("pipeline/cli.py", "anomaly_utils.pipeline.score_images"): "TensorFlow, only for `score`",
+    ("pipeline/cli.py", "anomaly_utils.pipeline.score_images"): "only for `score`",
+    ("scoring/serving.py", "anomaly_utils.scoring.scorer"): "Keras, only for a network",
     ("pipeline/sweep.py", "anomaly_utils.visualization"): "matplotlib, only for the figure",
 }
 LONG_MODULE = 400
