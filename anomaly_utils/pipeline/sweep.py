@@ -3,10 +3,10 @@
 1. Every combination of the swept values becomes a run under ``runs/<sweep-id>/<config>/``
    (created and checked up front, like a single run).
 2. The notebooks run in waves, 01 to 05 (to 04 with ``until="04"``, which leaves out the
-   galleries: the comparison needs only the metrics notebook 04 writes). In each wave, configurations whose parameters for
-   that notebook (and for the notebooks it reads from) are identical share one execution:
-   one of them runs it, the others receive a copy of its outputs. Sweeping ``ae2.epochs``
-   therefore trains AE-1 once.
+   galleries: the comparison needs only the metrics notebook 04 writes). In each wave,
+   configurations whose parameters for that notebook (and for the notebooks it reads from)
+   are identical share one execution: one of them runs it, the others receive a copy of its
+   outputs. Sweeping ``ae2.epochs`` therefore trains AE-1 once.
 3. Within a wave, up to ``jobs`` executions run in parallel (each a separate kernel) with the
    CPU's threads split between them.
 4. ``comparison.csv`` and an executed ``comparison.ipynb`` (table, each metric against each
