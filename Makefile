@@ -54,6 +54,8 @@ export PYTHONHASHSEED := 0
 # a run get the same value (MALLOC_TUNABLES in anomaly_utils/pipeline/provenance.py says why).
 # A user's own GLIBC_TUNABLES is kept.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+# TensorFlow's BFC allocator on the CPU, likewise (TF_ALLOCATOR in provenance.py says why).
+export TF_CPU_ALLOCATOR_USE_BFC ?= true
 
 .PHONY: run test test-backends lab data notebooks figures bench bench-quality lint venv wheelhouse clean-runs
 

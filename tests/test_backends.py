@@ -697,7 +697,8 @@ def test_kernels_run_on_the_backend_they_are_given(monkeypatch):
     env = _kernel_environment(monkeypatch, provenance.kernel_config(keras_backend="jax"),
                               env={"KERAS_BACKEND": "tensorflow", "OTHER": "1"})
     assert env == {"KERAS_BACKEND": "jax", "OTHER": "1",
-                   "GLIBC_TUNABLES": provenance.MALLOC_TUNABLES}
+                   "GLIBC_TUNABLES": provenance.MALLOC_TUNABLES,
+                   "TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 
 def test_kernels_ask_for_huge_pages_unless_the_user_set_glibc_tunables(monkeypatch):
@@ -708,7 +709,19 @@ def test_kernels_ask_for_huge_pages_unless_the_user_set_glibc_tunables(monkeypat
     assert env["KERAS_BACKEND"] == "tensorflow"
     own = "glibc.malloc.arena_max=2"
     assert _kernel_environment(monkeypatch, provenance.kernel_config(),
-                               env={"GLIBC_TUNABLES": own}) == {"GLIBC_TUNABLES": own}
+                               env={"GLIBC_TUNABLES": own})["GLIBC_TUNABLES"] == own
     # make's processes get the same value as the kernels
     assert f"export GLIBC_TUNABLES ?= {provenance.MALLOC_TUNABLES}\n" in \
         (ROOT / "Makefile").read_text()
+
+
+def test_kernels_use_tensorflows_bfc_allocator_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+    env = _kernel_environment(monkeypatch, provenance.kernel_config())
+    assert env["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    chosen = _kernel_environment(monkeypatch, provenance.kernel_config(),
+                                 env={"TF_CPU_ALLOCATOR_USE_BFC": "false"})
+    assert chosen["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
+    # make's processes get the same value as the kernels
+    name, value = provenance.TF_ALLOCATOR
+    assert f"export {name} ?= {value}\n" in (ROOT / "Makefile").read_text()
