@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from skimage.measure import label
+from sklearn import metrics as sk
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -27,6 +28,8 @@ from anomaly_utils.evaluation.metrics import (
     image_auroc,
     per_defect_metrics,
     pixel_auroc,
+    precision_recall_curve,
+    roc_curve,
     summarize,
     threshold_metrics,
 )
@@ -98,6 +101,25 @@ def test_image_auroc_and_average_precision_match_sklearn(seed):
     assert average_precision(labels, scores) == pytest.approx(
         average_precision_score(labels, scores), abs=1e-12
     )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_and_precision_recall_curves_match_sklearn(seed):
+    labels, scores = random_image_data(seed)
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    expected = sk.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, expected[0], atol=1e-12)
+    np.testing.assert_allclose(tpr, expected[1], atol=1e-12)
+    np.testing.assert_array_equal(thresholds, expected[2][1:])  # sklearn's first is +inf
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    sk_precision, sk_recall, sk_thresholds = sk.precision_recall_curve(labels, scores)
+    kept = len(sk_thresholds)  # sklearn stops at the first threshold of full recall
+    np.testing.assert_allclose(precision[:kept], sk_precision[:-1][::-1], atol=1e-12)
+    np.testing.assert_allclose(recall[:kept], sk_recall[:-1][::-1], atol=1e-12)
+    np.testing.assert_array_equal(thresholds[:kept], sk_thresholds[::-1])
+    assert (recall[kept - 1:] == 1).all()
+    assert roc_curve([1, 1], [0.1, 0.2]) is None
+    assert precision_recall_curve([0, 0], [0.1, 0.2]) is None
 
 
 def test_image_auroc_hand_example_and_constant_scores():

@@ -14,6 +14,7 @@ import numpy as np
 import seaborn as sns
 
 from anomaly_utils.artifacts import atomic_path
+from anomaly_utils.evaluation import metrics
 from anomaly_utils.scoring.candidates import REGISTRY
 
 MODEL_COLORS = {c.name: c.color for c in REGISTRY}
@@ -191,15 +192,17 @@ def score_distributions(scores: np.ndarray, types: np.ndarray,
 
 def roc_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]]):
     """ROC and precision-recall curves of several models: {name: (labels, scores)}."""
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
-
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(9, 3.8))
     for name, (labels, scores) in curves.items():
         color = MODEL_COLORS.get(name)
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax_roc.plot(fpr, tpr, color=color, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
-        precision, recall, _ = precision_recall_curve(labels, scores)
-        ax_pr.plot(recall, precision, color=color, label=name)
+        if metrics.roc_curve(labels, scores) is None:  # one class: no curve, said in the legend
+            ax_roc.plot([], [], color=color, label=f"{name} (one class only, no curve)")
+            continue
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        ax_roc.plot(fpr, tpr, color=color,
+                    label=f"{name} (AUROC {np.trapezoid(tpr, fpr):.3f})")
+        precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+        ax_pr.plot(np.r_[0.0, recall], np.r_[1.0, precision], color=color, label=name)
     ax_roc.plot([0, 1], [0, 1], color="0.6", linestyle=":")
     ax_roc.set_xlabel("false-positive rate")
     ax_roc.set_ylabel("true-positive rate")
