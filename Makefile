@@ -50,12 +50,12 @@ RUN_ARGS ?=
 LAB_ARGS ?=
 QUALITY_ARGS ?=
 export PYTHONHASHSEED := 0
-# Transparent huge pages for malloc's large maps, for every process make starts; the kernels of
-# a run get the same value (MALLOC_TUNABLES in anomaly_utils/pipeline/provenance.py says why).
-# A user's own GLIBC_TUNABLES is kept.
+# For every process make starts, as for the kernels of a run: transparent huge pages for
+# malloc's large maps, TensorFlow's BFC allocator on the CPU and its oneDNN kernels on every x86
+# CPU (DEFAULTS in anomaly_utils/process_environment.py says why). A user's own values are kept.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
-# TensorFlow's BFC allocator on the CPU, likewise (TF_ALLOCATOR in provenance.py says why).
 export TF_CPU_ALLOCATOR_USE_BFC ?= true
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 
 .PHONY: run test test-backends lab data notebooks figures bench bench-quality lint venv wheelhouse clean-runs
 
@@ -96,11 +96,10 @@ run: $(STAMP) data
 # over notebooks/, the tests marked "chain" (they need runs of the notebook chain, which
 # tests/conftest.py starts in the background), and every other test. Their reports follow one
 # another. The installed-package and JupyterLab tests (a wheel, its notebooks run from a venv;
-# the lab in a headless browser), the distribution tests and nbval's own guard go with nbval,
-# which would otherwise finish three minutes before the others (BALANCE).
+# the lab in a headless browser) and the distribution tests go with nbval, which would
+# otherwise finish minutes before the others (BALANCE).
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
-BALANCE := tests/test_installed.py tests/test_jupyterlab.py tests/test_distribute.py \
-	tests/test_nbval_guard.py
+BALANCE := tests/test_installed.py tests/test_jupyterlab.py tests/test_distribute.py
 # Each TensorFlow process gets one thread per pool: three test processes and their background
 # runs share two cores, and TensorFlow's spinning thread pools, one per process at the core
 # count, would otherwise spend the cores waiting on each other.

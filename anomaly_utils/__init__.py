@@ -6,9 +6,13 @@ line answers ``--help``, parameter and data errors without loading it.
 
 import os
 
+from anomaly_utils.process_environment import set_tensorflow_defaults
+
 # TensorFlow's C++ info and warning lines would bury the lab's own messages and make notebook
 # outputs differ between machines (nbval compares stderr too); errors are still printed.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's allocator and kernels, as every process of a run has them (process_environment).
+set_tensorflow_defaults(os.environ)
 
 # XLA reads XLA_FLAGS once, when JAX starts its backend, which may happen before the lab seeds
 # anything: on JAX the deterministic GPU kernels are asked for at import (as

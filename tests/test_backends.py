@@ -35,6 +35,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
+from anomaly_utils import process_environment
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.losses import gms_loss, make_ae2_loss
@@ -696,32 +697,33 @@ def _kernel_environment(monkeypatch, config, **launch) -> dict:
 def test_kernels_run_on_the_backend_they_are_given(monkeypatch):
     env = _kernel_environment(monkeypatch, provenance.kernel_config(keras_backend="jax"),
                               env={"KERAS_BACKEND": "tensorflow", "OTHER": "1"})
-    assert env == {"KERAS_BACKEND": "jax", "OTHER": "1",
-                   "GLIBC_TUNABLES": provenance.MALLOC_TUNABLES,
-                   "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    assert env == {"KERAS_BACKEND": "jax", "OTHER": "1", **process_environment.DEFAULTS}
 
 
-def test_kernels_ask_for_huge_pages_unless_the_user_set_glibc_tunables(monkeypatch):
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+@pytest.mark.parametrize("name", sorted(process_environment.DEFAULTS))
+def test_kernels_and_make_get_each_default_unless_the_user_chose(monkeypatch, name):
+    value = process_environment.DEFAULTS[name]
+    monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     env = _kernel_environment(monkeypatch, provenance.kernel_config())  # this process's
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    assert env["KERAS_BACKEND"] == "tensorflow"
-    own = "glibc.malloc.arena_max=2"
+    assert env[name] == value and env["KERAS_BACKEND"] == "tensorflow"
+    own = f"{value}-the-user's"
     assert _kernel_environment(monkeypatch, provenance.kernel_config(),
-                               env={"GLIBC_TUNABLES": own})["GLIBC_TUNABLES"] == own
+                               env={name: own})[name] == own
     # make's processes get the same value as the kernels
-    assert f"export GLIBC_TUNABLES ?= {provenance.MALLOC_TUNABLES}\n" in \
-        (ROOT / "Makefile").read_text()
+    assert f"\nexport {name} ?= {value}\n" in (ROOT / "Makefile").read_text()
 
 
-def test_kernels_use_tensorflows_bfc_allocator_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
-    env = _kernel_environment(monkeypatch, provenance.kernel_config())
-    assert env["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
-    chosen = _kernel_environment(monkeypatch, provenance.kernel_config(),
-                                 env={"TF_CPU_ALLOCATOR_USE_BFC": "false"})
-    assert chosen["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
-    # make's processes get the same value as the kernels
-    name, value = provenance.TF_ALLOCATOR
-    assert f"export {name} ?= {value}\n" in (ROOT / "Makefile").read_text()
+def test_importing_the_lab_sets_tensorflows_defaults_unless_the_user_chose():
+    code = ("import os, sys; import anomaly_utils; "
+            "print(sorted((n, os.environ.get(n)) for n in anomaly_utils.process_environment."
+            "DEFAULTS), 'tensorflow' in sys.modules)")
+    clean = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    chosen = {**clean, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    outputs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True, cwd=ROOT).stdout for env in (clean, chosen)]
+    expected = sorted((n, process_environment.DEFAULTS[n] if n in
+                       process_environment.READ_BY_TENSORFLOW else None)
+                      for n in process_environment.DEFAULTS)
+    assert outputs[0].strip() == f"{expected} False"
+    assert "('TF_ENABLE_ONEDNN_OPTS', '0')" in outputs[1]

@@ -9,12 +9,14 @@ where they need a run in another state.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from anomaly_utils import process_environment
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import LabError
 from anomaly_utils.pipeline.parameters import NOTEBOOKS, declared_parameters
@@ -52,6 +54,9 @@ def test_a_run_writes_every_artifact(finished_run: Path):
     env = read_json(finished_run / "env.json")
     assert env["data_fingerprint"] and "keras" in env["packages"]
     assert isinstance(env["gpus"], list)  # asked in a child process; None would mean it failed
+    # make exports the lab's process defaults; the record says what the kernels got
+    assert env["kernel_environment"] == {name: os.environ.get(name, value) for name, value
+                                         in process_environment.DEFAULTS.items()}
     metrics = read_json(finished_run / "metrics.json")
     for model in ("ae1", "ae2"):
         for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "image_threshold",

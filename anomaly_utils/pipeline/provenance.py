@@ -21,6 +21,7 @@ from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.data.layout import fingerprint, scan_dataset
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.parameters import REPO_ROOT
+from anomaly_utils.process_environment import DEFAULTS, with_defaults
 
 # The Keras backends a run may ask for (each imported under its own name), and the
 # distributions that give each one's version.
@@ -172,29 +173,12 @@ def kernel_config(stderr_log: str | os.PathLike | None = None,
     return config
 
 
-# glibc's malloc maps each large array (a training step's activations and gradients) afresh
-# and faults it in 4 KiB pages; hugetlb=1 asks for transparent huge pages on those maps (glibc
-# 2.35 and later; other C libraries ignore the variable). glibc reads it when a process starts,
-# so it is set for the kernels here and for everything make starts in the Makefile. AE-1's
-# training on a 2-core AMD EPYC: 7.2 M page faults -> 1.6 M, 79 -> 63 s (docs/performance.md).
-MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
-# TensorFlow's CPU tensors come from malloc by default, and a training step fed by a
-# keras.utils.PyDataset (every lab model's input) gets fresh, unfaulted memory for its
-# activations at every step; its BFC allocator keeps and reuses them. AE-2 from the lab's
-# patch_dataset on a 2-core AMD EPYC: 82-120 -> 168-171 crops/s, 3.0 M -> 1.2 M page faults;
-# AE-1 unchanged in speed, peak RSS 2.60 -> 2.88 GB (docs/performance.md). Other backends
-# ignore the variable.
-TF_ALLOCATOR = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
-
 def kernel_environment(environment: Mapping[str, str], keras_backend: str = "") -> dict:
     """The environment a notebook kernel starts with: ``environment``, with ``KERAS_BACKEND``
-    set to ``keras_backend`` where one is given, ``GLIBC_TUNABLES`` set to
-    :data:`MALLOC_TUNABLES` and TensorFlow's allocator to :data:`TF_ALLOCATOR` unless the
-    caller set them (a user's own values are kept)."""
-    env = dict(environment)
-    env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
-    env.setdefault(*TF_ALLOCATOR)
+    set to ``keras_backend`` where one is given, and every variable of
+    :data:`anomaly_utils.process_environment.DEFAULTS` that the caller did not set (a user's
+    own values are kept)."""
+    env = with_defaults(environment)
     if keras_backend:
         env["KERAS_BACKEND"] = keras_backend
     return env
@@ -225,9 +209,11 @@ def kernel_manager_class():
 
 def environment_info(data_fingerprint: str | None,
                      backend: dict[str, Any] | None = None) -> dict:
-    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU, and the
-    Keras backend (:func:`keras_backend`'s record) when given."""
+    """Package versions, git commit and dirty flag, data fingerprint, CPU and GPU, the
+    variables of :data:`anomaly_utils.process_environment.DEFAULTS` as the kernels get them,
+    and the Keras backend (:func:`keras_backend`'s record) when given."""
     software = software_info()
+    kernel_env = kernel_environment(os.environ)
     return {
         "python": software["python"],
         "platform": platform.platform(),
@@ -238,6 +224,7 @@ def environment_info(data_fingerprint: str | None,
         "git_commit": software["git_commit"],
         "git_dirty": software["git_dirty"],
         "data_fingerprint": data_fingerprint,
+        "kernel_environment": {name: kernel_env[name] for name in DEFAULTS},
         **({"backend": backend} if backend is not None else {}),
     }
 
