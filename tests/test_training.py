@@ -236,6 +236,32 @@ def test_a_fit_reads_every_batch_once_with_its_own_epoch(tmp_path):
     assert sorted(set(calls) - set(trained)) == [(0, i) for i in range(4)]
 
 
+def test_tensorflow_gets_the_same_batches_without_autotuning():
+    """On TensorFlow a PyDataset reaches fit as tf.data with autotuning off (its thread's
+    teardown stalled epochs for seconds), with the dataset's own batches of each epoch."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"the feed is for the TensorFlow backend; this is {keras.backend.backend()}")
+    from anomaly_utils.training.fit import _fed
+    from anomaly_utils.training.tensorflow_feed import feed_for_tensorflow
+
+    ds = patch_dataset(_images(6), 8, 10, batch_size=4, seed=3, corrupt=0.5)
+    feed = _fed(ds)
+    assert feed.options().autotune.enabled is False
+    assert int(feed.cardinality()) == len(ds) == 3
+    for epoch in (0, 2):
+        set_dataset_epoch(ds, epoch)
+        fed = [(np.asarray(x), np.asarray(y)) for x, y in feed]
+        made = [ds.epoch_batch(epoch, i) for i in range(len(ds))]
+        assert [x.shape[0] for x, _ in fed] == [4, 4, 2]
+        for (x, y), (x_made, y_made) in zip(fed, made):
+            np.testing.assert_array_equal(x, x_made)
+            np.testing.assert_array_equal(y, y_made)
+    images = _images(2)
+    assert _fed(None) is None and _fed(images) is images  # only PyDatasets are wrapped
+    with pytest.raises(ValueError, match="length 0"):
+        feed_for_tensorflow(_Pairs(np.zeros((0, 4, 4, 1), np.float32), 2))
+
+
 def test_the_training_modules_import_no_tensorflow_under_jax():
     pytest.importorskip("jax")
     code = ("import sys; import anomaly_utils.training.fit, anomaly_utils.training.datasets, "
