@@ -253,7 +253,7 @@ def test_tensorflow_gets_the_same_batches_without_autotuning():
         fed = [(np.asarray(x), np.asarray(y)) for x, y in feed]
         made = [ds.epoch_batch(epoch, i) for i in range(len(ds))]
         assert [x.shape[0] for x, _ in fed] == [4, 4, 2]
-        for (x, y), (x_made, y_made) in zip(fed, made):
+        for (x, y), (x_made, y_made) in zip(fed, made, strict=True):
             np.testing.assert_array_equal(x, x_made)
             np.testing.assert_array_equal(y, y_made)
     images = _images(2)

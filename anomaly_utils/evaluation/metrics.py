@@ -140,11 +140,17 @@ def _cumulative_counts(y: np.ndarray, s: np.ndarray
     return np.cumsum(positives), np.cumsum(negatives), thresholds
 
 
+def _rates(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` of ``y`` (bool, both classes) and ``s``: (G + 1,) rates
+    from (0, 0) to (1, 1) and the (G,) distinct thresholds, descending."""
+    tps, fps, thresholds = _cumulative_counts(y, s)
+    return (np.concatenate(([0.0], fps / fps[-1])), np.concatenate(([0.0], tps / tps[-1])),
+            thresholds)
+
+
 def _roc_area(y: np.ndarray, s: np.ndarray) -> float:
     """Trapezoid area under the exact ROC curve of ``y`` (bool, both classes) and ``s``."""
-    tps, fps, _ = _cumulative_counts(y, s)
-    tpr = np.concatenate(([0.0], tps / tps[-1]))
-    fpr = np.concatenate(([0.0], fps / fps[-1]))
+    fpr, tpr, _ = _rates(y, s)
     return float(np.trapezoid(tpr, fpr))
 
 
@@ -169,9 +175,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray
     y, s = _pair(labels, scores)
     if not _both_classes(y):
         return None
-    tps, fps, thresholds = _cumulative_counts(y, s)
-    return (np.concatenate(([0.0], fps / fps[-1])), np.concatenate(([0.0], tps / tps[-1])),
-            thresholds)
+    return _rates(y, s)
 
 
 def precision_recall_curve(labels: np.ndarray, scores: np.ndarray

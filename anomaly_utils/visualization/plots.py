@@ -195,10 +195,11 @@ def roc_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]]):
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(9, 3.8))
     for name, (labels, scores) in curves.items():
         color = MODEL_COLORS.get(name)
-        if metrics.roc_curve(labels, scores) is None:  # one class: no curve, said in the legend
+        roc = metrics.roc_curve(labels, scores)
+        if roc is None:  # one class: no curve, said in the legend
             ax_roc.plot([], [], color=color, label=f"{name} (one class only, no curve)")
             continue
-        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        fpr, tpr, _ = roc
         ax_roc.plot(fpr, tpr, color=color,
                     label=f"{name} (AUROC {np.trapezoid(tpr, fpr):.3f})")
         precision, recall, _ = metrics.precision_recall_curve(labels, scores)
