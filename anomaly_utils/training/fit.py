@@ -82,6 +82,7 @@ from anomaly_utils.training.strategy import (
     replicas,
     worker_name,
 )
+from anomaly_utils.training.tensorflow_feed import feed_for_tensorflow
 
 HISTORY_JSON = "history.json"
 CONFIG_FILE = "config.json"
@@ -260,8 +261,6 @@ def _fed(dataset: Any) -> Any:
     to wait for at every epoch); anything else, and every dataset on JAX and PyTorch, as is."""
     if keras.backend.backend() != "tensorflow" or not isinstance(dataset, keras.utils.PyDataset):
         return dataset
-    from anomaly_utils.training.tensorflow_feed import feed_for_tensorflow
-
     return feed_for_tensorflow(dataset)
 
 
