@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from anomaly_utils import process_environment
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import LabError
+from anomaly_utils.pipeline import provenance
 from anomaly_utils.pipeline.parameters import NOTEBOOKS, declared_parameters
 from anomaly_utils.pipeline.runs import run_pipeline, summary
 from tests.conftest import TINY, cli, clone_run, tiny_args
@@ -35,6 +37,34 @@ def test_every_notebook_declares_its_parameters_cleanly():
         assigned = [line.split("=")[0].strip() for line in "".join(tagged[0]["source"])
                     .splitlines() if "=" in line and not line.lstrip().startswith("#")]
         assert list(declared_parameters(notebook)) == assigned, notebook
+
+
+def test_ipykernel_kernels_keep_c_level_output_out_of_the_notebook():
+    """TensorFlow's I0000/E0000 lines go to the run's logs, not into the executed notebooks
+    (finished_run checks the notebooks of a real run)."""
+    command = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    assert provenance.logged_kernel_command(command) == [
+        *command, "--IPKernelApp.capture_fd_output=False"]
+    other = ["xpython", "-f", "{connection_file}"]
+    assert provenance.logged_kernel_command(other) == other
+
+
+def test_a_kernels_c_level_output_goes_to_the_log_and_python_output_to_the_notebook(tmp_path):
+    """What a library writes to file descriptor 2 (as TensorFlow's C++ logging does) lands in
+    the run's log, not the cell; a Python print still reaches the cell."""
+    import nbclient
+    import nbformat
+
+    log = tmp_path / "logs" / "kernel.stderr.log"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nos.write(2, b'E0000 00:00:1.0 from C\\n')\nprint('from Python')")])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            kernel_manager_class=provenance.kernel_manager_class(),
+                            config=provenance.kernel_config(log)).execute()
+    printed = "".join("".join(output.get("text", "")) for output in nb.cells[0].outputs)
+    assert "from Python" in printed
+    assert "E0000" not in printed, printed
+    assert "E0000 00:00:1.0 from C" in log.read_text()
 
 
 def test_a_run_writes_every_artifact(finished_run: Path):

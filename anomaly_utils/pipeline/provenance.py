@@ -152,8 +152,9 @@ def kernel_config(stderr_log: str | os.PathLike | None = None,
 
     With ``stderr_log``, the kernel process's own standard error (what C++ libraries write
     there directly, such as TensorFlow's ``E0000 ... remapper failed`` and oneDNN notices) is
-    appended to that file instead of the console, through :func:`kernel_manager_class`. What
-    a cell prints, errors and warnings included, still goes into the notebook.
+    appended to that file instead of the console or the notebook, through
+    :func:`kernel_manager_class`. What a cell prints from Python, errors and warnings
+    included, still goes into the notebook.
 
     With ``keras_backend``, the kernel runs with ``KERAS_BACKEND`` set to it, whatever this
     process's environment says.
@@ -184,9 +185,25 @@ def kernel_environment(environment: Mapping[str, str], keras_backend: str = "") 
     return env
 
 
+def logged_kernel_command(kernel_cmd: list[str]) -> list[str]:
+    """The command of a kernel whose C-level output stays in its process's standard error.
+
+    ipykernel copies what libraries write to file descriptors 1 and 2 into the output of the
+    cell that runs, so TensorFlow's ``I0000``/``E0000`` notices would land in the executed
+    notebook, where they read as errors. ``--IPKernelApp.capture_fd_output=False`` keeps
+    them in the process's own stream (the run's ``logs/`` file); ``print``, warnings and
+    tracebacks from Python reach the notebook as before. Other kernels' commands are
+    returned unchanged.
+    """
+    if not any("ipykernel" in part for part in kernel_cmd):
+        return list(kernel_cmd)
+    return [*kernel_cmd, "--IPKernelApp.capture_fd_output=False"]
+
+
 def kernel_manager_class():
-    """A Jupyter kernel manager whose kernels write their process's standard error to the
-    file named by its ``stderr_log`` setting (:func:`kernel_config`), not to the console, and
+    """A Jupyter kernel manager whose kernels write their process's standard error, and the
+    C-level output of libraries (:func:`logged_kernel_command`), to the file named by its
+    ``stderr_log`` setting (:func:`kernel_config`), not to the console or the notebook, and
     run on the Keras backend of its ``keras_backend`` setting, in :func:`kernel_environment`."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import Unicode
@@ -201,7 +218,8 @@ def kernel_manager_class():
                 Path(self.stderr_log).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.stderr_log, "ab") as log:  # the child keeps its own copy
                     kw["stderr"] = log
-                    return await super()._async_launch_kernel(kernel_cmd, **kw)
+                    return await super()._async_launch_kernel(
+                        logged_kernel_command(kernel_cmd), **kw)
             return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return LoggedKernelManager
