@@ -360,10 +360,4 @@ def finished_run(fresh_root: Path, background: Background) -> Path:
     assert not re.search(r"^[EIW]\d{4} ", result.stdout + result.stderr, flags=re.M), \
         result.stderr[-3000:]
     assert (run / "logs" / "03_train_ae2.stderr.log").is_file()
-    # ... nor the executed notebooks, where they would read as errors.
-    for notebook in sorted(run.glob("*.ipynb")):
-        printed = "".join("".join(output.get("text", "")) for cell in
-                          json.loads(notebook.read_text())["cells"]
-                          for output in cell.get("outputs", []))
-        assert not re.search(r"^[EIW]\d{4} ", printed, flags=re.M), (notebook.name, printed)
     return run
