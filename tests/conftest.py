@@ -7,7 +7,6 @@ run is made once per session; tests that need a run in some other state copy it 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
