@@ -83,8 +83,9 @@ def summary() -> str:
     overhead = _load("fit_overhead")
     if overhead:
         values = " / ".join(f"{r['epoch s (mean)']:.2f} s" for r in overhead["rows"])
-        rows.append({"measure": "AE-1 epoch: plain fit / lab, backup every epoch / lab default",
-                     "value": values, "target": "(before/after)"})
+        settings = " / ".join(r["setting"] for r in overhead["rows"])
+        rows.append({"measure": f"AE-1 epoch: {settings}", "value": values,
+                     "target": "(before/after)"})
     sweep = _load("sweep_cluster")
     if sweep:
         rows.append({"measure": "4-configuration tiny sweep, serial / local:2 wall time",
