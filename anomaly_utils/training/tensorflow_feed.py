@@ -7,7 +7,8 @@ oneDNN kernels busy on both cores, the wait was 0.6-5 s at the start of an epoch
 half the epochs (AE-1 on the synthetic carpet, 2-core AMD EPYC: 7 training steps take 5.5 s,
 the wait added 4.6-5.0 s to three epochs of five). With autotuning off there was no wait in
 16 epochs. :func:`feed_for_tensorflow` builds the same generator pipeline with autotuning off
-and one prefetched batch, which is what Keras itself does when a ``PyDataset`` has workers.
+(as Keras itself does for a ``PyDataset`` that has worker threads of its own) and one batch
+prefetched.
 
 The batches are the dataset's own, made lazily by the iterator of each epoch, so an
 :class:`~anomaly_utils.training.datasets.EpochDataset` told its epoch at ``on_epoch_begin``
