@@ -14,6 +14,7 @@ from scipy import ndimage
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
 from anomaly_utils.scoring.statistics_floor import (
     FLOOR_VARIANTS,
+    GRADIENT_FEATURES,
     StatisticsFloor,
     default_windows,
 )
@@ -62,6 +63,39 @@ def test_a_planted_defect_scores_higher_and_peaks_inside_it(variant, channels):
     for m in broken.maps:
         row, col = np.unravel_index(np.argmax(m), m.shape)
         assert 8 - 2 <= row < 14 + 2 and 30 - 2 <= col < 36 + 2, (row, col)
+
+
+def streaks(n: int, seed: int = 0, turned: bool = False) -> np.ndarray:
+    """(n, SIZE, SIZE, 1) uint8: vertical streaks of random phase and contrast, as left by
+    grinding; ``turned`` makes them horizontal in a square at rows and columns 16-32, at the
+    same contrast and spacing, so the local mean, standard deviation and gradient magnitude
+    stay what they were and only the gradient's direction changes."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, SIZE, SIZE, 1), np.uint8)
+    for i in range(n):
+        amplitude, phase = rng.uniform(0.15, 0.2), rng.uniform(0, 2 * np.pi)
+        wave = np.sin(np.arange(SIZE) * 2 * np.pi / 4 + phase)
+        image = 0.5 + amplitude * np.tile(wave, (SIZE, 1))
+        if turned:
+            image[16:32, 16:32] = 0.5 + amplitude * np.tile(wave[16:32, None], (1, 16))
+        images[i, ..., 0] = np.clip(image * 255, 0, 255).astype(np.uint8)
+    return images
+
+
+@pytest.mark.parametrize("variant", FLOOR_VARIANTS)
+def test_directional_gradients_see_turned_streaks_that_the_magnitude_misses(variant):
+    train = streaks(16)
+    normal, turned = streaks(4, seed=1), streaks(4, seed=1, turned=True)
+    margins = {}
+    for gradient in GRADIENT_FEATURES:
+        floor = StatisticsFloor(variant, windows=(3, 7), eval_size=SIZE,
+                                gradient=gradient).fit(train)
+        margins[gradient] = (floor.score(turned).scores.min()
+                             / floor.score(normal).scores.max())
+        assert floor.features(np.zeros((1, 8, 8, 3), np.float32), (3, 7)).shape[-1] \
+            == floor.n_features((3, 7), 3) == {"magnitude": 3, "directional": 4}[gradient] * 6
+    assert margins["directional"] > 3 and margins["directional"] > 3 * margins["magnitude"], \
+        margins
 
 
 def test_maps_at_another_eval_size_keep_the_peak_in_place(gray):
@@ -143,16 +177,30 @@ def test_uint8_and_unit_float_input_agree_and_recons_are_the_inputs(gray):
     np.testing.assert_array_equal(as_uint8.recons, normals.astype(np.float32) / 255)
 
 
+@pytest.mark.parametrize("gradient", GRADIENT_FEATURES)
 @pytest.mark.parametrize("variant", FLOOR_VARIANTS)
-def test_save_and_load_give_identical_maps(tmp_path, gray, variant):
+def test_save_and_load_give_identical_maps(tmp_path, gray, variant, gradient):
     train, normals = gray
-    floor = StatisticsFloor(variant, eval_size=32, smooth_sigma=1.5, score_window=3).fit(train)
+    floor = StatisticsFloor(variant, eval_size=32, smooth_sigma=1.5, score_window=3,
+                            gradient=gradient).fit(train)
     floor.save(tmp_path / "floor")
     loaded = StatisticsFloor.load(tmp_path / "floor")
     assert loaded.config() == floor.config()
     before, after = floor.score(normals), loaded.score(normals)
     assert np.array_equal(before.maps, after.maps)
     assert np.array_equal(before.scores, after.scores)
+
+
+def test_a_floor_saved_before_the_gradient_option_loads_as_magnitude(tmp_path, gray):
+    train, normals = gray
+    floor = StatisticsFloor().fit(train)
+    floor.save(tmp_path)
+    config = json.loads((tmp_path / "statistics_floor.json").read_text())
+    del config["gradient"]
+    (tmp_path / "statistics_floor.json").write_text(json.dumps(config))
+    loaded = StatisticsFloor.load(tmp_path)
+    assert loaded.gradient == "magnitude"
+    assert np.array_equal(loaded.score(normals).maps, floor.score(normals).maps)
 
 
 def test_load_refuses_missing_and_mismatched_files(tmp_path, gray):
@@ -212,6 +260,8 @@ def test_wrong_training_images_are_refused_by_name(images, words):
     ({"grid": 0}, "grid"),
     ({"normalize": "yes"}, "normalize"),
     ({"shrinkage": 0.0}, "shrinkage"),
+    ({"gradient": "sobel"}, "gradient"),
+    ({"gradient": None}, "gradient"),
 ])
 def test_bad_options_are_refused_by_name(options, name):
     with pytest.raises(ParameterError, match=name) as caught:

@@ -6,9 +6,13 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
 1. Each image is standardised per channel by its own mean and standard deviation, so that a
    brighter or darker exposure of the same surface is no anomaly (``normalize``).
 2. Features, per channel and box window w (odd, pixels at the input resolution): local mean,
-   local standard deviation and local mean Sobel gradient magnitude over w x w. By default
-   the windows scale with the image: 1/16, 1/8 and 1/4 of its side rounded down to odd
-   (7, 15, 31 at 128 px). D = 3 x len(windows) x C features.
+   local standard deviation and the local mean of the Sobel gradient over w x w, by
+   ``gradient`` (:data:`GRADIENT_FEATURES`): its magnitude (rotation-invariant, for textures
+   that appear at any orientation), or the absolute horizontal and vertical components apart
+   (``"directional"``: a change of a streak's or a weave's direction at the same contrast,
+   which the magnitude cannot see). By default the windows scale with the image: 1/16, 1/8
+   and 1/4 of its side rounded down to odd (7, 15, 31 at 128 px). D = F x len(windows) x C
+   features, F = 3 (magnitude) or 4 (directional).
 3. Statistics, by ``variant`` (:data:`FLOOR_VARIANTS`):
 
    - ``"positional"``: one Gaussian per cell of a ``grid`` x ``grid`` partition (2 x 2 px
@@ -23,7 +27,8 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
    so that no single hot pixel decides an image.
 
 The defaults were chosen on the pseudo-labelled validation sets of the synthetic carpet,
-magnetic_tile and ELPV mono and poly (``experiments/floor_variants.py``).
+magnetic_tile and ELPV mono and poly (``experiments/floor_variants.py``); a run fits every
+variant and gradient kind and keeps the one its own validation set prefers (notebook 01).
 
 One module because the features, the fitted cells and the saved files must agree exactly
 (feature order, cell layout, shrinkage redone on load); apart, each would reach into the
@@ -55,6 +60,8 @@ from anomaly_utils.errors import ArtifactError, LabError, ParameterError
 from anomaly_utils.scoring.stored import ScoreResult
 
 FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
+GRADIENT_FEATURES: tuple[str, ...] = ("magnitude", "directional")
+_PER_WINDOW = {"magnitude": 3, "directional": 4}  # features per channel and window
 WINDOW_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # default windows, as fractions of the image side
 DEFAULT_SMOOTH_SIGMA = 2.0
 DEFAULT_SCORE_WINDOW = 5
@@ -164,12 +171,15 @@ class StatisticsFloor:
             variant has one cell).
         normalize: standardise each image per channel before the features.
         shrinkage: covariance shrinkage towards the mean variance, in (0, 1].
+        gradient: ``"magnitude"`` or ``"directional"`` gradient features; see
+            :data:`GRADIENT_FEATURES`.
     """
 
     def __init__(self, variant: str = "positional", windows: Sequence[int] | None = None,
                  eval_size: int = 128, smooth_sigma: float = DEFAULT_SMOOTH_SIGMA,
                  score_window: int = DEFAULT_SCORE_WINDOW, grid: int = DEFAULT_GRID,
-                 normalize: bool = True, shrinkage: float = DEFAULT_SHRINKAGE):
+                 normalize: bool = True, shrinkage: float = DEFAULT_SHRINKAGE,
+                 gradient: str = "magnitude"):
         for ok, message, fix in (
             (variant in FLOOR_VARIANTS, f"variant {variant!r} is not known",
              f"use one of {', '.join(FLOOR_VARIANTS)}"),
@@ -178,7 +188,9 @@ class StatisticsFloor:
             (isinstance(normalize, (bool, np.bool_)),
              f"normalize must be True or False, got {normalize!r}", "pass normalize=True"),
             (_is_number(shrinkage) and 0 < shrinkage <= 1,
-             f"shrinkage must be in (0, 1], got {shrinkage!r}", f"use {DEFAULT_SHRINKAGE}")):
+             f"shrinkage must be in (0, 1], got {shrinkage!r}", f"use {DEFAULT_SHRINKAGE}"),
+            (isinstance(gradient, str) and gradient in GRADIENT_FEATURES,
+             f"gradient {gradient!r} is not known", f"use one of {', '.join(GRADIENT_FEATURES)}")):
             if not ok:
                 raise ParameterError(message, fix=fix)
         self.variant = variant
@@ -190,6 +202,7 @@ class StatisticsFloor:
         self.grid = _check_int("grid", grid, 1, f"use {DEFAULT_GRID}")
         self.normalize = bool(normalize)
         self.shrinkage = float(shrinkage)
+        self.gradient = gradient
         # Set by fit (or load):
         self.image_shape: tuple[int, int, int] | None = None  # (H, W, C) fitted on
         self.used_windows: tuple[int, ...] | None = None  # windows, or the default's sizes
@@ -201,16 +214,22 @@ class StatisticsFloor:
 
     # -- features ---------------------------------------------------------------------------
 
+    def n_features(self, windows: Sequence[int], channels: int) -> int:
+        """D, the features per pixel: per channel and window, 3 (magnitude) or 4."""
+        return _PER_WINDOW[self.gradient] * len(windows) * channels
+
     def features(self, images: np.ndarray, windows: Sequence[int]) -> np.ndarray:
         """Per-pixel features of float32 (N, H, W, C) images in [0, 1].
 
         Returns:
-            (N, H, W, 3 x len(windows) x C) float32: per channel and window, the local mean,
-            local standard deviation and local mean Sobel gradient magnitude, in units of the
-            standardised image when ``normalize`` (else of [0, 1] intensity).
+            (N, H, W, D) float32 (:meth:`n_features`): per channel and window, the local
+            mean, the local standard deviation and the local mean Sobel gradient (magnitude,
+            or absolute x then y component), in units of the standardised image when
+            ``normalize`` (else of [0, 1] intensity).
         """
         n, height, width, channels = images.shape
-        out = np.empty((n, height, width, 3 * len(windows) * channels), np.float32)
+        out = np.empty((n, height, width, self.n_features(windows, channels)), np.float32)
+        directional = self.gradient == "directional"
         border = cv2.BORDER_REFLECT
         for i, image in enumerate(images):
             if self.normalize:
@@ -224,14 +243,16 @@ class StatisticsFloor:
                 gx = cv2.Sobel(plane, cv2.CV_32F, 1, 0, ksize=3, borderType=border)
                 gy = cv2.Sobel(plane, cv2.CV_32F, 0, 1, ksize=3, borderType=border)
                 # not cv2.magnitude: its result depends on the arrays' memory alignment
-                gradient = np.sqrt(gx * gx + gy * gy)
+                gradients = (np.abs(gx), np.abs(gy)) if directional \
+                    else (np.sqrt(gx * gx + gy * gy),)
                 for w in windows:
                     mean = cv2.blur(plane, (w, w), borderType=border)
                     variance = cv2.blur(square, (w, w), borderType=border) - mean * mean
                     out[i, ..., k] = mean
                     out[i, ..., k + 1] = np.sqrt(np.maximum(variance, 0))
-                    out[i, ..., k + 2] = cv2.blur(gradient, (w, w), borderType=border)
-                    k += 3
+                    for g, gradient in enumerate(gradients, start=k + 2):
+                        out[i, ..., g] = cv2.blur(gradient, (w, w), borderType=border)
+                    k += 2 + len(gradients)
         return out
 
     def _batches(self, images: np.ndarray,
@@ -270,7 +291,7 @@ class StatisticsFloor:
         images = as_unit_images(train_images, "train_images")
         n, height, width, channels = images.shape
         windows = self.windows or default_windows(min(height, width))
-        d = 3 * len(windows) * channels
+        d = self.n_features(windows, channels)
         grid = self._grid_shape(height, width)
         shift = np.zeros((*grid, d))
         total = np.zeros((*grid, d))
@@ -382,7 +403,7 @@ class StatisticsFloor:
         return {"format": _FORMAT, "variant": self.variant, "eval_size": self.eval_size,
                 "smooth_sigma": self.smooth_sigma, "score_window": self.score_window,
                 "grid": self.grid, "normalize": self.normalize, "shrinkage": self.shrinkage,
-                "n_train": self.n_train, **listed}
+                "gradient": self.gradient, "n_train": self.n_train, **listed}
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write ``statistics_floor.npz`` (means and covariances), then
@@ -412,7 +433,7 @@ class StatisticsFloor:
             floor = cls(**config)
             floor.image_shape, floor.used_windows = tuple(shape), tuple(used)
             mean, raw_cov = arrays["mean"], arrays["raw_covariance"]
-            d = 3 * len(floor.used_windows) * floor.image_shape[2]
+            d = floor.n_features(floor.used_windows, floor.image_shape[2])
             grid = floor._grid_shape(*floor.image_shape[:2])
             if mean.shape != (*grid, d) or raw_cov.shape != (*grid, d, d):
                 raise ValueError(f"arrays shaped {mean.shape} and {raw_cov.shape} for a "

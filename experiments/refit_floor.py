@@ -1,0 +1,84 @@
+"""An auto run's candidates with the floor of this checkout, on its stored autoencoders.
+
+Copies the two runs of an auto run (``<source>-defaults``, ``<source>-real``) to
+``<target>-defaults`` and ``<target>-real``, marks notebooks 01 (the data summary and the
+floor), 04 (thresholds, the blend and the choice) and 05 (the gallery) unfinished and
+resumes them: the floor is fitted again with this checkout's code, the trained AE-1 and AE-2
+(notebooks 02 and 03) are kept as they were. The second run takes notebook 01's outputs from
+the first, as ``--preset auto`` does. Prints each run's choice and the auto choice among
+them, as ``pipeline/auto.py`` makes it (the source runs are left untouched).
+
+Usage::
+
+    python experiments/refit_floor.py runs/mt-auto runs/mt-refit    # 6 minutes on ELPV mono
+
+A resumed run warns that its environment changed and records it in ``env.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from anomaly_utils.pipeline.auto import AUTO_PRESETS, preset_label
+from anomaly_utils.pipeline.parameters import NOTEBOOKS
+from anomaly_utils.pipeline.sharing import take_outputs
+
+RERUN = (NOTEBOOKS[0], NOTEBOOKS[3], NOTEBOOKS[4])
+
+
+def copied(source: Path, target: Path, rerun: tuple[str, ...]) -> Path:
+    """``source`` copied to ``target`` with the notebooks ``rerun`` marked unfinished."""
+    if target.exists():
+        raise SystemExit(f"{target} exists; choose another target")
+    shutil.copytree(source, target)
+    status_path = target / "status.json"
+    status = json.loads(status_path.read_text())
+    for notebook in rerun:
+        status.pop(notebook, None)
+    status_path.write_text(json.dumps(status, indent=1))
+    return target
+
+
+def resumed(run_dir: Path) -> dict:
+    subprocess.run([sys.executable, "-m", "anomaly_utils", "run", "--runs-dir",
+                    str(run_dir.parent), "--resume", run_dir.name, "--quiet"], check=True)
+    return json.loads((run_dir / "metrics.json").read_text())["choice"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("source", type=Path, help="the auto run's base, e.g. runs/mt-auto")
+    parser.add_argument("target", type=Path, help="the copies' base, e.g. runs/mt-refit")
+    args = parser.parse_args(argv)
+    first, choices = None, {}
+    for preset in AUTO_PRESETS:
+        label = preset_label(preset)
+        source = args.source.with_name(f"{args.source.name}-{label}")
+        target = args.target.with_name(f"{args.target.name}-{label}")
+        if first is None:
+            first = copied(source, target, RERUN)
+        else:  # notebook 01 as the first run made it; AE-1 reused from the first run too
+            copied(source, target, RERUN)
+            take_outputs(NOTEBOOKS[0], first, target, reused_from=first.name)
+            status_path = target / "status.json"
+            status = json.loads(status_path.read_text())
+            for state in status.values():
+                if state.get("reused_from"):
+                    state["reused_from"] = first.name
+            status_path.write_text(json.dumps(status, indent=1))
+        choice = resumed(target)
+        choices[label] = {"run": target.name, "model": choice["model"], "score": choice["score"]}
+        print(f"{target.name}: {choice['model']} ({choice['score']:.3f})")
+    chosen = max(choices, key=lambda label: choices[label]["score"])  # ties: the first
+    print(f"auto: {choices[chosen]['model']} of {choices[chosen]['run']} "
+          f"({choices[chosen]['score']:.3f})")
+    return {"runs": choices, "chosen": chosen}
+
+
+if __name__ == "__main__":
+    main()
