@@ -204,3 +204,70 @@ def test_the_gallery_shows_a_candidate_without_reconstructions(tmp_path):
     assert rows[0]["image"].shape == (8, 8, 1)  # at the maps' side, gray as detected
     fig = gallery_rows(rows)
     assert len(fig.axes) == 2 * 3  # image, heatmap, score: no reconstruction column
+
+
+def _page_rows(n: int, rng: np.random.Generator) -> list[dict]:
+    """Gallery rows with every column: image, reconstruction, error map, heatmap, score."""
+    rows = []
+    for i in range(n):
+        mask = np.zeros((32, 32), bool)
+        mask[8:16, 8:20] = True
+        rows.append({"image": rng.random((32, 32, 3), dtype=np.float32),
+                     "recon": rng.random((32, 32, 3), dtype=np.float32),
+                     "error_map": rng.random((32, 32), dtype=np.float32),
+                     "map": rng.random((32, 32), dtype=np.float32), "mask": mask,
+                     "pred": mask, "score": 0.5 + i, "threshold": 1.0,
+                     "verdict": "FN" if i % 2 else "TP",
+                     "title": f"a fairly long title · cut #{100 + i}"})
+    return rows
+
+
+@pytest.mark.parametrize("n", [1, 12])
+def test_a_gallery_page_lays_out_every_text_inside_the_page_without_overlaps(n):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anomaly_utils.visualization.plots import gallery_rows
+
+    fig = gallery_rows(_page_rows(n, np.random.default_rng(0)))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    boxes = []
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        texts = [ax.title] + [t for t in ax.get_xticklabels()  # those drawn: inside the limits
+                              if ax.xaxis.get_visible() and t.get_text()
+                              and low <= t.get_position()[0] <= high]
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            if box.width == 0:
+                continue
+            assert page.x0 - 0.5 <= box.x0 and box.x1 <= page.x1 + 0.5, text.get_text()
+            assert page.y0 - 0.5 <= box.y0 and box.y1 <= page.y1 + 0.5, text.get_text()
+            boxes.append((text.get_text(), box))
+    assert len(boxes) >= 5 * n  # five titles per row, and the score axis' labels
+    for i, (name, box) in enumerate(boxes):
+        for other, box2 in boxes[i + 1:]:
+            assert not box.overlaps(box2), (name, other)
+    plt.close(fig)
+
+
+def test_a_gallery_page_is_saved_whole_as_png(tmp_path):
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anomaly_utils.visualization.plots import gallery_rows, save_page
+
+    fig = gallery_rows(_page_rows(3, np.random.default_rng(1)))
+    save_page(fig, tmp_path / "page.png", dpi=50)
+    saved = cv2.imread(str(tmp_path / "page.png"))
+    width, height = fig.get_size_inches() * 50
+    assert saved.shape == (round(height), round(width), 3)  # untrimmed: the page as laid out
+    assert saved.std() > 0 and [p.name for p in tmp_path.iterdir()] == ["page.png"]
+    plt.close(fig)

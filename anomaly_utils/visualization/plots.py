@@ -25,13 +25,23 @@ plt.rcParams["figure.dpi"] = 72
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 110) -> None:
-    """Save ``fig`` as PNG atomically.
+    """Save ``fig`` as PNG atomically, trimmed to what it draws.
 
     Returns nothing on purpose: as the last line of a notebook cell a returned path would be
     printed (a trailing ``;`` does not suppress it when nbval runs the cell).
     """
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+
+
+def save_page(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save a :func:`gallery_rows` page as PNG atomically, as it is laid out.
+
+    A run saves a hundred or more pages. Untrimmed (the page lays itself out) and at zlib
+    level 3 instead of 6, a 12-row page saves in 0.85 s instead of 1.22 s, 15 % larger.
+    """
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs={"compress_level": 3})
 
 
 def _bare(ax) -> None:
@@ -232,8 +242,18 @@ def gallery_rows(rows: list[dict], size: float = 2.0):
     with_error = any(row.get("error_map") is not None for row in rows)
     with_recon = any(row.get("recon") is not None for row in rows)
     columns = 3 + with_recon + with_error
-    fig, axes = plt.subplots(n, columns, figsize=(columns * size, n * size), squeeze=False,
-                             gridspec_kw={"width_ratios": [1] * (columns - 1) + [0.9]})
+    # A fixed layout instead of tight_layout, which measures every text of 60 panels (0.2 s
+    # of a 12-row page): inches above each row for its titles, below it for the score axis.
+    above, below, side = 0.3, 0.25, 0.05
+    width, height = columns * size, n * (size + above + below)
+    axis = size / height
+    fig, axes = plt.subplots(n, columns, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * (columns - 1) + [0.9],
+                                          "left": side / width, "right": 1 - side / width,
+                                          "top": 1 - above / height,
+                                          "bottom": below / height,
+                                          "hspace": (above + below) / height / axis,
+                                          "wspace": 0.1})
     for i, row in enumerate(rows):
         image = np.asarray(row["image"], np.float32)
         image = image / 255.0 if image.max() > 1.5 else image
@@ -271,5 +291,4 @@ def gallery_rows(rows: list[dict], size: float = 2.0):
         ax.set_yticks([])
         ax.set_title(f"{row['verdict']}  score {row['score']:.3g}", fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
     return fig
