@@ -24,6 +24,8 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from anomaly_utils.artifacts import read_json
+from anomaly_utils.pipeline.runs import read_status
 from anomaly_utils.scoring.stored import CANDIDATES
 
 TEST_METRICS = ("image_auroc", "pixel_auroc")
@@ -33,8 +35,8 @@ def candidates(run_dirs: list[Path]) -> list[dict]:
     """One row per distinct candidate: its run, validation selection score and test metrics."""
     rows, seen = [], set()
     for run_dir in run_dirs:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        status = json.loads((run_dir / "status.json").read_text())
+        metrics = read_json(run_dir / "metrics.json")
+        status = read_status(run_dir)
         selection = metrics["choice"]["scores"]
         for name in CANDIDATES:
             if name not in selection or selection[name] is None:

@@ -18,14 +18,13 @@ A resumed run warns that its environment changed and records it in ``env.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.pipeline.auto import AUTO_PRESETS, preset_label
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
+from anomaly_utils.pipeline.runs import read_status, run_pipeline
 from anomaly_utils.pipeline.sharing import take_outputs
 
 RERUN = (NOTEBOOKS[0], NOTEBOOKS[3], NOTEBOOKS[4])
@@ -36,18 +35,16 @@ def copied(source: Path, target: Path, rerun: tuple[str, ...]) -> Path:
     if target.exists():
         raise SystemExit(f"{target} exists; choose another target")
     shutil.copytree(source, target)
-    status_path = target / "status.json"
-    status = json.loads(status_path.read_text())
+    status = read_status(target)
     for notebook in rerun:
         status.pop(notebook, None)
-    status_path.write_text(json.dumps(status, indent=1))
+    write_json(target / "status.json", status)
     return target
 
 
 def resumed(run_dir: Path) -> dict:
-    subprocess.run([sys.executable, "-m", "anomaly_utils", "run", "--runs-dir",
-                    str(run_dir.parent), "--resume", run_dir.name, "--quiet"], check=True)
-    return json.loads((run_dir / "metrics.json").read_text())["choice"]
+    run_pipeline({}, run_id=run_dir.name, runs_dir=run_dir.parent, resume=True, progress=False)
+    return read_json(run_dir / "metrics.json")["choice"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,12 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
         else:  # notebook 01 as the first run made it; AE-1 reused from the first run too
             copied(source, target, RERUN)
             take_outputs(NOTEBOOKS[0], first, target, reused_from=first.name)
-            status_path = target / "status.json"
-            status = json.loads(status_path.read_text())
+            status = read_status(target)
             for state in status.values():
                 if state.get("reused_from"):
                     state["reused_from"] = first.name
-            status_path.write_text(json.dumps(status, indent=1))
+            write_json(target / "status.json", status)
         choice = resumed(target)
         choices[label] = {"run": target.name, "model": choice["model"], "score": choice["score"]}
         print(f"{target.name}: {choice['model']} ({choice['score']:.3f})")
