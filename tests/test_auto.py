@@ -57,6 +57,35 @@ def test_each_preset_runs_and_the_best_validation_score_wins(tmp_path, monkeypat
     assert record["chosen"] == {"preset": "real", "run": "x-real", "model": "ae2",
                                 "score": 0.886, "by": "mean of validation ..."}
     assert "defaults: floor 0.729" in record["reason"] and record["reason"] in log[-1]
+    # These fake runs stored no validation scores: said, not dropped silently.
+    assert record["confidence"] is None
+    assert "no bootstrap of the choice" in record["reason"] and "is missing" in record["reason"]
+
+
+def test_the_auto_choice_says_how_sure_the_shared_validation_set_is(tmp_path, monkeypatch):
+    import numpy as np
+
+    from anomaly_utils.artifacts import save_npz
+
+    _fake_runs(monkeypatch, {"defaults": ("floor", 0.70), "real": ("ae2", 0.90)})
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(20, int), np.ones(40, int)]
+    masks = np.zeros((60, 16, 16), bool)
+    masks[20:, 4:9, 4:9] = True
+    for label, model, strength in (("defaults", "floor", 0.2), ("real", "ae2", 2.0)):
+        maps = (rng.normal(0, 1, masks.shape) + strength * masks).astype(np.float16)
+        (tmp_path / f"s-{label}" / model).mkdir(parents=True)
+        (tmp_path / f"s-{label}" / "params.json").write_text(json.dumps({"notebooks": {}}))
+        save_npz(tmp_path / f"s-{label}" / model / "scores_val_pseudo.npz",
+                 scores=maps.reshape(60, -1).max(axis=1), labels=labels,
+                 types=np.where(labels == 1, "stain", "good"), maps=maps, masks=masks,
+                 has_mask=np.ones(60, bool), fingerprint=np.asarray("f"), model=np.asarray(model))
+    auto.run_auto({"data_dir": "d"}, run_id="s", runs_dir=tmp_path, log=lambda m: 0)
+    record = json.loads((tmp_path / "s-auto.json").read_text())
+    confidence = record["confidence"]
+    assert confidence["first"] == "real: ae2" and confidence["runner_up"] == "defaults: floor"
+    assert confidence["first_share"]["real: ae2"] > 0.95 and confidence["lead"]["low"] > 0
+    assert "real: ae2 first in" in record["reason"]
 
 
 def test_rerunning_resumes_the_runs_that_exist_and_ties_go_to_the_defaults(tmp_path,

@@ -100,6 +100,11 @@ def test_a_run_writes_every_artifact(finished_run: Path):
     assert metrics["dataset"]["fingerprint"] == env["data_fingerprint"]
     assert list(read_json(finished_run / "status.json")) == list(NOTEBOOKS)
     assert "ae1" in summary(finished_run)
+    # How sure validation is of the choice: every resample puts one candidate first.
+    confidence = metrics["choice"]["confidence"]
+    assert confidence["first"] == metrics["choice"]["model"]
+    assert sum(confidence["first_share"].values()) == pytest.approx(1.0)
+    assert "1st in" in summary(finished_run) and "bootstrap resamples" in summary(finished_run)
 
 
 def test_a_run_never_overwrites_another(finished_run: Path, tiny_data: Path):

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json
-from anomaly_utils.errors import ArtifactError, ParameterError
+from anomaly_utils.errors import ArtifactError, LabError, ParameterError
+from anomaly_utils.evaluation.choice_confidence import bootstrap_choice, describe
 from anomaly_utils.pipeline.parameters import (
     DEFAULTS,
     NOTEBOOKS,
@@ -41,6 +42,7 @@ from anomaly_utils.pipeline.parameters import (
 )
 from anomaly_utils.pipeline.runs import create_run, new_run_id, run_pipeline
 from anomaly_utils.pipeline.sharing import share_identical_notebooks
+from anomaly_utils.scoring.stored import load_scores
 
 AUTO = "auto"
 AUTO_PRESETS = (None, "real")  # the notebooks' defaults, then notebooks/params/real.yaml
@@ -145,7 +147,26 @@ def run_auto(overrides: dict[str, Any], run_id: str | None = None,
                        for label, r in results.items() if label != chosen)
     reason = (f"{best['model']} of the run with {chosen} has the highest validation "
               f"selection score ({best['score']:.3f}; {others})")
+    confidence, note = runs_confidence(runs_dir, results, chosen)
+    reason += f"; {describe(confidence)}" if confidence else f"; {note}"
     write_json(runs_dir / f"{base}-{AUTO}.json",
-               {"runs": results, "chosen": {"preset": chosen, **best}, "reason": reason})
+               {"runs": results, "chosen": {"preset": chosen, **best}, "reason": reason,
+                "confidence": confidence})
     log(f"{AUTO}: {reason}; test columns for report only")
     return runs_dir / best["run"]
+
+
+def runs_confidence(runs_dir: Path, results: dict[str, dict[str, Any]],
+                    chosen: str) -> tuple[dict[str, Any] | None, str]:
+    """How sure the shared validation set is that the chosen run's candidate beats the other
+    runs' (:func:`~anomaly_utils.evaluation.choice_confidence.bootstrap_choice` over their
+    ``scores_val_pseudo.npz``, seed 0), or None and why not."""
+    names = {label: f"{label}: {r['model']}" for label, r in results.items()}
+    try:
+        val_pseudo = {names[label]: load_scores(runs_dir / r["run"] / r["model"] /
+                                                "scores_val_pseudo.npz")
+                      for label, r in results.items()}
+        ranking = sorted(val_pseudo, key=lambda name: name != names[chosen])
+        return bootstrap_choice(val_pseudo, ranking=ranking), ""
+    except LabError as error:  # a run without validation scores, or with other images
+        return None, f"no bootstrap of the choice: {error.message}"

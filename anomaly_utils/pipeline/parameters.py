@@ -160,6 +160,12 @@ def _positive_int(value: Any) -> str | None:
     return None
 
 
+def _at_least_ten(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 10:
+        return "must be an integer >= 10 (bootstrap resamples)"
+    return None
+
+
 def _non_negative_int(value: Any) -> str | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         return "must be an integer >= 0"
@@ -322,7 +328,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "strategy": _threshold_strategy,
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
         "pixel_percentile": _percent, "min_defect_area": _non_negative,
-        "n_bootstrap": _positive_int},
+        "n_bootstrap": _at_least_ten},
     "05_results_gallery": {"per_defect": _positive_int, "rows_per_figure": _positive_int,
                            "show_inline": _one_of("recommended", "all")},
 }

@@ -277,7 +277,8 @@ def _check_resumed_backend(run_dir: Path, backend: str | None, log) -> None:
 
 def summary(run_dir: str | os.PathLike) -> str:
     """A one-screen summary of a finished run: every candidate's main test metrics and
-    threshold, its validation selection score, and the candidate chosen on validation."""
+    threshold, its validation selection score and the share of bootstrap resamples of the
+    validation set in which it comes first, and the candidate chosen on validation."""
     run_dir = Path(run_dir)
     lines = [f"Run {run_dir.name}  ({run_dir})"]
     metrics_path = run_dir / "metrics.json"
@@ -290,7 +291,9 @@ def summary(run_dir: str | os.PathLike) -> str:
     def fmt(value):
         return "  n/a" if value is None else f"{value:5.3f}"
 
-    lines.append(f"  {'model':<6}{'val sel.':>9}{'img AUROC':>10}{'px AUROC':>10}{'AUPRO':>8}"
+    first_in = (choice.get("confidence") or {}).get("first_share") or {}
+    lines.append(f"  {'model':<6}{'val sel.':>9}{'1st in':>8}{'img AUROC':>10}{'px AUROC':>10}"
+                 f"{'AUPRO':>8}"
                  f"{'F1max':>8}{'F1@thr':>8}{'threshold':>12}")
     for model in CANDIDATES:
         m = metrics.get(model)
@@ -298,7 +301,8 @@ def summary(run_dir: str | os.PathLike) -> str:
             continue
         at = m.get("at_threshold") or {}
         mark = " *" if model == choice.get("model") else ""
-        lines.append(f"  {model:<6}{fmt((choice.get('scores') or {}).get(model)):>9}"
+        share = f"{first_in[model]:.0%}" if model in first_in else "n/a"
+        lines.append(f"  {model:<6}{fmt((choice.get('scores') or {}).get(model)):>9}{share:>8}"
                      f"{fmt(m.get('image_auroc')):>10}{fmt(m.get('pixel_auroc')):>10}"
                      f"{fmt(m.get('aupro')):>8}{fmt(m.get('f1_max')):>8}{fmt(at.get('f1')):>8}"
                      f"{m.get('image_threshold', float('nan')):>12.5g}{mark}")
