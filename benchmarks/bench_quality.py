@@ -81,6 +81,7 @@ def rows_of(dev: DevelopmentSet, metrics: dict, seconds: float, peak_gib: float,
     ``chosen`` is False for a run whose recommendation the auto command did not take.
     """
     choice = metrics.get("choice", {})
+    first_in = (choice.get("confidence") or {}).get("first_share") or {}
     rows = []
     for name in CANDIDATES:
         report = metrics.get(name)
@@ -91,6 +92,7 @@ def rows_of(dev: DevelopmentSet, metrics: dict, seconds: float, peak_gib: float,
                      "candidate": f"{name} ({run_label})" if run_label else name,
                      "chosen": chosen and name == choice.get("model"),
                      "val_selection": (choice.get("scores") or {}).get(name),
+                     "val_first_in": first_in.get(name),
                      **{f"val_{m}": validation.get(m) for m in METRICS},
                      **{f"test_{m}": report.get(m) for m in METRICS},
                      "seconds": seconds, "peak_rss_gib": peak_gib})
@@ -121,12 +123,13 @@ def markdown(rows: list[dict], commands: dict[str, str]) -> str:
             return "**chosen**" if value else ""
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    head = ("| set | candidate | chosen | val. selection | val. image AUROC | val. pixel AUROC "
-            "| val. AUPRO | test image AUROC | test pixel AUROC | test AUPRO | s | GiB |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| set | candidate | chosen | val. selection | val. 1st in (its run) "
+            "| val. image AUROC | val. pixel AUROC | val. AUPRO | test image AUROC "
+            "| test pixel AUROC | test AUPRO | s | GiB |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append("| " + " | ".join(cell(r[k]) for k in (
-            "set", "candidate", "chosen", "val_selection", "val_image_auroc",
+            "set", "candidate", "chosen", "val_selection", "val_first_in", "val_image_auroc",
             "val_pixel_auroc", "val_aupro", "test_image_auroc", "test_pixel_auroc",
             "test_aupro")) + f" | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} |")
     lines.append("")

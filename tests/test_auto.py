@@ -152,7 +152,8 @@ def test_the_quality_benchmark_reports_both_runs_of_an_auto_command(tmp_path):
     for label, model in (("defaults", "floor"), ("real", "ae2")):
         (tmp_path / f"q-{label}").mkdir()
         (tmp_path / f"q-{label}" / "metrics.json").write_text(json.dumps({
-            "choice": {"model": model, "scores": {"floor": 0.7, "ae2": 0.8}},
+            "choice": {"model": model, "scores": {"floor": 0.7, "ae2": 0.8},
+                       "confidence": {"first_share": {"floor": 0.25, "ae2": 0.75}}},
             "floor": {"image_auroc": 0.6, "validation": {"image_auroc": 0.7}},
             "ae2": {"image_auroc": 0.9, "validation": {"image_auroc": 0.8}}}))
     (tmp_path / "q-auto.json").write_text(json.dumps({
@@ -162,3 +163,4 @@ def test_the_quality_benchmark_reports_both_runs_of_an_auto_command(tmp_path):
     assert [(r["candidate"], r["chosen"]) for r in rows] == [
         ("floor (defaults)", False), ("ae2 (defaults)", False),
         ("floor (real)", False), ("ae2 (real)", True)]
+    assert [r["val_first_in"] for r in rows] == [0.25, 0.75, 0.25, 0.75]
