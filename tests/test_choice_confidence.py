@@ -11,6 +11,7 @@ from anomaly_utils.evaluation.choice_confidence import (
     PixelHistograms,
     bootstrap_choice,
     describe,
+    is_close_call,
     resample_weights,
     weighted_auroc,
     with_confidence,
@@ -149,3 +150,34 @@ def test_bad_input_is_refused_by_name(arrays):
         bootstrap_choice({"a": a}, n_resamples=5)
     with pytest.raises(ParameterError, match="does not rank"):
         bootstrap_choice({"a": a, "b": dict(a)}, ranking=["a", "c"])
+
+
+def test_the_blend_is_recommended_only_in_a_close_call_with_the_best(arrays):
+    rng, masks = arrays
+    best = _candidate(rng, masks, 1.2)
+    close = {"ae2": best, "blend": _candidate(rng, masks, 1.15), "floor": _candidate(rng, masks, 0.2)}
+    choice = choose_candidate({n: validation_metrics(a) for n, a in close.items()})
+    plain = with_confidence(choice, close, n_resamples=200)
+    hedged = with_confidence(choice, close, n_resamples=200, hedge="blend")
+    first = plain["confidence"]["first"]
+    assert plain["model"] == choice["model"] == first and plain["hedged"] is None
+    assert first == "ae2" and is_close_call(hedged["confidence"], "blend")
+    assert hedged["model"] == "blend" and hedged["score"] == choice["scores"]["blend"]
+    assert hedged["hedged"] == {"over": "ae2", "lead": hedged["confidence"]["leads"]["blend"]}
+    assert "recommended instead: blend" in hedged["reason"]
+    # A blend that validation clearly ranks below the best is not recommended.
+    clear = {"ae2": best, "blend": _candidate(rng, masks, 0.2)}
+    choice = choose_candidate({n: validation_metrics(a) for n, a in clear.items()})
+    result = with_confidence(choice, clear, n_resamples=200, hedge="blend")
+    assert not is_close_call(result["confidence"], "blend")
+    assert result["model"] == "ae2" and result["hedged"] is None
+
+
+def test_every_candidate_s_lead_is_reported_against_the_first(arrays):
+    rng, masks = arrays
+    candidates = {"a": _candidate(rng, masks, 2.0), "b": _candidate(rng, masks, 1.0),
+                  "c": _candidate(rng, masks, 0.1)}
+    result = bootstrap_choice(candidates, n_resamples=100)
+    assert set(result["leads"]) == {"b", "c"} and result["lead"] == result["leads"]["b"]
+    assert result["leads"]["c"]["mean"] > result["leads"]["b"]["mean"] > 0
+    assert not is_close_call(result, "c") and not is_close_call(result, "a")

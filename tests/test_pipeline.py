@@ -101,8 +101,8 @@ def test_a_run_writes_every_artifact(finished_run: Path):
     assert list(read_json(finished_run / "status.json")) == list(NOTEBOOKS)
     assert "ae1" in summary(finished_run)
     # How sure validation is of the choice: every resample puts one candidate first.
-    confidence = metrics["choice"]["confidence"]
-    assert confidence["first"] == metrics["choice"]["model"]
+    confidence, hedged = metrics["choice"]["confidence"], metrics["choice"]["hedged"]
+    assert confidence["first"] == (hedged["over"] if hedged else metrics["choice"]["model"])
     assert sum(confidence["first_share"].values()) == pytest.approx(1.0)
     assert "1st in" in summary(finished_run) and "bootstrap resamples" in summary(finished_run)
 

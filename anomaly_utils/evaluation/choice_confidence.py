@@ -168,8 +168,9 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
         fraction of resamples where it is first, ties split}), "whole_set" ({candidate:
         selection score on the whole set, with the binned pixel AUROC}), "lead" ({"mean", "low",
         "high"}: the first's selection score minus the runner-up's over the resamples,
-        mean and central :data:`INTERVAL`; None with one candidate), "resamples",
-        "interval", "seed"}``.
+        mean and central :data:`INTERVAL`; None with one candidate), "leads" (the same
+        against every other candidate, ``{candidate: lead}``), "resamples", "interval",
+        "seed"}``.
 
     Raises:
         ParameterError: fewer than 10 resamples, candidates scored on different images, or a
@@ -222,12 +223,16 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
         "first_share": {name: float(share[c]) for c, name in enumerate(names)},
         "whole_set": {name: float(scores[c, 0]) for c, name in enumerate(names)},
         "lead": None, "resamples": int(n_resamples), "interval": INTERVAL, "seed": int(seed)}
-    if len(names) > 1:
-        lead = scores[first, 1:] - scores[order[1], 1:]
+    tail = (1 - INTERVAL) / 2
+    result["leads"] = {}
+    for c in order[1:]:
+        lead = scores[first, 1:] - scores[c, 1:]
         lead = lead[np.isfinite(lead)]
-        tail = (1 - INTERVAL) / 2
-        result["lead"] = {"mean": float(lead.mean()), "low": float(np.quantile(lead, tail)),
-                          "high": float(np.quantile(lead, 1 - tail))}
+        result["leads"][names[c]] = {"mean": float(lead.mean()),
+                                     "low": float(np.quantile(lead, tail)),
+                                     "high": float(np.quantile(lead, 1 - tail))}
+    if len(names) > 1:
+        result["lead"] = result["leads"][names[order[1]]]
     return result
 
 
@@ -244,13 +249,42 @@ def describe(confidence: Mapping[str, Any]) -> str:
     return text
 
 
+def is_close_call(confidence: Mapping[str, Any], other: str) -> bool:
+    """True when the first candidate's lead over ``other`` is not resolved by validation:
+    its :data:`INTERVAL` interval over the resamples reaches zero or below."""
+    lead = (confidence.get("leads") or {}).get(other)
+    return lead is not None and lead["low"] <= 0
+
+
 def with_confidence(choice: Mapping[str, Any],
                     val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
-                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    hedge: str | None = None) -> dict[str, Any]:
     """``choice`` (as :func:`~anomaly_utils.evaluation.selection.choose_candidate` returns
     it) with ``confidence``, the :func:`bootstrap_choice` of its ranking, and the reason
-    extended by :func:`describe`."""
+    extended by :func:`describe`.
+
+    Args:
+        hedge: a candidate that averages others (the blend of the floor and AE-2), or None.
+            Where validation cannot tell it from the best candidate (:func:`is_close_call`),
+            it is recommended instead: ``model`` and ``score`` become its own, and
+            ``hedged`` records the candidate it replaced and that one's lead. An average of
+            two detectors is the safer pick when the pasted anomalies cannot separate them,
+            since the real defects may be unlike the pasted ones in either's favour.
+    """
     confidence = bootstrap_choice(val_pseudo, ranking=list(choice["ranking"]),
                                   n_resamples=n_resamples, seed=seed)
-    return {**choice, "confidence": confidence,
-            "reason": f"{choice['reason']}; {describe(confidence)}"}
+    result = {**choice, "confidence": confidence, "hedged": None,
+              "reason": f"{choice['reason']}; {describe(confidence)}"}
+    first = confidence["first"]
+    if hedge is not None and hedge != first and is_close_call(confidence, hedge):
+        lead = confidence["leads"][hedge]
+        result.update(
+            model=hedge, score=choice["scores"][hedge],
+            hedged={"over": first, "lead": lead},
+            reason=f"{result['reason']}; recommended instead: {hedge} "
+                   f"({choice['scores'][hedge]:.3f}), which validation cannot tell from "
+                   f"{first} ({first}'s lead {lead['mean']:+.3f}, {INTERVAL:.0%} interval "
+                   f"[{lead['low']:+.3f}, {lead['high']:+.3f}]) and which averages two "
+                   f"detectors")
+    return result

@@ -328,7 +328,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "strategy": _threshold_strategy,
         "percentile": _percent, "k_std": _non_negative, "target_fpr": _fraction,
         "pixel_percentile": _percent, "min_defect_area": _non_negative,
-        "n_bootstrap": _at_least_ten},
+        "n_bootstrap": _at_least_ten, "hedge": _one_of("blend", "none")},
     "05_results_gallery": {"per_defect": _positive_int, "rows_per_figure": _positive_int,
                            "show_inline": _one_of("recommended", "all")},
 }
