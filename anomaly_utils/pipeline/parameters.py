@@ -154,22 +154,16 @@ def resolve_parameters(overrides: dict[str, Any],
 Rule = Callable[[Any], str | None]
 
 
-def _positive_int(value: Any) -> str | None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        return "must be a positive integer"
-    return None
+def _int_at_least(low: int, words: str) -> Rule:
+    def rule(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else f"must be {words}"
+    return rule
 
 
-def _at_least_ten(value: Any) -> str | None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 10:
-        return "must be an integer >= 10 (bootstrap resamples)"
-    return None
-
-
-def _non_negative_int(value: Any) -> str | None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        return "must be an integer >= 0"
-    return None
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+_at_least_ten = _int_at_least(10, "an integer >= 10 (bootstrap resamples)")
 
 
 def _non_negative(value: Any) -> str | None:
