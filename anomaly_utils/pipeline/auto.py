@@ -18,10 +18,12 @@ Auto is what ``run --data-dir DIR`` does for any dataset other than the syntheti
 notebooks default to (:func:`default_preset`); ``--preset defaults`` makes the one run with
 the notebooks' defaults.
 
-Measured (docs/experiments.md, "Settings the data chooses"): on magnetic_tile the defaults'
-run recommends the floor (validation 0.729, test image AUROC 0.730) and the real preset's run
-AE-2 (validation 0.867, test 0.924), so the auto run's choice is AE-2 of ``-real``; 46 minutes
-on 2 cores.
+The auto record also says how sure the shared validation set is of the choice between the
+runs (:func:`runs_confidence`). Measured (docs/experiments.md, "Settings the data chooses"):
+on magnetic_tile the defaults' run recommends the blend (validation 0.742, test image AUROC
+0.773) and the real preset's run its blend (validation 0.875, test 0.922), first in every
+bootstrap resample, so the auto run's choice is the blend of ``-real``; 26 minutes on a
+2-core Intel Xeon.
 """
 
 from __future__ import annotations
