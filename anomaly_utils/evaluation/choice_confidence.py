@@ -164,10 +164,10 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
 
     Returns:
         ``{"first": the candidate first on the whole set (``ranking[0]``), "runner_up",
-        "first_share" ({candidate:
-        fraction of resamples where it is first, ties split}), "whole_set" ({candidate:
-        selection score on the whole set, with the binned pixel AUROC}), "lead" ({"mean", "low",
-        "high"}: the first's selection score minus the runner-up's over the resamples,
+        "first_share" ({candidate: fraction of resamples where it is first, ties split}),
+        "whole_set" ({candidate: selection score on the whole set, with the binned pixel
+        AUROC}), "lead" ({"mean", "low", "high"}: the first's selection score minus the
+        runner-up's over the resamples,
         mean and central :data:`INTERVAL`; None with one candidate), "leads" (the same
         against every other candidate, ``{candidate: lead}``), "resamples", "interval",
         "seed"}``.
