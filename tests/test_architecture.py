@@ -14,7 +14,7 @@ MAY_IMPORT = {
     "data": set(),
     "models": set(),
     "training": {"data", "models"},
-    "scoring": {"data", "models", "training"},
+    "scoring": {"data", "models", "training", "evaluation"},
     "evaluation": set(),
     "visualization": {"data", "scoring", "evaluation"},
     "pipeline": {"data", "models", "training", "scoring", "evaluation", "visualization"},

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import numpy as np
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError
 from anomaly_utils.scoring.candidates import BY_NAME, REGISTRY
+from anomaly_utils.scoring.image_score import choose_image_score, write_choice
 from anomaly_utils.scoring.stored import ScoreResult, load_scores, save_scores
 
 BLEND_FILE = "blend.json"  # in the blend's folder: each part's standardisation
@@ -107,11 +108,17 @@ def write_blend(run_dir: str | os.PathLike, name: str) -> dict[str, Standardiser
     standardisers = {part: Standardiser.of_normals(stored[part]["val"]) for part in parts}
     folder = run_dir / name
     write_json(folder / BLEND_FILE, {"parts": {p: asdict(s) for p, s in standardisers.items()}})
+    blended = {split: combine({p: (stored[p][split]["scores"], stored[p][split]["maps"])
+                               for p in parts}, standardisers) for split in SPLITS}
+    choice = choose_image_score(blended["val"].maps, {**first["val_pseudo"],
+                                                      "scores": blended["val_pseudo"].scores,
+                                                      "maps": blended["val_pseudo"].maps})
+    write_choice(folder, choice)
     for split in SPLITS:
-        blended = combine({p: (stored[p][split]["scores"], stored[p][split]["maps"])
-                           for p in parts}, standardisers)
+        result = blended[split]
+        result = replace(result, scores=choice.scores(result.scores, result.maps))
         f = first[split]
-        save_scores(folder / f"scores_{split}.npz", blended, labels=f["labels"],
+        save_scores(folder / f"scores_{split}.npz", result, labels=f["labels"],
                     types=f["types"], masks=f["masks"], has_mask=f["has_mask"],
                     paths=list(f["paths"]), fingerprint=str(f["fingerprint"]), model=name)
     return standardisers

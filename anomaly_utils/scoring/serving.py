@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from anomaly_utils.data.loading import resize_image
 from anomaly_utils.errors import ArtifactError, ParameterError
 from anomaly_utils.scoring.blend import combine, read_blend
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
+from anomaly_utils.scoring.image_score import read_choice
 from anomaly_utils.scoring.statistics_floor import StatisticsFloor
 from anomaly_utils.scoring.stored import ScoreResult
 
@@ -56,7 +57,8 @@ def _resized(score: Callable[[np.ndarray], ScoreResult], size: int):
 
 
 def load_candidate(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
-    """Load candidate ``name`` from ``run_dir/<name>/`` (its registry entry's files).
+    """Load candidate ``name`` from ``run_dir/<name>/`` (its registry entry's files), scoring
+    images with the image score its validation set chose (``image_score.json``).
 
     Raises:
         ParameterError: ``name`` is not a candidate.
@@ -66,6 +68,18 @@ def load_candidate(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
     if name not in CANDIDATES:
         raise ParameterError(f"candidate must be one of {CANDIDATES}, got {name!r}",
                              fix=f"pass --model with one of {', '.join(CANDIDATES)}")
+    served = _load_own(run_dir, name)
+    choice = read_choice(Path(run_dir) / name)
+
+    def chosen_score(originals: Sequence[np.ndarray]) -> ScoreResult:
+        result = served.score(originals)
+        return replace(result, scores=choice.scores(result.scores, result.maps))
+
+    return ServedCandidate(name, served.color_mode, chosen_score)
+
+
+def _load_own(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
+    """Candidate ``name`` with its own image score."""
     folder = Path(run_dir) / name
     candidate = BY_NAME[name]
     if candidate.parts:

@@ -5,7 +5,7 @@ training, read by threshold selection, the report and the gallery.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from anomaly_utils.scoring.candidates import (  # noqa: F401 - FLOOR: read here 
     FLOOR,
     MODELS,
 )
+from anomaly_utils.scoring.image_score import choose_image_score, write_choice
 from anomaly_utils.scoring.validation_set import shared_validation
 
 if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
@@ -136,7 +137,9 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     ``scores_test.npz`` (with an autoencoder's reconstructions, for the gallery), each stamped with the
     dataset fingerprint. The pseudo-labelled set is the run's shared one
     (:func:`anomaly_utils.scoring.validation_set.shared_validation`), the same anomalies for
-    every candidate.
+    every candidate. The image scores stored are those of the rule the validation set
+    prefers, the scorer's own or the scale-adaptive peak of its maps
+    (:mod:`anomaly_utils.scoring.image_score`; the choice in ``<model>/image_score.json``).
 
     Args:
         scorer: anything with ``score(images) -> ScoreResult``: the trained model and how to
@@ -153,16 +156,22 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     folder = Path(run_dir) / name
     fingerprint = ds.fingerprint
     val = scorer.score(ds.val_images)
+    pseudo = shared_validation(run_dir, ds, seed, eval_size)
+    val_pseudo = scorer.score(pseudo.images)
+    test = scorer.score(ds.test_images)
+    choice = choose_image_score(val.maps, {
+        "labels": pseudo.labels, "scores": val_pseudo.scores, "maps": val_pseudo.maps,
+        "masks": pseudo.masks, "types": pseudo.kinds, "has_mask": pseudo.has_mask})
+    val, val_pseudo, test = (replace(r, scores=choice.scores(r.scores, r.maps))
+                             for r in (val, val_pseudo, test))
+    write_choice(folder, choice)
     save_scores(folder / "scores_val.npz", val, labels=np.zeros(len(val.scores), int),
                 types=np.full(len(val.scores), "good"), masks=None, has_mask=None, paths=[],
                 fingerprint=fingerprint, model=name)
-    pseudo = shared_validation(run_dir, ds, seed, eval_size)
-    val_pseudo = scorer.score(pseudo.images)
     save_scores(folder / "scores_val_pseudo.npz", val_pseudo, labels=pseudo.labels,
                 types=pseudo.kinds, masks=pseudo.masks,
                 has_mask=pseudo.has_mask, paths=[], fingerprint=fingerprint,
                 model=name)
-    test = scorer.score(ds.test_images)
     save_scores(folder / "scores_test.npz", test, labels=ds.test_labels, types=ds.test_types,
                 masks=ds.test_masks, has_mask=ds.test_has_mask,
                 paths=[p.relative_to(ds.index.root) for p in ds.test_paths],
