@@ -15,9 +15,9 @@ from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.errors import ArtifactError
 from anomaly_utils.scoring.image_score import (
     CHOICE_FILE,
-    ImageScoreChoice,
     OWN,
     SCALE_ADAPTIVE,
+    ImageScoreChoice,
     ScaleAdaptivePeak,
     choose_image_score,
     read_choice,
