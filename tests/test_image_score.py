@@ -152,3 +152,14 @@ def test_stored_scores_follow_the_choice_and_serving_applies_it(tiny_data: Path,
     served = load_candidate(run, "floor").score(originals)
     expected = forced.peak.apply(served.maps) if forced.rule == SCALE_ADAPTIVE else own.scores
     np.testing.assert_allclose(served.scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_studys_baseline_keeps_its_own_score():
+    from anomaly_utils.scoring.candidates import BY_NAME
+
+    assert BY_NAME["ae1"].own_score_only
+    assert not any(BY_NAME[n].own_score_only for n in ("floor", "ae2", "blend"))
+    val = _validation()
+    choice = choose_image_score(_normal_maps(20, 3), val, own_only=True)
+    assert choice.rule == OWN
+    assert choice.validation_auroc[SCALE_ADAPTIVE] > choice.validation_auroc[OWN]  # reported

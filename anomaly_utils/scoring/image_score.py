@@ -13,7 +13,8 @@ images: a large faint area at a wide window, a thin crack at a narrow one.
 Which of the two a candidate uses is decided on its validation scores, by the image AUROC
 that the selection judges (:func:`validation_image_auroc`: the pasted anomalies, and the
 dataset's labelled validation defects where there are any); the candidate keeps its own rule
-unless the scale-adaptive peak is higher. The choice and the normals' statistics are stored
+unless the scale-adaptive peak is higher (AE-1, the study's baseline, always keeps its own:
+``Candidate.own_score_only``). The choice and the normals' statistics are stored
 in ``<candidate>/image_score.json`` (:func:`write_choice`), so that the ``score`` command
 gives new images the score their thresholds were chosen on; a run made before this file
 existed keeps its own rule. docs/experiments.md ("One image score per defect size") has the
@@ -132,8 +133,8 @@ def validation_image_auroc(val_pseudo: dict[str, np.ndarray]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def choose_image_score(normal_maps: np.ndarray,
-                       val_pseudo: dict[str, np.ndarray]) -> ImageScoreChoice:
+def choose_image_score(normal_maps: np.ndarray, val_pseudo: dict[str, np.ndarray],
+                       own_only: bool = False) -> ImageScoreChoice:
     """The candidate's own rule, or the scale-adaptive peak if it ranks the validation set
     better.
 
@@ -142,12 +143,14 @@ def choose_image_score(normal_maps: np.ndarray,
         val_pseudo: the pseudo-labelled validation scores, with the candidate's own
             ``scores`` (P,), ``maps`` (P, E, E), ``labels``, ``masks`` and optionally
             ``types`` and ``has_mask``.
+        own_only: keep the own rule whatever validation says (both AUROCs are still
+            reported).
     """
     peak = ScaleAdaptivePeak.of_normals(normal_maps)
     aurocs = {OWN: validation_image_auroc(val_pseudo),
               SCALE_ADAPTIVE: validation_image_auroc(
                   {**val_pseudo, "scores": peak.apply(val_pseudo["maps"])})}
-    better = (aurocs[OWN] is not None and aurocs[SCALE_ADAPTIVE] is not None
+    better = (not own_only and aurocs[OWN] is not None and aurocs[SCALE_ADAPTIVE] is not None
               and aurocs[SCALE_ADAPTIVE] > aurocs[OWN])
     return ImageScoreChoice(SCALE_ADAPTIVE if better else OWN, aurocs, peak)
 

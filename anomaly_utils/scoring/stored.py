@@ -14,6 +14,7 @@ import numpy as np
 from anomaly_utils.artifacts import load_npz, save_npz
 from anomaly_utils.errors import ArtifactError
 from anomaly_utils.scoring.candidates import (  # noqa: F401 - FLOOR: read here by callers
+    BY_NAME,
     CANDIDATES,
     FLOOR,
     MODELS,
@@ -161,7 +162,8 @@ def score_splits(scorer: Scorer, ds, run_dir: str | os.PathLike, seed: int = 0, 
     test = scorer.score(ds.test_images)
     choice = choose_image_score(val.maps, {
         "labels": pseudo.labels, "scores": val_pseudo.scores, "maps": val_pseudo.maps,
-        "masks": pseudo.masks, "types": pseudo.kinds, "has_mask": pseudo.has_mask})
+        "masks": pseudo.masks, "types": pseudo.kinds, "has_mask": pseudo.has_mask},
+        own_only=name in BY_NAME and BY_NAME[name].own_score_only)
     val, val_pseudo, test = (replace(r, scores=choice.scores(r.scores, r.maps))
                              for r in (val, val_pseudo, test))
     write_choice(folder, choice)
