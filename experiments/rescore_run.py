@@ -5,8 +5,9 @@ run to ``<target>-defaults`` and ``<target>-real``, fits the floor again (notebo
 then, unlike it, scores the stored AE-1 and AE-2 of each copy again with this checkout's
 ``score_splits`` (no training: the models are loaded as they were saved) before notebooks 04
 and 05 rerun. What changes is only what scoring does after the maps (for example the image
-score a candidate's validation set chooses, ``scoring/image_score.py``). Prints each run's
-choice and the auto choice among them.
+score a candidate's validation set chooses, ``scoring/image_score.py``). Prints, per run,
+each candidate's image score with its validation image AUROCs and the test image AUROC
+before and after, the run's choice, and the auto choice among the runs.
 
 Usage::
 
@@ -22,11 +23,13 @@ from refit_floor import RERUN, copied, resumed  # experiments/ is the script's f
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.evaluation import metrics
 from anomaly_utils.pipeline.auto import AUTO_PRESETS, preset_label
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from anomaly_utils.pipeline.runs import read_status
 from anomaly_utils.pipeline.sharing import take_outputs
-from anomaly_utils.scoring.candidates import BY_NAME, MODELS
+from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES, MODELS
+from anomaly_utils.scoring.image_score import RULES, read_choice
 from anomaly_utils.scoring.scorer import Scorer
 from anomaly_utils.scoring.stored import score_splits
 
@@ -44,6 +47,20 @@ def rescore_models(run_dir: Path) -> None:
                           allow_missing_masks=params.get("allow_missing_masks", False))
         score_splits(scorer, ds, run_dir, params["seed"])
         print(f"{run_dir.name}: {name} scored again")
+
+
+def compare(source: Path, target: Path) -> None:
+    """Per candidate: the image score chosen, its validation image AUROC under each rule, and
+    the test image AUROC of the source run against the rescored one."""
+    before, after = (read_json(run / "metrics.json") for run in (source, target))
+    print(f"{target.name}: candidate, image score, validation own / scale-adaptive, "
+          f"test image AUROC before -> after")
+    for name in CANDIDATES:
+        choice = read_choice(target / name)
+        own, adaptive = (metrics.shown(choice.validation_auroc.get(r), 3) for r in RULES)
+        print(f"  {name:6s} {choice.rule:15s} {own} / {adaptive}   "
+              f"{metrics.shown(before[name]['image_auroc'], 3)} -> "
+              f"{metrics.shown(after[name]['image_auroc'], 3)}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(target / "status.json", status)
         rescore_models(target)
         choice = resumed(target)
+        compare(source, target)
         choices[label] = {"run": target.name, "model": choice["model"], "score": choice["score"]}
         print(f"{target.name}: {choice['model']} ({choice['score']:.3f})")
     chosen = max(choices, key=lambda label: choices[label]["score"])  # ties: the first
