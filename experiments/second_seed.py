@@ -87,18 +87,25 @@ def train_member(run_dir: Path, out: Path, seed: int) -> None:
     score_splits(scorer, ds, out, p["seed"])
 
 
+def adapted(labelled: dict, result: dict) -> dict:
+    """``result`` ({split: (scores, maps)}) with the image score its validation set prefers,
+    as ``score_splits`` and the blend store it."""
+    choice = choose_image_score(result["val"][1], {**labelled["val_pseudo"],
+                                                   "scores": result["val_pseudo"][0],
+                                                   "maps": result["val_pseudo"][1]})
+    return {s: (choice.scores(*r), r[1]) for s, r in result.items()}
+
+
 def judged(labelled: dict, result: dict) -> str:
-    """Validation selection / test image AUROC (and pixel AUROC / AUPRO where masked) of
-    ``result`` ({split: (scores, maps)}) under the image score validation prefers."""
+    """Validation selection / test image AUROC (and pixel AUROC / AUPRO where masked) of an
+    adapted ``result``."""
     val = {**labelled["val_pseudo"], "scores": result["val_pseudo"][0],
            "maps": result["val_pseudo"][1]}
-    choice = choose_image_score(result["val"][1], val)
-    val["scores"] = choice.scores(*result["val_pseudo"])
     test = labelled["test"]
     has = np.asarray(test["has_mask"], bool) | (test["labels"] == 0)
     masks, maps = test["masks"][has], result["test"][1][has]
     cells = [selection_score(validation_metrics(val)),
-             metrics.image_auroc(test["labels"], choice.scores(*result["test"]))]
+             metrics.image_auroc(test["labels"], result["test"][0])]
     if masks.any():
         cells += [metrics.pixel_auroc(masks, maps), metrics.aupro(masks, maps)]
     return " / ".join(metrics.shown(c, 3) for c in cells)
@@ -125,6 +132,7 @@ def main() -> None:
                                 for s, m in mean_maps.items()}}
     print("validation selection / test image AUROC [/ pixel AUROC / AUPRO]")
     for name, result in members.items():
+        result = adapted(first, result)
         standardisers = {"floor": Standardiser.of_normals(floor["val"]),
                          "ae2": Standardiser.of_normals({"scores": result["val"][0],
                                                          "maps": result["val"][1]})}
@@ -134,7 +142,7 @@ def main() -> None:
                         standardisers)
             blended[s] = (r.scores, r.maps)
         print(f"  AE-2, {name:20s} {judged(first, result)}")
-        print(f"  floor + AE-2, {name:12s} {judged(first, blended)}")
+        print(f"  floor + AE-2, {name:12s} {judged(first, adapted(first, blended))}")
 
 
 if __name__ == "__main__":
