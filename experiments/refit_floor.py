@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from anomaly_utils.artifacts import read_json, write_json
@@ -47,33 +48,42 @@ def resumed(run_dir: Path) -> dict:
     return read_json(run_dir / "metrics.json")["choice"]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("source", type=Path, help="the auto run's base, e.g. runs/mt-auto")
-    parser.add_argument("target", type=Path, help="the copies' base, e.g. runs/mt-refit")
-    args = parser.parse_args(argv)
+def rerun_auto(source_base: Path, target_base: Path,
+               prepare: Callable[[Path], None] = lambda target: None,
+               report: Callable[[Path, Path], None] = lambda source, target: None) -> dict:
+    """Copy both runs of the auto run ``source_base``, ``prepare`` each copy, resume it
+    (notebooks :data:`RERUN`), ``report`` on it; print each run's choice and the auto choice."""
     first, choices = None, {}
     for preset in AUTO_PRESETS:
         label = preset_label(preset)
-        source = args.source.with_name(f"{args.source.name}-{label}")
-        target = args.target.with_name(f"{args.target.name}-{label}")
+        source = source_base.with_name(f"{source_base.name}-{label}")
+        target = copied(source, target_base.with_name(f"{target_base.name}-{label}"), RERUN)
         if first is None:
-            first = copied(source, target, RERUN)
+            first = target
         else:  # notebook 01 as the first run made it; AE-1 reused from the first run too
-            copied(source, target, RERUN)
             take_outputs(NOTEBOOKS[0], first, target, reused_from=first.name)
             status = read_status(target)
             for state in status.values():
                 if state.get("reused_from"):
                     state["reused_from"] = first.name
             write_json(target / "status.json", status)
+        prepare(target)
         choice = resumed(target)
+        report(source, target)
         choices[label] = {"run": target.name, "model": choice["model"], "score": choice["score"]}
         print(f"{target.name}: {choice['model']} ({choice['score']:.3f})")
     chosen = max(choices, key=lambda label: choices[label]["score"])  # ties: the first
     print(f"auto: {choices[chosen]['model']} of {choices[chosen]['run']} "
           f"({choices[chosen]['score']:.3f})")
     return {"runs": choices, "chosen": chosen}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("source", type=Path, help="the auto run's base, e.g. runs/mt-auto")
+    parser.add_argument("target", type=Path, help="the copies' base, e.g. runs/mt-refit")
+    args = parser.parse_args(argv)
+    return rerun_auto(args.source, args.target)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """An auto run's candidates scored with this checkout's scoring, on its stored models.
 
-Like ``refit_floor.py`` (whose copying and resuming it uses): copies the two runs of an auto
+Like ``refit_floor.py`` (whose :func:`rerun_auto` it calls): copies the two runs of an auto
 run to ``<target>-defaults`` and ``<target>-real``, fits the floor again (notebook 01), and
 then, unlike it, scores the stored AE-1 and AE-2 of each copy again with this checkout's
 ``score_splits`` (no training: the models are loaded as they were saved) before notebooks 04
@@ -19,15 +19,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from refit_floor import RERUN, copied, resumed  # experiments/ is the script's folder
+from refit_floor import rerun_auto  # experiments/ is the script's folder
 
-from anomaly_utils.artifacts import read_json, write_json
+from anomaly_utils.artifacts import read_json
 from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.evaluation import metrics
-from anomaly_utils.pipeline.auto import AUTO_PRESETS, preset_label
-from anomaly_utils.pipeline.parameters import NOTEBOOKS
-from anomaly_utils.pipeline.runs import read_status
-from anomaly_utils.pipeline.sharing import take_outputs
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES, MODELS
 from anomaly_utils.scoring.image_score import RULES, read_choice
 from anomaly_utils.scoring.scorer import Scorer
@@ -68,29 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("source", type=Path, help="the auto run's base, e.g. runs/mt-e2e")
     parser.add_argument("target", type=Path, help="the copies' base, e.g. runs/mt-rescored")
     args = parser.parse_args(argv)
-    first, choices = None, {}
-    for preset in AUTO_PRESETS:
-        label = preset_label(preset)
-        source = args.source.with_name(f"{args.source.name}-{label}")
-        target = copied(source, args.target.with_name(f"{args.target.name}-{label}"), RERUN)
-        if first is None:
-            first = target
-        else:  # notebook 01 as the first run made it, as --preset auto shares it
-            take_outputs(NOTEBOOKS[0], first, target, reused_from=first.name)
-            status = read_status(target)
-            for state in status.values():
-                if state.get("reused_from"):
-                    state["reused_from"] = first.name
-            write_json(target / "status.json", status)
-        rescore_models(target)
-        choice = resumed(target)
-        compare(source, target)
-        choices[label] = {"run": target.name, "model": choice["model"], "score": choice["score"]}
-        print(f"{target.name}: {choice['model']} ({choice['score']:.3f})")
-    chosen = max(choices, key=lambda label: choices[label]["score"])  # ties: the first
-    print(f"auto: {choices[chosen]['model']} of {choices[chosen]['run']} "
-          f"({choices[chosen]['score']:.3f})")
-    return {"runs": choices, "chosen": chosen}
+    return rerun_auto(args.source, args.target, prepare=rescore_models, report=compare)
 
 
 if __name__ == "__main__":
