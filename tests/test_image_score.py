@@ -163,3 +163,44 @@ def test_the_studys_baseline_keeps_its_own_score():
     choice = choose_image_score(_normal_maps(20, 3), val, own_only=True)
     assert choice.rule == OWN
     assert choice.validation_auroc[SCALE_ADAPTIVE] > choice.validation_auroc[OWN]  # reported
+
+
+def test_a_served_blend_scored_by_its_maps_gives_its_stored_scores(tiny_data: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch):
+    """The blend is made from its parts' stored (float16) maps; serving rounds the parts'
+    fresh maps the same way, so a blend under the scale-adaptive peak scores new images as
+    its score files say."""
+    from anomaly_utils.scoring import serving
+    from anomaly_utils.scoring.blend import combine, read_blend, write_blend
+
+    ds = load_dataset(tiny_data, image_size=32, color_mode="grayscale", val_fraction=0.25,
+                      seed=0, mask_size=32)
+    run = tmp_path / "run"
+    parts = {"floor": StatisticsFloor(variant="global", eval_size=32),
+             "ae2": StatisticsFloor(variant="positional", grid=4, eval_size=32)}
+    for name, floor in parts.items():  # a second floor stands in for AE-2's Keras model
+        floor.fit(ds.train_images)
+        floor.save(run / name)
+        score_splits(floor, ds, run, 0, name=name, eval_size=32)
+    own = serving._load_own
+
+    def load_own(run_dir, name):
+        if name == "ae2":
+            return serving.ServedCandidate(name, "grayscale", serving._resized(
+                StatisticsFloor.load(Path(run_dir) / name).score, 32))
+        return own(run_dir, name)
+
+    monkeypatch.setattr(serving, "_load_own", load_own)
+    write_blend(run, "blend")
+    forced = ImageScoreChoice(SCALE_ADAPTIVE, {}, ScaleAdaptivePeak.of_normals(
+        load_scores(run / "blend" / "scores_val.npz")["maps"]))
+    write_choice(run / "blend", forced)
+    # the scores write_blend gives under this rule: from the parts' stored maps
+    blended = combine({p: (load_scores(run / p / "scores_test.npz")["scores"],
+                           load_scores(run / p / "scores_test.npz")["maps"]) for p in parts},
+                      read_blend(run / "blend"))
+    expected = forced.peak.apply(blended.maps)
+    originals = [read_image(p, "grayscale") for p in ds.test_paths]
+    served = serving.load_candidate(run, "blend").score(originals)
+    np.testing.assert_allclose(served.scores, expected, rtol=1e-5, atol=1e-5)

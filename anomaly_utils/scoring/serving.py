@@ -29,7 +29,7 @@ from anomaly_utils.scoring.blend import combine, read_blend
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
 from anomaly_utils.scoring.image_score import read_choice
 from anomaly_utils.scoring.statistics_floor import StatisticsFloor
-from anomaly_utils.scoring.stored import ScoreResult
+from anomaly_utils.scoring.stored import ScoreResult, as_stored
 
 FLOOR_COLOR_MODES = {1: "grayscale", 3: "rgb"}  # the floor's channels -> the colour mode
 
@@ -92,7 +92,10 @@ def _load_own(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
 
         def blend_score(originals: Sequence[np.ndarray]) -> ScoreResult:
             results = {p: parts[p].score(originals) for p in parts}
-            return combine({p: (r.scores, r.maps) for p, r in results.items()}, standardisers)
+            # the parts' maps as notebook 04 read them from their score files, so that a
+            # blend scored by its maps (image_score.json) gives the scores stored
+            return combine({p: (r.scores, as_stored(r.maps)) for p, r in results.items()},
+                           standardisers)
 
         return ServedCandidate(name, modes.pop(), blend_score)
     if candidate.network:

@@ -25,6 +25,14 @@ from anomaly_utils.scoring.validation_set import shared_validation
 if TYPE_CHECKING:  # the Scorer loads TensorFlow; reading stored scores must not
     from anomaly_utils.scoring.scorer import Scorer
 
+MAP_DTYPE = np.float16  # maps on disk: half the size, 3 significant digits
+
+
+def as_stored(maps: np.ndarray) -> np.ndarray:
+    """Maps (N, E, E) rounded as a score file keeps them, as float32: what a candidate made
+    from stored maps (the blend) was computed from."""
+    return np.asarray(maps).astype(MAP_DTYPE).astype(np.float32)
+
 
 @dataclass
 class ScoreResult:
@@ -44,7 +52,7 @@ def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndar
                 paths: list, fingerprint: str, model: str, keep_recons: bool = False) -> None:
     """Write a score file (``.npz``, no pickle): scores, labels, types, maps, masks.
 
-    Maps are stored as float16 at the scoring config's ``eval_size``, masks as bool; the
+    Maps are stored as :data:`MAP_DTYPE` at the scoring config's ``eval_size``, masks as bool; the
     dataset fingerprint and model name are stored so a score file from another run or
     dataset is refused on load. A head's error maps are stored as ``error_maps``. With
     ``keep_recons``, the reconstructions are stored too, as uint8 ``recons`` (N, S, S, C),
@@ -54,11 +62,11 @@ def save_scores(path: str | os.PathLike, result: ScoreResult, *, labels: np.ndar
     masks = np.zeros((n, *result.maps.shape[1:]), bool) if masks is None else masks
     has_mask = np.zeros(n, bool) if has_mask is None else has_mask
     extra = {} if result.error_maps is None else {
-        "error_maps": result.error_maps.astype(np.float16)}
+        "error_maps": result.error_maps.astype(MAP_DTYPE)}
     if keep_recons:
         extra["recons"] = np.round(np.clip(result.recons, 0, 1) * 255).astype(np.uint8)
     save_npz(path, **extra, scores=result.scores, labels=np.asarray(labels, np.int64),
-             types=np.asarray(types, dtype=str), maps=result.maps.astype(np.float16),
+             types=np.asarray(types, dtype=str), maps=result.maps.astype(MAP_DTYPE),
              masks=masks.astype(bool), has_mask=has_mask.astype(bool),
              paths=np.asarray([os.fsdecode(p) for p in paths], dtype=str),
              fingerprint=np.asarray(fingerprint), model=np.asarray(model))
