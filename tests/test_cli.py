@@ -181,8 +181,8 @@ def test_each_notebook_checks_its_own_parameters_in_its_first_code_cell():
 
 
 @pytest.mark.parametrize(("notebook", "values", "fragments"), [
-    ("03_train_ae2", {"head": "segmentation", "ensemble_size": 3, "bottleneck": "spatial"},
-     ["'head'", "ensemble_size 3"]),
+    ("03_train_ae2", {"head": "segmentation", "bottleneck": "unet"},
+     ["'head'", "unet bottleneck"]),
     ("03_train_ae2", {"patch_size": 256, "image_size": 128}, ["'patch_size' (256)"]),
     ("02_train_ae1", {"variant": "gan"}, ["'variant'", "'gan'"]),
     ("04_threshold_selection", {"percentile": 120.0}, ["'percentile'"]),

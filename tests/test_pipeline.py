@@ -221,11 +221,12 @@ def test_failing_cell_names_notebook_and_cell_then_resume_reruns_only_the_rest(p
 
 
 def _ensemble_run(finished_run: Path, folder: Path) -> Path:
-    """A copy of the reference run whose notebook 03 trains an ensemble of two, one epoch
-    (without the segmentation head, which works on one AE-2)."""
+    """A copy of the reference run whose notebook 03 trains an ensemble of two, one epoch,
+    each member with its own segmentation head (one epoch of 64 crops)."""
     run = clone_run(finished_run, folder / "e", unfinished=tuple(NOTEBOOKS[2:]))
     params = read_json(run / "params.json")
-    params["notebooks"]["03_train_ae2"].update(ensemble_size=2, epochs=1, head="none")
+    params["notebooks"]["03_train_ae2"].update(ensemble_size=2, epochs=1, head="segmentation",
+                                               head_epochs=1, head_patches_per_epoch=64)
     write_json(run / "params.json", params)
     run_pipeline({}, run_id="e", runs_dir=folder, resume=True, until="03", progress=False,
                  log=lambda *_: None)
@@ -235,8 +236,8 @@ def _ensemble_run(finished_run: Path, folder: Path) -> Path:
 @pytest.mark.after_run(prepare=_ensemble_run)
 def test_an_ensemble_run_trains_saves_and_scores_every_member(prepared: Path):
     """Notebook 03 with ``ensemble_size`` 2: member 1 is trained with seed + 1 into
-    ``ae2/member1/``, and the run's stored maps are those of the members' mean
-    reconstruction."""
+    ``ae2/member1/`` with its own head in ``ae2/member1/head/``; the error maps are those of
+    the members' mean reconstruction, the stored maps the mean of the two heads' maps."""
     from anomaly_utils.data.loading import load_dataset
     from anomaly_utils.scoring.maps import anomaly_map
     from anomaly_utils.scoring.scorer import Scorer, ScoringConfig
@@ -245,13 +246,16 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(prepared: Path):
     run = prepared
     ae2 = read_json(run / "params.json")["notebooks"]["03_train_ae2"]
     assert (run / "ae2" / "member1" / "model.keras").is_file()
+    assert (run / "ae2" / "member1" / "head" / "model.keras").is_file()
     assert read_json(run / "ae2" / "member1" / "config.json")["training"]["seed"] == 1
     ensemble = Scorer.load(run, "ae2")
     assert ensemble.config.ensemble_size == 2 and len(ensemble.members) == 2
+    assert len(ensemble.heads) == 2
     ds = load_dataset(ae2["data_dir"], image_size=ae2["image_size"],
                       color_mode=ae2["color_mode"], val_fraction=ae2["val_fraction"],
                       seed=ae2["seed"], mask_size=ae2["eval_size"])
-    single = ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1, "normalize": False})
+    single = ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1, "normalize": False,
+                              "head": "none"})
     recons = [Scorer(m, single).reconstruct(ds.test_images) for m in ensemble.members]
     assert not np.allclose(recons[0], recons[1])                 # two different models
     unnormalised = Scorer(ensemble.members, ScoringConfig(**{**vars(single), "ensemble_size": 2}))
@@ -259,9 +263,14 @@ def test_an_ensemble_run_trains_saves_and_scores_every_member(prepared: Path):
                            kind=single.map_kind, smooth_sigma=single.smooth_sigma)
     np.testing.assert_allclose(unnormalised.reconstruct_with_maps(ds.test_images)[1], expected,
                                rtol=1e-5, atol=1e-6)
-    stored = load_scores(run / "ae2" / "scores_test.npz")["maps"]
-    np.testing.assert_allclose(stored, ensemble.score(ds.test_images).maps, rtol=1e-2,
-                               atol=1e-2)  # stored as float16
+    stored = load_scores(run / "ae2" / "scores_test.npz")
+    scored = ensemble.score(ds.test_images)
+    np.testing.assert_allclose(stored["maps"], scored.maps, rtol=1e-2, atol=1e-2)  # float16
+    heads = [Scorer(m, ScoringConfig(**{**vars(ensemble.config), "ensemble_size": 1}), head=h)
+             for m, h in zip(ensemble.members, ensemble.heads, strict=True)]
+    np.testing.assert_allclose(scored.maps, np.mean([h.score(ds.test_images).maps
+                                                     for h in heads], axis=0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def _score_new_images(finished_run: Path, folder: Path) -> dict:

@@ -176,13 +176,34 @@ def head_of_maps(head, scorer, images):
     return head.predict_on_batch(np.concatenate([x, recons], -1))[..., 0]
 
 
-def test_scorer_refuses_a_head_config_without_a_head_and_with_an_ensemble():
+def test_scorer_refuses_a_head_config_without_a_head_and_one_head_for_two_members():
     ae = build_ae2(16, 3, 4, widths=[4] * 8, bottleneck="spatial")
     with pytest.raises(ParameterError, match="no head model"):
         Scorer(ae, ScoringConfig(model="ae2", image_size=32, head="segmentation"))
-    with pytest.raises(ParameterError, match="ensemble_size"):
+    with pytest.raises(ParameterError, match="1 head.* for 2 ensemble member"):
         Scorer([ae, ae], ScoringConfig(model="ae2", image_size=32, head="segmentation",
                                        ensemble_size=2), head=build_segmentation_head(3, (4,)))
+
+
+def test_an_ensemble_with_heads_maps_the_mean_of_its_members_heads(tmp_path):
+    """Each member's head sees that member's reconstruction; the map is their mean, the
+    image score its filtered peak, and the reconstruction shown the members' mean."""
+    members = [build_ae2(16, 3, 4, widths=[4] * 8, bottleneck="spatial", seed=s)
+               for s in (0, 1)]
+    heads = [build_segmentation_head(3, (4, 8), seed=s) for s in (0, 1)]
+    config = ScoringConfig(model="ae2", image_size=32, patch_size=16, stride=8, eval_size=32,
+                           map_kind="l2", head="segmentation", ensemble_size=2)
+    ensemble = Scorer(members, config, head=heads)
+    result = ensemble.score(textures(3))
+    single = [Scorer(m, ScoringConfig(**{**vars(config), "ensemble_size": 1}), head=h)
+              for m, h in zip(members, heads, strict=True)]
+    each = [head_of_maps(h, s, textures(3)) for h, s in zip(heads, single, strict=True)]
+    np.testing.assert_allclose(result.maps, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(each[0], each[1])  # two heads, two maps
+    np.testing.assert_allclose(result.scores, peak_of_mean_filtered(
+        np.mean(each, axis=0), config.head_score_window), rtol=1e-5)
+    np.testing.assert_allclose(result.recons, np.mean(
+        [s.reconstruct(textures(3)) for s in single], axis=0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(("name", "value", "match"), [
@@ -197,8 +218,9 @@ def test_head_parameters_are_checked_before_a_run(name, value, match):
         validate("03_train_ae2", {name: value})
 
 
-def test_a_head_needs_a_single_plain_autoencoder():
-    with pytest.raises(ParameterError, match="ensemble_size"):
-        validate("03_train_ae2", {"head": "segmentation", "ensemble_size": 3,
-                                  "bottleneck": "spatial"})
+def test_a_head_needs_a_plain_autoencoder_one_per_ensemble_member():
+    with pytest.raises(ParameterError, match="unet"):
+        validate("03_train_ae2", {"head": "segmentation", "bottleneck": "unet"})
+    validate("03_train_ae2", {"head": "segmentation", "ensemble_size": 3,
+                              "bottleneck": "spatial"})
     validate("03_train_ae2", {"head": "none", "ensemble_size": 3, "bottleneck": "spatial"})

@@ -348,13 +348,12 @@ def validate(notebook: str, params: dict[str, Any]) -> None:
         raise ParameterError(
             f"parameter 'pad' ({params['pad']}) of {notebook} must be smaller than image_size "
             f"({params['image_size']})", fix="use a pad of a few patches' strides, e.g. 16")
-    if notebook == "03_train_ae2" and params.get("head", "none") != "none" and (
-            params.get("ensemble_size", 1) != 1 or params.get("bottleneck") == "unet"):
+    if notebook == "03_train_ae2" and params.get("head", "none") != "none" and \
+            params.get("bottleneck") == "unet":
         raise ParameterError(
-            f"parameter 'head' ({params['head']!r}) of {notebook} works on one plain AE-2, "
-            f"not with ensemble_size {params.get('ensemble_size')} or the unet bottleneck "
-            f"({params.get('bottleneck')!r})",
-            fix="use -p head none, or ensemble_size 1 and bottleneck spatial or global")
+            f"parameter 'head' ({params['head']!r}) of {notebook} works on a plain AE-2, "
+            f"not with the unet bottleneck ({params.get('bottleneck')!r})",
+            fix="use -p head none, or bottleneck spatial or global")
     if notebook == "03_train_ae2" and params.get("pad") and params.get("bottleneck") == "unet":
         raise ParameterError(
             f"parameter 'pad' ({params['pad']}) of {notebook} needs sliding-window scoring, "

@@ -78,7 +78,8 @@ class ScoringConfig:
         head: "none" (the map is the reconstruction error above) or "segmentation" (AE-2's
             learned map: the segmentation head's anomaly probability on image and
             reconstruction, :mod:`anomaly_utils.scoring.head_maps`; the error map is kept
-            beside it for the gallery). A head needs ``ensemble_size`` 1.
+            beside it for the gallery). In an ensemble each member has its own head, trained
+            on its own reconstructions, and the map is the mean of the heads' maps.
         head_score_window: with a head, the image score is the peak of the map after a
             mean filter of this fraction of the image side.
     """
@@ -146,6 +147,8 @@ class Scorer:
 
     def __init__(self, model, config: ScoringConfig, head=None):
         self.members = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.heads = [] if head is None else list(head) if isinstance(head, (list, tuple)) \
+            else [head]
         if len(self.members) != config.ensemble_size:
             raise ParameterError(
                 f"{len(self.members)} model(s) given but the scoring config says "
@@ -154,22 +157,28 @@ class Scorer:
         if config.head not in HEADS:
             raise ParameterError(f"head must be one of {HEADS}, got {config.head!r}",
                                  fix="pass -p head segmentation or none")
-        if (config.head != "none") != (head is not None):
+        if (config.head != "none") != bool(self.heads):
             raise ParameterError(f"the scoring config says head={config.head!r} but "
-                                 f"{'no' if head is None else 'a'} head model was given",
+                                 f"{'a' if self.heads else 'no'} head model was given",
                                  fix="pass the trained head with head=..., or set head none")
-        if head is not None and (config.ensemble_size != 1 or config.inpaint_cells):
-            raise ParameterError("the segmentation head works on one plain AE-2 (ensemble_size "
-                                 "1, no inpainting U-Net)",
-                                 fix="set ensemble_size 1 and bottleneck global or spatial, "
-                                     "or head none")
+        if self.heads and len(self.heads) != len(self.members):
+            raise ParameterError(f"{len(self.heads)} head(s) given for {len(self.members)} "
+                                 f"ensemble member(s)", fix="pass one head per member")
+        if self.heads and config.inpaint_cells:
+            raise ParameterError("the segmentation head works on a plain AE-2, not on the "
+                                 "inpainting U-Net",
+                                 fix="set bottleneck global or spatial, or head none")
         self.config = config
-        self.head = head
 
     @property
     def model(self):
         """The first (for a single model: the only) member."""
         return self.members[0]
+
+    @property
+    def head(self):
+        """The first member's segmentation head, or None without one."""
+        return self.heads[0] if self.heads else None
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, name: str) -> Scorer:
@@ -181,9 +190,11 @@ class Scorer:
         config = ScoringConfig(**read_json(folder / "scoring.json"))
         if config.head == "none":
             return cls(load_members(folder, config.ensemble_size), config)
-        # The head's run holds the AE-2 it was trained with (joint training changes it).
-        trainer = load_model(folder / HEAD_DIR / "model.keras")
-        return cls(reconstructor_of(trainer), config, head=head_of(trainer))
+        # Each head's run holds the AE-2 it was trained with (joint training changes it).
+        trainers = [load_model(member_dir(folder, k) / HEAD_DIR / "model.keras")
+                    for k in range(config.ensemble_size)]
+        return cls([reconstructor_of(t) for t in trainers], config,
+                   head=[head_of(t) for t in trainers])
 
     def save_config(self, run_dir: str | os.PathLike) -> None:
         write_json(Path(run_dir) / self.config.model / "scoring.json", asdict(self.config))
@@ -289,6 +300,18 @@ class Scorer:
         self.config.norm_mean = mean.tolist()
         self.config.norm_std = spread.tolist()
 
+    def _head_maps(self, images: np.ndarray, mean_recons: np.ndarray) -> np.ndarray:
+        """(N, S, S) float32: the head's map, or the mean of the members' heads' maps, each
+        on its own member's reconstruction (``mean_recons`` is the single model's)."""
+        x = _as_float(images)
+        if len(self.heads) == 1:
+            return head_maps(self.heads[0], x, mean_recons, self.config.batch_size)
+        padded = self._pad(images)
+        return np.mean([head_maps(head, x, self._unpad(self._reconstruct(member, padded)),
+                                  self.config.batch_size)
+                        for member, head in zip(self.members, self.heads, strict=True)],
+                       axis=0, dtype=np.float32)
+
     def score(self, images: np.ndarray) -> ScoreResult:
         """Image scores, maps at ``eval_size`` and reconstructions of ``images``."""
         c = self.config
@@ -302,9 +325,9 @@ class Scorer:
         if c.normalize and c.norm_mean is not None:
             maps = (maps - np.asarray(c.norm_mean, np.float32)) / np.asarray(c.norm_std,
                                                                             np.float32)
-        if self.head is not None:
+        if self.heads:
             error_maps = resize_maps(maps, c.eval_size)
-            maps = head_maps(self.head, _as_float(images), recons, c.batch_size)
+            maps = self._head_maps(images, recons)
             scores = peak_of_mean_filtered(maps, c.head_score_window)
             return ScoreResult(scores, resize_maps(maps, c.eval_size), recons, error_maps)
         if c.model == "ae1" and c.score_method == "mean" and not c.normalize:
