@@ -37,7 +37,7 @@ from anomaly_utils.scoring.reconstruction import (
 from anomaly_utils.scoring.stored import MODELS, ScoreResult
 from anomaly_utils.training.masks import GRID_SETS
 
-HEAD_DIR = "head"  # run_dir/ae2/head/: the head's training run (model.keras: AE-2 + head)
+HEAD_DIR = "head"  # ae2/head/, ae2/member<k>/head/: a head's training run (AE-2 + head)
 
 
 @dataclass
