@@ -147,9 +147,15 @@ def _stored_scores(run: Path, model: str) -> dict[tuple[str, ...], float]:
 def test_a_run_trained_on_torch_or_tensorflow_scores_the_same_on_the_other(torch_runs: Path,
                                                                             tiny_data: Path):
     """`score` loads a run's saved models on the other backend (safe mode) and gives the
-    scores the training notebook stored, to float32 rounding (CROSS_RTOL of
+    scores the training notebook stored, to float32 rounding (CROSS_RTOL and cross_atol of
     test_backends.py, whose JAX-TensorFlow measurement it rests on)."""
-    from tests.test_backends import CROSS_RTOL, MODELS, SCORE_SCRIPT, score_on_tensorflow
+    from tests.test_backends import (
+        CROSS_RTOL,
+        MODELS,
+        SCORE_SCRIPT,
+        cross_atol,
+        score_on_tensorflow,
+    )
 
     folder = tiny_data / "test"
     result = subprocess.run(
@@ -169,5 +175,6 @@ def test_a_run_trained_on_torch_or_tensorflow_scores_the_same_on_the_other(torch
             assert sorted(Path(r["path"]).parts[-3:] for r in results) == sorted(expected)
             got = np.array([r["score"] for r in results])
             want = np.array([expected[Path(r["path"]).parts[-3:]] for r in results])
-            np.testing.assert_allclose(got, want, rtol=CROSS_RTOL, atol=0,
+            np.testing.assert_allclose(got, want, rtol=CROSS_RTOL,
+                                       atol=cross_atol(run / model, want),
                                        err_msg=f"{model} trained on {trained_on}")
