@@ -213,15 +213,23 @@ class Scorer:
         mean reconstruction (see the class docstring). With ``pad``, both are computed on the
         reflect-padded images and cropped back.
         """
+        recons, maps, _ = self._reconstruct_members_with_maps(images)
+        return recons, maps
+
+    def _reconstruct_members_with_maps(self, images: np.ndarray,
+                                       ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """:meth:`reconstruct_with_maps`, and each member's own reconstruction (N, S, S, C)
+        (for one member: the reconstruction itself), all cropped back."""
         padded = self._pad(images)
         if len(self.members) == 1:
             recons, maps = self._reconstruct_with_maps(self.model, padded)
-        else:
-            c = self.config
-            recons = self._mean_reconstruction(padded)
-            maps = anomaly_map(_as_float(padded), recons, kind=c.map_kind,
-                                       smooth_sigma=c.smooth_sigma)
-        return self._unpad(recons), self._unpad(maps)
+            return self._unpad(recons), self._unpad(maps), [self._unpad(recons)]
+        c = self.config
+        each = [self._reconstruct(model, padded) for model in self.members]
+        recons = np.mean(each, axis=0, dtype=np.float32)
+        maps = anomaly_map(_as_float(padded), recons, kind=c.map_kind,
+                                   smooth_sigma=c.smooth_sigma)
+        return self._unpad(recons), self._unpad(maps), [self._unpad(r) for r in each]
 
     def _pad(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, C) -> (N, S + 2 pad, S + 2 pad, C), mirrored at the border."""
@@ -300,17 +308,13 @@ class Scorer:
         self.config.norm_mean = mean.tolist()
         self.config.norm_std = spread.tolist()
 
-    def _head_maps(self, images: np.ndarray, mean_recons: np.ndarray) -> np.ndarray:
+    def _head_maps(self, images: np.ndarray, member_recons: list[np.ndarray]) -> np.ndarray:
         """(N, S, S) float32: the head's map, or the mean of the members' heads' maps, each
-        on its own member's reconstruction (``mean_recons`` is the single model's)."""
+        on its own member's reconstruction (``member_recons``, one (N, S, S, C) each)."""
         x = _as_float(images)
-        if len(self.heads) == 1:
-            return head_maps(self.heads[0], x, mean_recons, self.config.batch_size)
-        padded = self._pad(images)
-        return np.mean([head_maps(head, x, self._unpad(self._reconstruct(member, padded)),
-                                  self.config.batch_size)
-                        for member, head in zip(self.members, self.heads, strict=True)],
-                       axis=0, dtype=np.float32)
+        maps = [head_maps(head, x, recons, self.config.batch_size)
+                for head, recons in zip(self.heads, member_recons, strict=True)]
+        return maps[0] if len(maps) == 1 else np.mean(maps, axis=0, dtype=np.float32)
 
     def score(self, images: np.ndarray) -> ScoreResult:
         """Image scores, maps at ``eval_size`` and reconstructions of ``images``."""
@@ -321,13 +325,13 @@ class Scorer:
                 f"images are {images.shape[1:]} but the {c.model} model expects "
                 f"({c.image_size}, {c.image_size}, {3 if c.color_mode == 'rgb' else 1})",
                 fix="load the images with the model's image_size and color_mode")
-        recons, maps = self.reconstruct_with_maps(images)
+        recons, maps, member_recons = self._reconstruct_members_with_maps(images)
         if c.normalize and c.norm_mean is not None:
             maps = (maps - np.asarray(c.norm_mean, np.float32)) / np.asarray(c.norm_std,
                                                                             np.float32)
         if self.heads:
             error_maps = resize_maps(maps, c.eval_size)
-            maps = self._head_maps(images, recons)
+            maps = self._head_maps(images, member_recons)
             scores = peak_of_mean_filtered(maps, c.head_score_window)
             return ScoreResult(scores, resize_maps(maps, c.eval_size), recons, error_maps)
         if c.model == "ae1" and c.score_method == "mean" and not c.normalize:
