@@ -16,7 +16,6 @@ from anomaly_utils.scoring.statistics_floor import (
     FLOOR_VARIANTS,
     GRADIENT_FEATURES,
     StatisticsFloor,
-    dark_ridges,
     default_windows,
 )
 
@@ -94,37 +93,9 @@ def test_directional_gradients_see_turned_streaks_that_the_magnitude_misses(vari
         margins[gradient] = (floor.score(turned).scores.min()
                              / floor.score(normal).scores.max())
         assert floor.features(np.zeros((1, 8, 8, 3), np.float32), (3, 7)).shape[-1] \
-            == floor.n_features((3, 7), 3) \
-            == {"magnitude": 3, "directional": 4, "ridges": 6}[gradient] * 6
+            == floor.n_features((3, 7), 3) == {"magnitude": 3, "directional": 4}[gradient] * 6
     assert margins["directional"] > 3 and margins["directional"] > 3 * margins["magnitude"], \
         margins
-
-
-def test_dark_ridges_answer_a_thin_dark_line_and_not_a_bright_one():
-    plane = np.full((32, 32), 0.5, np.float32)
-    plane[8, :16] = 0.3  # a dark line one pixel wide
-    plane[20, :16] = 0.7  # a bright one
-    ridges = dark_ridges(plane, 1.0)
-    assert ridges.dtype == np.float32 and ridges.shape == plane.shape
-    assert ridges[8, 2:12].min() > 0.1
-    assert ridges[8, 2:12].min() > 2 * ridges[[6, 10], 2:12].max()  # peaks on the line
-    assert ridges[20, 2:12].max() == 0 and ridges[14, 2:12].max() == 0  # bright, flat
-    assert ridges.min() >= 0
-
-
-def test_ridge_features_extend_the_directional_ones(gray):
-    """Per window: the directional floor's four features, then one per ridge scale."""
-    train, normals = gray
-    windows = (3, 7)
-    directional = StatisticsFloor(gradient="directional").features(
-        normals.astype(np.float32) / 255, windows)
-    ridges = StatisticsFloor(gradient="ridges").features(
-        normals.astype(np.float32) / 255, windows)
-    assert ridges.shape[-1] == 12 and directional.shape[-1] == 8
-    for w in range(len(windows)):
-        np.testing.assert_array_equal(ridges[..., 6 * w:6 * w + 4],
-                                      directional[..., 4 * w:4 * w + 4])
-    assert (ridges[..., 4::6] >= 0).all() and ridges[..., 4::6].max() > 0
 
 
 def test_maps_at_another_eval_size_keep_the_peak_in_place(gray):

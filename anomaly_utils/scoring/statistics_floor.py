@@ -10,11 +10,9 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
    ``gradient`` (:data:`GRADIENT_FEATURES`): its magnitude (rotation-invariant, for textures
    that appear at any orientation), or the absolute horizontal and vertical components apart
    (``"directional"``: a change of a streak's or a weave's direction at the same contrast,
-   which the magnitude cannot see), or those and the local mean of the dark-ridge strength
-   at two scales (``"ridges"``: thin dark lines such as cracks, :func:`dark_ridges`). By
-   default the windows scale with the image: 1/16, 1/8 and 1/4 of its side rounded down to
-   odd (7, 15, 31 at 128 px). D = F x len(windows) x C features, F = 3 (magnitude), 4
-   (directional) or 6 (ridges).
+   which the magnitude cannot see). By default the windows scale with the image: 1/16, 1/8
+   and 1/4 of its side rounded down to odd (7, 15, 31 at 128 px). D = F x len(windows) x C
+   features, F = 3 (magnitude) or 4 (directional).
 3. Statistics, by ``variant`` (:data:`FLOOR_VARIANTS`):
 
    - ``"positional"``: one Gaussian per cell of a ``grid`` x ``grid`` partition (2 x 2 px
@@ -62,9 +60,8 @@ from anomaly_utils.errors import ArtifactError, LabError, ParameterError
 from anomaly_utils.scoring.stored import ScoreResult
 
 FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
-GRADIENT_FEATURES: tuple[str, ...] = ("magnitude", "directional", "ridges")
-_PER_WINDOW = {"magnitude": 3, "directional": 4, "ridges": 6}  # per channel and window
-RIDGE_SIGMAS = (1.0, 2.0)  # Gaussian scales of the ridge strength, input pixels
+GRADIENT_FEATURES: tuple[str, ...] = ("magnitude", "directional")
+_PER_WINDOW = {"magnitude": 3, "directional": 4}  # features per channel and window
 WINDOW_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # default windows, as fractions of the image side
 DEFAULT_SMOOTH_SIGMA = 2.0
 DEFAULT_SCORE_WINDOW = 5
@@ -86,32 +83,6 @@ def default_windows(side: int) -> tuple[int, ...]:
         ((7, 15, 31), (15, 31, 63), (1, 3))
     """
     return tuple(sorted({max(1, 2 * int(side * f / 2) - 1) for f in WINDOW_FRACTIONS}))
-
-
-def dark_ridges(plane: np.ndarray, sigma: float) -> np.ndarray:
-    """Strength of thin dark lines (cracks, scratches, grain boundaries) at scale ``sigma``.
-
-    The larger eigenvalue of the Hessian of the image smoothed by a Gaussian of ``sigma``
-    pixels, where positive (intensity curving up across a line: darker than both sides),
-    times sigma squared so that scales compare. Largest on the centre line of a dark line
-    about ``sigma`` wide, positive too at the dark foot of an edge, zero on flat areas and
-    bright lines.
-
-    Args:
-        plane: (H, W) float32 image.
-        sigma: Gaussian scale in pixels, > 0.
-
-    Returns:
-        (H, W) float32, in the plane's units.
-    """
-    border = cv2.BORDER_REFLECT
-    smooth = cv2.GaussianBlur(plane, (0, 0), sigma, borderType=border)
-    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3, borderType=border)
-    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3, borderType=border)
-    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3, borderType=border)
-    half_trace, half_diff = (dxx + dyy) / 2, (dxx - dyy) / 2
-    larger = half_trace + np.sqrt(half_diff * half_diff + dxy * dxy)
-    return np.maximum(larger, 0) * np.float32(sigma * sigma)
 
 
 def _is_number(value: Any) -> bool:
@@ -244,8 +215,7 @@ class StatisticsFloor:
     # -- features ---------------------------------------------------------------------------
 
     def n_features(self, windows: Sequence[int], channels: int) -> int:
-        """D, the features per pixel: per channel and window, 3 (magnitude), 4
-        (directional) or 6 (ridges)."""
+        """D, the features per pixel: per channel and window, 3 (magnitude) or 4."""
         return _PER_WINDOW[self.gradient] * len(windows) * channels
 
     def features(self, images: np.ndarray, windows: Sequence[int]) -> np.ndarray:
@@ -254,14 +224,12 @@ class StatisticsFloor:
         Returns:
             (N, H, W, D) float32 (:meth:`n_features`): per channel and window, the local
             mean, the local standard deviation and the local mean Sobel gradient (magnitude,
-            or absolute x then y component), then for ``"ridges"`` the local mean
-            :func:`dark_ridges` at each of :data:`RIDGE_SIGMAS`, in units of the
-            standardised image when ``normalize`` (else of [0, 1] intensity).
+            or absolute x then y component), in units of the standardised image when
+            ``normalize`` (else of [0, 1] intensity).
         """
         n, height, width, channels = images.shape
         out = np.empty((n, height, width, self.n_features(windows, channels)), np.float32)
-        directional = self.gradient in ("directional", "ridges")
-        sigmas = RIDGE_SIGMAS if self.gradient == "ridges" else ()
+        directional = self.gradient == "directional"
         border = cv2.BORDER_REFLECT
         for i, image in enumerate(images):
             if self.normalize:
@@ -275,17 +243,16 @@ class StatisticsFloor:
                 gx = cv2.Sobel(plane, cv2.CV_32F, 1, 0, ksize=3, borderType=border)
                 gy = cv2.Sobel(plane, cv2.CV_32F, 0, 1, ksize=3, borderType=border)
                 # not cv2.magnitude: its result depends on the arrays' memory alignment
-                averaged = (np.abs(gx), np.abs(gy)) if directional \
+                gradients = (np.abs(gx), np.abs(gy)) if directional \
                     else (np.sqrt(gx * gx + gy * gy),)
-                averaged += tuple(dark_ridges(plane, sigma) for sigma in sigmas)
                 for w in windows:
                     mean = cv2.blur(plane, (w, w), borderType=border)
                     variance = cv2.blur(square, (w, w), borderType=border) - mean * mean
                     out[i, ..., k] = mean
                     out[i, ..., k + 1] = np.sqrt(np.maximum(variance, 0))
-                    for g, plane_g in enumerate(averaged, start=k + 2):
-                        out[i, ..., g] = cv2.blur(plane_g, (w, w), borderType=border)
-                    k += 2 + len(averaged)
+                    for g, gradient in enumerate(gradients, start=k + 2):
+                        out[i, ..., g] = cv2.blur(gradient, (w, w), borderType=border)
+                    k += 2 + len(gradients)
         return out
 
     def _batches(self, images: np.ndarray,
