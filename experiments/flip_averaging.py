@@ -63,7 +63,7 @@ def measured(split: dict, scores: np.ndarray, maps: np.ndarray) -> dict:
 def main(run_dir: Path, turns: bool) -> dict:
     params = read_json(run_dir / "params.json")["notebooks"]["03_train_ae2"]
     scorer = Scorer.load(run_dir, "ae2")
-    if scorer.head is None:
+    if not scorer.heads:
         raise SystemExit(f"{run_dir}: AE-2 was trained without a head")
     ds = load_dataset(params["data_dir"], image_size=params["image_size"],
                       color_mode=params["color_mode"], val_fraction=params["val_fraction"],

@@ -175,11 +175,6 @@ class Scorer:
         """The first (for a single model: the only) member."""
         return self.members[0]
 
-    @property
-    def head(self):
-        """The first member's segmentation head, or None without one."""
-        return self.heads[0] if self.heads else None
-
     @classmethod
     def load(cls, run_dir: str | os.PathLike, name: str) -> Scorer:
         """Load ``run_dir/<name>/model.keras`` (safe mode), the further ensemble members'
@@ -202,7 +197,7 @@ class Scorer:
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         """Reconstruct uint8 or float images (N, S, S, C); returns float32 in [0, 1] (an
         ensemble's: the mean of its members' reconstructions)."""
-        return self._unpad(self._mean_reconstruction(self._pad(images)))
+        return self._unpad(_mean_of(self._member_reconstructions(self._pad(images))))
 
     def reconstruct_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions (N, S, S, C) and per-pixel error maps (N, S, S) at model resolution.
@@ -223,10 +218,11 @@ class Scorer:
         padded = self._pad(images)
         if len(self.members) == 1:
             recons, maps = self._reconstruct_with_maps(self.model, padded)
-            return self._unpad(recons), self._unpad(maps), [self._unpad(recons)]
+            recons = self._unpad(recons)
+            return recons, self._unpad(maps), [recons]
         c = self.config
-        each = [self._reconstruct(model, padded) for model in self.members]
-        recons = np.mean(each, axis=0, dtype=np.float32)
+        each = self._member_reconstructions(padded)
+        recons = _mean_of(each)
         maps = anomaly_map(_as_float(padded), recons, kind=c.map_kind,
                                    smooth_sigma=c.smooth_sigma)
         return self._unpad(recons), self._unpad(maps), [self._unpad(r) for r in each]
@@ -251,9 +247,9 @@ class Scorer:
         p = self.config.pad
         return arrays[:, p:-p, p:-p] if p else arrays
 
-    def _mean_reconstruction(self, images: np.ndarray) -> np.ndarray:
-        recons = [self._reconstruct(model, images) for model in self.members]
-        return recons[0] if len(recons) == 1 else np.mean(recons, axis=0, dtype=np.float32)
+    def _member_reconstructions(self, images: np.ndarray) -> list[np.ndarray]:
+        """Each member's reconstruction (N, S, S, C) of ``images`` as given (padded or not)."""
+        return [self._reconstruct(model, images) for model in self.members]
 
     def _reconstruct(self, model, images: np.ndarray) -> np.ndarray:
         c = self.config
@@ -364,3 +360,8 @@ def _as_float(images: np.ndarray) -> np.ndarray:
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     return images.astype(np.float32, copy=False)
+
+
+def _mean_of(recons: list[np.ndarray]) -> np.ndarray:
+    """The members' mean reconstruction, float32 (one member's: its own, unchanged)."""
+    return recons[0] if len(recons) == 1 else np.mean(recons, axis=0, dtype=np.float32)
