@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
+from anomaly_utils.scoring import statistics_floor
 from anomaly_utils.scoring.statistics_floor import (
     FLOOR_VARIANTS,
     GRADIENT_FEATURES,
@@ -165,6 +166,17 @@ def test_fit_and_score_are_deterministic(gray):
     second = StatisticsFloor().fit(train).score(normals)
     assert np.array_equal(first.maps, second.maps)
     assert np.array_equal(first.scores, second.scores)
+
+
+@pytest.mark.parametrize("variant", FLOOR_VARIANTS)
+def test_the_distances_do_not_depend_on_how_the_pixels_are_sliced(gray, variant, monkeypatch):
+    """Scoring slices a cell's pixels to keep its float64 copies in cache; slices of 7 pixels
+    (none ending at a cell's or an image's edge) give the same bits as one slice."""
+    train, normals = gray
+    floor = StatisticsFloor(variant, grid=4).fit(train)
+    whole = floor.raw_maps(normals)
+    monkeypatch.setattr(statistics_floor, "_SCORE_PIXELS", 7)
+    assert np.array_equal(floor.raw_maps(normals), whole)
 
 
 def test_uint8_and_unit_float_input_agree_and_recons_are_the_inputs(gray):

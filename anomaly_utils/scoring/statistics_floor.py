@@ -71,6 +71,7 @@ _FORMAT = 1
 _CONFIG_FILE = "statistics_floor.json"
 _ARRAYS_FILE = "statistics_floor.npz"
 _BATCH_PIXELS = 1 << 20  # image pixels per batch: the features take 4 x D bytes each
+_SCORE_PIXELS = 1 << 14  # pixels per slice of the distance computation (2-5 MB in float64)
 _MIN_STD = 0.01  # floor of an image's standard deviation when standardising it
 
 
@@ -229,6 +230,10 @@ class StatisticsFloor:
         """
         n, height, width, channels = images.shape
         out = np.empty((n, height, width, self.n_features(windows, channels)), np.float32)
+        # Planes are written channel-first, then interleaved in one copy: writing each plane
+        # into the channels-last array directly is a strided write, 5x slower (measured:
+        # 12.8 against 2.6 ms for 36 planes of 256 x 256).
+        planes = np.empty((out.shape[-1], height, width), np.float32)
         directional = self.gradient == "directional"
         border = cv2.BORDER_REFLECT
         for i, image in enumerate(images):
@@ -248,11 +253,12 @@ class StatisticsFloor:
                 for w in windows:
                     mean = cv2.blur(plane, (w, w), borderType=border)
                     variance = cv2.blur(square, (w, w), borderType=border) - mean * mean
-                    out[i, ..., k] = mean
-                    out[i, ..., k + 1] = np.sqrt(np.maximum(variance, 0))
+                    planes[k] = mean
+                    np.sqrt(np.maximum(variance, 0), out=planes[k + 1])
                     for g, gradient in enumerate(gradients, start=k + 2):
-                        out[i, ..., g] = cv2.blur(gradient, (w, w), borderType=border)
+                        cv2.blur(gradient, (w, w), dst=planes[g], borderType=border)
                     k += 2 + len(gradients)
+            out[i] = planes.transpose(1, 2, 0)
         return out
 
     def _batches(self, images: np.ndarray,
@@ -358,10 +364,16 @@ class StatisticsFloor:
         for start, feats in self._batches(images, self.used_windows):
             stop = start + len(feats)
             for i, j, rows, cols in self._cells(*images.shape[1:3]):
-                x = feats[:, rows, cols].astype(np.float64) - self.mean[i, j]
-                z = x.reshape(-1, d) @ self._whiten[i, j]
-                maps[start:stop, rows, cols] = np.sqrt(
-                    np.einsum("nd,nd->n", z, z)).reshape(x.shape[:3])
+                cell = feats[:, rows, cols]
+                pixels = cell.reshape(-1, d)
+                distance = np.empty(len(pixels), np.float32)
+                # Pixels in slices whose float64 copies stay in cache: the global variant's
+                # one cell is the whole batch (300 MB in float64), 3.5x slower in one piece.
+                for a in range(0, len(pixels), _SCORE_PIXELS):
+                    z = (pixels[a:a + _SCORE_PIXELS].astype(np.float64) - self.mean[i, j]) \
+                        @ self._whiten[i, j]
+                    distance[a:a + _SCORE_PIXELS] = np.sqrt(np.einsum("nd,nd->n", z, z))
+                maps[start:stop, rows, cols] = distance.reshape(cell.shape[:3])
         return maps
 
     def score(self, images: np.ndarray) -> ScoreResult:
