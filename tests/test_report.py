@@ -271,3 +271,34 @@ def test_a_gallery_page_is_saved_whole_as_png(tmp_path):
     assert saved.shape == (round(height), round(width), 3)  # untrimmed: the page as laid out
     assert saved.std() > 0 and [p.name for p in tmp_path.iterdir()] == ["page.png"]
     plt.close(fig)
+
+
+def test_pages_saved_in_two_processes_are_the_bytes_of_pages_saved_here(tmp_path):
+    """notebook 05 saves its error pages in separate processes: the same files, every page."""
+    from anomaly_utils.visualization.pages import save_pages
+
+    rng = np.random.default_rng(2)
+    pages = [(_page_rows(n, rng), name) for n, name in ((2, "a.png"), (1, "b.png"),
+                                                         (3, "c.png"), (1, "d.png"),
+                                                         (2, "e.png"))]
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    assert save_pages([(rows, here / name) for rows, name in pages]) == 5
+    assert save_pages(((rows, there / name) for rows, name in pages), workers=2) == 5
+    assert sorted(p.name for p in there.iterdir()) == ["a.png", "b.png", "c.png", "d.png",
+                                                       "e.png"]
+    for _, name in pages:
+        assert (there / name).read_bytes() == (here / name).read_bytes(), name
+
+
+def test_a_page_that_fails_in_a_worker_fails_the_caller(tmp_path):
+    from anomaly_utils.visualization.pages import save_pages
+
+    broken = _page_rows(1, np.random.default_rng(3))
+    del broken[0]["verdict"]
+    good = _page_rows(1, np.random.default_rng(4))
+    with pytest.raises(KeyError, match="verdict"):
+        save_pages([(good, tmp_path / "good.png"), (broken, tmp_path / "broken.png")],
+                   workers=2)
+    assert not (tmp_path / "broken.png").exists()  # nothing half-written
