@@ -29,6 +29,11 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+
+from anomaly_utils.visualization import plots
+
 PENDING_PER_WORKER = 2  # pages built and waiting per process: bounds the rows held in memory
 
 
@@ -43,10 +48,6 @@ def usable_cpus() -> int:
 def save_page_rows(rows: list[dict], path: str | os.PathLike) -> None:
     """Lay out one gallery page (:func:`~anomaly_utils.visualization.plots.gallery_rows`),
     save it as :func:`~anomaly_utils.visualization.plots.save_page` does and close it."""
-    import matplotlib.pyplot as plt
-
-    from anomaly_utils.visualization import plots
-
     fig = plots.gallery_rows(rows)
     try:
         plots.save_page(fig, path)
@@ -56,8 +57,6 @@ def save_page_rows(rows: list[dict], path: str | os.PathLike) -> None:
 
 def _use_agg() -> None:
     """A worker draws into files only: the file backend, whatever the notebook's is."""
-    import matplotlib
-
     matplotlib.use("Agg", force=True)
 
 
