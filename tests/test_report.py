@@ -302,3 +302,17 @@ def test_a_page_that_fails_in_a_worker_fails_the_caller(tmp_path):
         save_pages([(good, tmp_path / "good.png"), (broken, tmp_path / "broken.png")],
                    workers=2)
     assert not (tmp_path / "broken.png").exists()  # nothing half-written
+
+
+def test_pages_are_saved_here_where_no_process_pool_can_be_made(tmp_path, monkeypatch, capsys):
+    from anomaly_utils.visualization import pages as page_module
+
+    def no_pool(*args, **kwargs):
+        raise OSError("[Errno 38] Function not implemented")  # sem_open without /dev/shm
+
+    monkeypatch.setattr(page_module, "ProcessPoolExecutor", no_pool)
+    rows = _page_rows(1, np.random.default_rng(5))
+    assert page_module.save_pages([(rows, tmp_path / "a.png"), (rows, tmp_path / "b.png")],
+                                  workers=2) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+    assert "no process pool here" in capsys.readouterr().out

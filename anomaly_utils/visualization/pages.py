@@ -65,6 +65,14 @@ def _finish(futures: set[Future]) -> None:
         future.result()  # a worker's error is raised here, in the notebook
 
 
+def _save_here(pages: Iterable[tuple[list[dict], str | os.PathLike]]) -> int:
+    count = 0
+    for rows, path in pages:
+        save_page_rows(rows, path)
+        count += 1
+    return count
+
+
 def save_pages(pages: Iterable[tuple[list[dict], str | os.PathLike]],
                workers: int = 1) -> int:
     """Save gallery pages, in ``workers`` processes.
@@ -78,23 +86,25 @@ def save_pages(pages: Iterable[tuple[list[dict], str | os.PathLike]],
             matplotlib settings (``plots`` sets them when imported). More than one starts
             fresh interpreters (multiprocessing's spawn), which import the caller's main
             module again: from a notebook that is nothing, from a script only what runs
-            outside its ``if __name__ == "__main__":`` block.
+            outside its ``if __name__ == "__main__":`` block. Where no process pool can
+            be made (no POSIX semaphores), the pages are saved here, and a line says so.
 
     Returns:
         The number of pages saved.
     """
     workers = max(1, int(workers))
     if workers == 1:
-        count = 0
-        for rows, path in pages:
-            save_page_rows(rows, path)
-            count += 1
-        return count
+        return _save_here(pages)
     # spawn, not fork: the notebook's process holds TensorFlow's threads, which a fork copies
     # in whatever state they are.
     context = multiprocessing.get_context("spawn")
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_use_agg)
+    except (OSError, NotImplementedError) as error:  # e.g. no POSIX semaphores (/dev/shm)
+        print(f"gallery pages saved in this process: no process pool here ({error})")
+        return _save_here(pages)
     count, pending = 0, set()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_use_agg) as pool:
+    with pool:
         for rows, path in pages:
             if len(pending) >= PENDING_PER_WORKER * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
