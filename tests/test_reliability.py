@@ -441,3 +441,61 @@ def test_sigkill_during_notebook_04_then_resume_reruns_only_04_and_05(tmp_path: 
         for key in ("image_auroc", "pixel_auroc", "aupro", "image_threshold"):
             # Same score files, another process: numpy's kernels agree, stated to 1e-7.
             assert ours[model][key] == pytest.approx(ref[model][key], rel=1e-7), (model, key)
+
+
+# --------------------------------------------------------------------------- kernel start-up
+
+def _dying_papermill(tmp_path: Path, logs: list[bytes]):
+    """A papermill.execute_notebook whose kernel dies before it runs a cell while ``logs``
+    has lines left (each call writes the next to the kernel's stderr log), then succeeds."""
+    calls = []
+
+    def execute(*args, **kwargs):
+        calls.append(kwargs["config"]["LoggedKernelManager"]["stderr_log"])
+        if len(calls) <= len(logs):
+            with open(calls[-1], "ab") as log:
+                log.write(logs[len(calls) - 1])
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    return execute, calls
+
+
+PORT_TAKEN = b"zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:43395')\n"
+
+
+def test_a_kernel_that_lost_its_port_to_another_starts_again(tmp_path: Path, monkeypatch):
+    import papermill
+
+    from anomaly_utils.pipeline import runs
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "01_data_exploration.stderr.log").write_bytes(PORT_TAKEN)  # earlier
+    execute, calls = _dying_papermill(tmp_path, [PORT_TAKEN, PORT_TAKEN])
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    runs.execute_notebook("01_data_exploration", tmp_path, {}, progress=False)
+    assert len(calls) == 3  # two kernels lost their ports; the third ran the notebook
+    # The same race every time: the error names the log rather than trying forever.
+    execute, calls = _dying_papermill(tmp_path, [PORT_TAKEN] * runs.KERNEL_START_ATTEMPTS)
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    with pytest.raises(LabError, match="died before it ran a cell") as error:
+        runs.execute_notebook("01_data_exploration", tmp_path, {}, progress=False)
+    assert len(calls) == runs.KERNEL_START_ATTEMPTS
+    assert "01_data_exploration.stderr.log" in error.value.fix
+
+
+def test_a_kernel_that_dies_for_another_reason_is_an_error_naming_its_log(tmp_path: Path,
+                                                                         monkeypatch):
+    import papermill
+
+    from anomaly_utils.pipeline import runs
+
+    # A port message from an earlier start in the same log does not count for this one.
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "03_train_ae2.stderr.log").write_bytes(PORT_TAKEN)
+    execute, calls = _dying_papermill(tmp_path, [b"ModuleNotFoundError: No module named 'x'\n"])
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    with pytest.raises(LabError, match="notebook 03_train_ae2 died before") as error:
+        runs.execute_notebook("03_train_ae2", tmp_path, {}, progress=False)
+    assert len(calls) == 1
+    assert str(tmp_path / "logs" / "03_train_ae2.stderr.log") in error.value.fix
+    assert f"--resume {tmp_path.name}" in error.value.fix

@@ -82,6 +82,24 @@ def _failure_message(notebook: str, exc: Exception) -> str:
     return f"notebook {notebook} failed in {where}: {ename}: {evalue}"
 
 
+# A kernel binds the ports that its manager found free a moment before; a kernel started at
+# the same time by another process (a sweep's or a test suite's) can take one of them first.
+# That kernel dies before it runs anything, so starting it again on fresh ports is safe.
+KERNEL_DIED = "Kernel died before replying to kernel_info"
+KERNEL_START_ATTEMPTS = 3
+
+
+def _lost_port_race(stderr_log: Path, offset: int) -> bool:
+    """Whether what the kernel wrote to ``stderr_log`` after byte ``offset`` says that one of
+    its ports was taken ("Address already in use")."""
+    try:
+        with open(stderr_log, "rb") as log:
+            log.seek(offset)
+            return b"Address already in use" in log.read()
+    except OSError:
+        return False
+
+
 def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: bool = True,
                      kernel_name: str | None = None, backend: str | None = None) -> float:
     """Run one notebook with papermill into ``run_dir/<notebook>.ipynb``; return seconds.
@@ -93,7 +111,10 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
 
     Raises:
         LabError: a cell failed; the message names the notebook and the cell, and the
-            partially executed notebook stays at ``run_dir/<notebook>.ipynb``.
+            partially executed notebook stays at ``run_dir/<notebook>.ipynb``. Or the kernel
+            died before it ran a cell, for another reason than a port that another kernel
+            took (that one starts again, up to ``KERNEL_START_ATTEMPTS`` times); the message
+            names its log.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -102,19 +123,30 @@ def execute_notebook(notebook: str, run_dir: Path, parameters: dict, progress: b
     # Absolute: papermill changes the working directory to notebooks/ while it executes, and
     # a sweep runs several notebooks at once in threads of this one process.
     output = run_dir.resolve() / f"{notebook}.ipynb"
-    try:
-        papermill.execute_notebook(
-            str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
-            cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
-            request_save_on_cell_execute=True,
-            config=kernel_config(run_dir.resolve() / "logs" / f"{notebook}.stderr.log",
-                                 recorded_backend(run_dir) or backend),
-            kernel_manager_class=kernel_manager_class(),
-        )
-    except PapermillExecutionError as exc:
-        raise LabError(_failure_message(notebook, exc),
-                       fix=f"read the traceback in '{output}', fix the cause, then rerun with "
-                           f"--resume {run_dir.name}") from exc
+    stderr_log = run_dir.resolve() / "logs" / f"{notebook}.stderr.log"
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        logged = stderr_log.stat().st_size if stderr_log.exists() else 0
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(output), parameters=parameters,
+                cwd=str(NOTEBOOK_DIR), progress_bar=progress, kernel_name=kernel_name,
+                request_save_on_cell_execute=True,
+                config=kernel_config(stderr_log, recorded_backend(run_dir) or backend),
+                kernel_manager_class=kernel_manager_class(),
+            )
+            break
+        except PapermillExecutionError as exc:
+            raise LabError(_failure_message(notebook, exc),
+                           fix=f"read the traceback in '{output}', fix the cause, then rerun "
+                               f"with --resume {run_dir.name}") from exc
+        except RuntimeError as exc:
+            if KERNEL_DIED not in str(exc):
+                raise
+            if _lost_port_race(stderr_log, logged) and attempt < KERNEL_START_ATTEMPTS:
+                continue
+            raise LabError(f"the kernel for notebook {notebook} died before it ran a cell",
+                           fix=f"read its output in '{stderr_log}', fix the cause, then rerun "
+                               f"with --resume {run_dir.name}") from exc
     return time.perf_counter() - start
 
 
