@@ -9,7 +9,6 @@ passes means the lab refused it, not that the payload was inert.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -435,12 +434,28 @@ def test_sigkill_during_notebook_04_then_resume_reruns_only_04_and_05(tmp_path: 
     assert mtimes == {nb: (runs / "k" / f"{nb}.ipynb").stat().st_mtime_ns
                       for nb in NOTEBOOKS[:3]}
     assert all(v["state"] == "completed" for v in read_json(status_path).values())
-    ours, ref = (json.loads((run / "metrics.json").read_text())
-                 for run in (runs / "k", finished_run))
-    for model in ("ae1", "ae2"):
-        for key in ("image_auroc", "pixel_auroc", "aupro", "image_threshold"):
-            # Same score files, another process: numpy's kernels agree, stated to 1e-7.
-            assert ours[model][key] == pytest.approx(ref[model][key], rel=1e-7), (model, key)
+    # Same score files, another process: every candidate's thresholds and metrics, and the
+    # choice, again (numbers to 1e-7: numpy's kernels, stated, not assumed bit-equal).
+    for name in ("thresholds.json", "metrics.json"):
+        ours, ref = (read_json(run / name) for run in (runs / "k", finished_run))
+        ours.pop("params", None), ref.pop("params", None)
+        assert_same_json(ours, ref, name)
+
+
+def assert_same_json(got, want, where: str) -> None:
+    """``got`` equals ``want`` key for key and item for item; floats to a relative 1e-7."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for key in want:
+            assert_same_json(got[key], want[key], f"{where}/{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_same_json(a, b, f"{where}/{i}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-7, nan_ok=True), where
+    else:
+        assert got == want, where
 
 
 # --------------------------------------------------------------------------- kernel start-up
