@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "anomaly_utils"
-SHARED = {"errors", "artifacts", "seeding"}
+SHARED = {"errors", "artifacts", "seeding", "cpus"}
 # Each stage and the stages it may import (the shared modules are open to all).
 MAY_IMPORT = {
     "data": set(),

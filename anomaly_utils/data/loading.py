@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_utils.cpus import usable_cpus
 from anomaly_utils.data.images import (
     channels_for,
     detect_color_mode,
@@ -35,7 +36,7 @@ from anomaly_utils.data.layout import (
 )
 from anomaly_utils.errors import DataError, ParameterError
 
-_LOAD_THREADS = max(2, min(8, os.cpu_count() or 2))
+_LOAD_THREADS = max(2, min(8, usable_cpus()))
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

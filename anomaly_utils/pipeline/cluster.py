@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_utils.artifacts import read_json
+from anomaly_utils.cpus import threads_per_job
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.runs import execute_notebook
 
@@ -71,11 +72,6 @@ def parse_cluster(address: str) -> tuple[str, int | str]:
     return "remote", address
 
 
-def worker_threads(nthreads: int) -> int:
-    """TensorFlow threads per kernel when ``nthreads`` tasks share this machine's CPUs."""
-    return max(1, (os.cpu_count() or 1) // max(1, nthreads))
-
-
 @contextmanager
 def connect(cluster: Any, timeout: float = 30) -> Iterator[tuple[Any, int | None]]:
     """A ``distributed.Client`` for ``cluster`` and the threads each kernel gets.
@@ -86,7 +82,7 @@ def connect(cluster: Any, timeout: float = 30) -> Iterator[tuple[Any, int | None
         timeout: seconds to wait for a remote scheduler.
 
     Yields:
-        ``(client, threads)``: ``threads`` is ``cpu_count // N`` for ``local:N`` and ``None``
+        ``(client, threads)``: ``threads`` is usable CPUs // N for ``local:N`` and ``None``
         elsewhere (each worker then divides its own CPUs by its own thread count).
 
     Raises:
@@ -101,7 +97,7 @@ def connect(cluster: Any, timeout: float = 30) -> Iterator[tuple[Any, int | None
     if kind == "local":
         with LocalCluster(n_workers=where, threads_per_worker=1, processes=True,
                           dashboard_address=None) as local, Client(local) as client:
-            yield client, worker_threads(where)
+            yield client, threads_per_job(where)
         return
     try:
         client = Client(where, timeout=timeout)
@@ -147,7 +143,7 @@ def execute_notebook_task(notebook: str, run_dir: str, parameters: dict,
     if threads is None:
         from distributed import get_worker
 
-        threads = worker_threads(get_worker().state.nthreads)
+        threads = threads_per_job(get_worker().state.nthreads)
     os.environ.update({"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
                        "OMP_NUM_THREADS": str(threads)})
     host = socket.gethostname()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json
+from anomaly_utils.cpus import threads_per_job
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.evaluation.metrics import image_auroc, pixel_auroc
 from anomaly_utils.pipeline.cluster import (
@@ -65,11 +66,6 @@ SELECT_BY = "ae2_val_image_auroc"
 def config_name(values: dict[str, Any]) -> str:
     """A folder name for one configuration, e.g. ``epochs=5_latent_dim=64``."""
     return "_".join(f"{name.replace('.', '-')}={value}" for name, value in values.items())
-
-
-def split_threads(jobs: int) -> int:
-    """Threads per job so that ``jobs`` parallel kernels share the CPU without oversubscribing."""
-    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def share_outputs(notebook: str, leader: str, runs: dict[str, dict], name: str) -> None:
@@ -231,7 +227,7 @@ def _run_on_cluster(runs: dict[str, dict], notebooks: tuple[str, ...], cluster,
 
 def _run_here(runs: dict[str, dict], notebooks: tuple[str, ...], jobs: int, log) -> None:
     """The notebooks in waves, leaders in ``jobs`` threads of this process (each a kernel)."""
-    threads = split_threads(jobs)
+    threads = threads_per_job(jobs)
     os.environ.update({"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
                        "OMP_NUM_THREADS": str(threads)})
     for notebook in notebooks:

@@ -32,17 +32,12 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 
+from anomaly_utils.cpus import usable_cpus
 from anomaly_utils.visualization import plots
 
+__all__ = ["save_page_rows", "save_pages", "usable_cpus"]
+
 PENDING_PER_WORKER = 2  # pages built and waiting per process: bounds the rows held in memory
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the system reports one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
 
 
 def save_page_rows(rows: list[dict], path: str | os.PathLike) -> None:
