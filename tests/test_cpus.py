@@ -39,3 +39,17 @@ def test_sweeps_and_cluster_workers_share_the_usable_cpus(two_of_64):
     assert sweep.threads_per_job is cpus.threads_per_job
     assert cluster.threads_per_job is cpus.threads_per_job
     assert cpus.threads_per_job(2) == 1  # 64 // 2 = 32 threads each before
+
+
+@pytest.mark.parametrize(("share", "expected"), [
+    (None, 2), ("1", 1), ("2", 2), ("32", 2), ("0", 2), ("", 2), ("many", 2)])
+def test_a_process_keeps_to_the_share_its_launcher_gave_it(two_of_64, monkeypatch, share,
+                                                           expected):
+    """A sweep of two jobs on two CPUs gives each kernel one thread: notebook 05 then saves
+    its pages in the kernel, not in two more processes; no share, or none that makes sense,
+    leaves every usable CPU."""
+    if share is None:
+        monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", share)
+    assert cpus.cpu_share() == expected
