@@ -35,14 +35,14 @@ except ImportError:  # nbval absent: nothing to configure
 
 OUTCOME_TAG = "outcome"
 SHORTENED = {
-    # The floor's fit and its scores at 128 px, not 256: its cell is an outcome cell, and at
-    # 256 px it was nbval's slowest (77 s of make test's 2 cores).
-    "01_data_exploration.ipynb": {"floor_image_size": 128},
+    # The floor's fit and its scores at 64 px, not 256: its cell is an outcome cell, and at
+    # 256 px it was nbval's slowest (77 s of make test's 2 cores; 15 s alone at 128 px).
+    "01_data_exploration.ipynb": {"floor_image_size": 64},
     "02_train_ae1.ipynb": {"epochs": 1},
     # AE-2 scores with a 32 px sliding-window stride, not 16 (9 windows an image, not 25): the
     # scoring cell prints counts only, and its scores are compared in outcome cells.
-    "03_train_ae2.ipynb": {"epochs": 1, "patches_per_epoch": 256, "head_epochs": 1,
-                           "head_patches_per_epoch": 128, "stride": 32},
+    "03_train_ae2.ipynb": {"epochs": 1, "patches_per_epoch": 128, "head_epochs": 1,
+                           "head_patches_per_epoch": 64, "stride": 32},
 }
 # A number, or NaN / inf: a rate with nothing to divide (precision when a threshold flags
 # no image) is NaN after one training and a number after another.
