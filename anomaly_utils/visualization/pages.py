@@ -1,4 +1,4 @@
-"""Gallery pages saved on every core.
+"""Gallery pages saved on several cores.
 
 Notebook 05 saves every false negative and false positive of every candidate, twelve rows a
 page: on the real development sets 90-110 pages per run, about 0.9 s each to lay out and
@@ -6,7 +6,9 @@ encode, nearly all of it in matplotlib, which holds the interpreter's lock. Sepa
 processes lay out the pages side by side (magnetic_tile's 92 pages of one run: 64 s in one
 process, 34 s in two on 2 cores, byte for byte the same files); the notebook keeps building
 the rows (reading the test images) while they work, and at most two pages per process wait,
-so the rows of a hundred pages are never in memory at once.
+so the rows of a hundred pages are never in memory at once. The notebook asks for as many
+processes as its kernel's share of the CPUs (:func:`anomaly_utils.cpus.cpu_share`): every
+usable CPU in a run of its own, one in each of two sweep jobs on two cores.
 
 Example:
     >>> import numpy as np, tempfile
