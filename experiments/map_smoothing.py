@@ -65,9 +65,9 @@ def main() -> None:
             kinds = sorted(set(val["types"][val["labels"] == 1].astype(str)))
             print(f"  {name} (eval {val['maps'].shape[1]} px); per kind: {', '.join(kinds)}")
             clean = val["labels"] == 0
+            has = np.asarray(test["has_mask"], bool)  # as the report keeps them
             for sigma in args.sigmas:
                 v_px, v_pro = pixel_metrics(val, sigma)
-                has = np.asarray(test["has_mask"], bool)  # as the report keeps them
                 t_px, t_pro = pixel_metrics(test, sigma, None if has.all() else has)
                 per_kind = [pixel_metrics(val, sigma, clean | (val["types"] == k))[0]
                             for k in kinds]

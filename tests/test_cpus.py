@@ -9,7 +9,6 @@ import pytest
 
 from anomaly_utils import cpus
 from anomaly_utils.pipeline import cluster, sweep
-from anomaly_utils.visualization import pages
 
 
 @pytest.fixture
@@ -21,7 +20,6 @@ def two_of_64(monkeypatch):
 
 def test_usable_cpus_are_the_affinity_not_the_machine(two_of_64):
     assert cpus.usable_cpus() == 2
-    assert pages.usable_cpus is cpus.usable_cpus  # notebook 05 sizes its page processes so
     assert [cpus.threads_per_job(n) for n in (1, 2, 3)] == [2, 1, 1]
 
 
@@ -34,11 +32,29 @@ def test_without_an_affinity_call_the_machine_count_is_used(monkeypatch):
     assert cpus.usable_cpus() == 1
 
 
-def test_sweeps_and_cluster_workers_share_the_usable_cpus(two_of_64):
-    # A local sweep's kernels and a local cluster's workers divide the usable CPUs.
-    assert sweep.threads_per_job is cpus.threads_per_job
-    assert cluster.threads_per_job is cpus.threads_per_job
-    assert cpus.threads_per_job(2) == 1  # 64 // 2 = 32 threads each before
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+def test_sweeps_and_cluster_workers_share_the_usable_cpus(two_of_64, monkeypatch, tmp_path):
+    """A local sweep's kernels and a cluster worker's divide the usable CPUs (64 // 2 = 32
+    threads each when the machine's count was taken), and the kernels' pages keep to it."""
+    import distributed
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "7")  # what the sweep and the task set here is restored after
+    sweep._run_here({}, (), jobs=2, log=lambda m: None)  # no notebooks: only the threads
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == os.environ["OMP_NUM_THREADS"] == "1"
+    assert cpus.cpu_share() == 1  # notebook 05 in such a kernel saves its pages itself
+
+    class Worker:
+        class state:
+            nthreads = 1
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: Worker)
+    outcome = cluster.execute_notebook_task("01_data_exploration", str(tmp_path / "nowhere"),
+                                            {})  # unreachable run: returns once threads are set
+    assert outcome["state"] == "failed"
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "2"
 
 
 @pytest.mark.parametrize(("share", "expected"), [

@@ -437,8 +437,8 @@ def test_sigkill_during_notebook_04_then_resume_reruns_only_04_and_05(tmp_path: 
     # Same score files, another process: every candidate's thresholds and metrics, and the
     # choice, again (numbers to 1e-7: numpy's kernels, stated, not assumed bit-equal).
     for name in ("thresholds.json", "metrics.json"):
-        ours, ref = (read_json(run / name) for run in (runs / "k", finished_run))
-        ours.pop("params", None), ref.pop("params", None)
+        ours, ref = ({k: v for k, v in read_json(run / name).items() if k != "params"}
+                     for run in (runs / "k", finished_run))
         assert_same_json(ours, ref, name)
 
 

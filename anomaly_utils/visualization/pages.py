@@ -34,10 +34,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 
-from anomaly_utils.cpus import usable_cpus
 from anomaly_utils.visualization import plots
-
-__all__ = ["save_page_rows", "save_pages", "usable_cpus"]
 
 PENDING_PER_WORKER = 2  # pages built and waiting per process: bounds the rows held in memory
 
