@@ -21,6 +21,7 @@ from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.vocabulary import HEAD_TRAININGS
 from anomaly_utils.scoring.candidates import REGISTRY
+from anomaly_utils.scoring.eigen_residual import floor_eigen_problem
 from anomaly_utils.scoring.map_kinds import HEADS, map_components
 from anomaly_utils.scoring.statistics_floor import FLOOR_VARIANTS, GRADIENT_FEATURES
 from anomaly_utils.training.masks import CORRUPT_MODES
@@ -295,7 +296,8 @@ RULES: dict[str, dict[str, Rule]] = {
                             "val_fraction": COMMON["val_fraction"],
                             "eval_size": COMMON["eval_size"], "floor_image_size": _positive_int,
                             "floor_variant": _one_of("auto", *FLOOR_VARIANTS),
-                            "floor_gradient": _one_of("auto", *GRADIENT_FEATURES)},
+                            "floor_gradient": _one_of("auto", *GRADIENT_FEATURES),
+                            "floor_eigen": floor_eigen_problem},
     "02_train_ae1": {**COMMON, "image_size": _multiple_of(8), "variant": _one_of("ae", "vae"),
                      "vae_samples": _non_negative, "strategy": _distribution,
                      "devices": _devices},
@@ -368,8 +370,7 @@ def check_parameters(notebook: str, namespace: dict[str, Any]) -> None:
 
     Args:
         notebook: the notebook's name, e.g. ``"03_train_ae2"``.
-        namespace: the kernel's variables (``globals()``); the parameters' current values
-            are read from it.
+        namespace: the kernel's variables (``globals()``), the parameters' current values.
 
     Raises:
         ParameterError: as :func:`validate`, naming the parameter, its value and the range.

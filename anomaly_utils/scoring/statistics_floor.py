@@ -23,7 +23,11 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
    without subsampling or randomness, and shrunk: ``cov + shrinkage * trace(cov) / D * I``.
 4. Map: the Mahalanobis distance of each pixel (in standard deviations), resized to
    ``eval_size`` and smoothed by a Gaussian of ``smooth_sigma`` eval pixels.
-5. Image score: the peak of the map after a ``score_window`` x ``score_window`` mean filter,
+5. Optionally (``eigen_side``), the map is averaged with the eigen-image residual
+   (:mod:`anomaly_utils.scoring.eigen_residual`), which sees what is wrong with an image as a
+   whole rather than with a neighbourhood; each map is first standardised by its mean and
+   standard deviation on defect-free training images.
+6. Image score: the peak of the map after a ``score_window`` x ``score_window`` mean filter,
    so that no single hot pixel decides an image.
 
 The defaults were chosen on the pseudo-labelled validation sets of the synthetic carpet,
@@ -46,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -57,6 +62,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import load_npz, read_json, save_npz, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
+from anomaly_utils.scoring.eigen_residual import ARRAY_NAMES, EigenResidual
 from anomaly_utils.scoring.stored import ScoreResult
 
 FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
@@ -73,6 +79,7 @@ _ARRAYS_FILE = "statistics_floor.npz"
 _BATCH_PIXELS = 1 << 20  # image pixels per batch: the features take 4 x D bytes each
 _SCORE_PIXELS = 1 << 14  # pixels per slice of the distance computation (2-5 MB in float64)
 _MIN_STD = 0.01  # floor of an image's standard deviation when standardising it
+_STATS_IMAGES = 256  # training images (evenly spaced) whose maps standardise a fused floor
 
 
 def default_windows(side: int) -> tuple[int, ...]:
@@ -174,13 +181,15 @@ class StatisticsFloor:
         shrinkage: covariance shrinkage towards the mean variance, in (0, 1].
         gradient: ``"magnitude"`` or ``"directional"`` gradient features; see
             :data:`GRADIENT_FEATURES`.
+        eigen_side: side in pixels of the eigen-image residual averaged into the map, or
+            None for the local statistics alone.
     """
 
     def __init__(self, variant: str = "positional", windows: Sequence[int] | None = None,
                  eval_size: int = 128, smooth_sigma: float = DEFAULT_SMOOTH_SIGMA,
                  score_window: int = DEFAULT_SCORE_WINDOW, grid: int = DEFAULT_GRID,
                  normalize: bool = True, shrinkage: float = DEFAULT_SHRINKAGE,
-                 gradient: str = "magnitude"):
+                 gradient: str = "magnitude", eigen_side: int | None = None):
         for ok, message, fix in (
             (variant in FLOOR_VARIANTS, f"variant {variant!r} is not known",
              f"use one of {', '.join(FLOOR_VARIANTS)}"),
@@ -204,7 +213,10 @@ class StatisticsFloor:
         self.normalize = bool(normalize)
         self.shrinkage = float(shrinkage)
         self.gradient = gradient
+        self.eigen_side = None if eigen_side is None else EigenResidual(eigen_side).side
         # Set by fit (or load):
+        self.eigen: EigenResidual | None = None
+        self.map_stats: np.ndarray | None = None  # (2,) mean, std of the training maps (fused)
         self.image_shape: tuple[int, int, int] | None = None  # (H, W, C) fitted on
         self.used_windows: tuple[int, ...] | None = None  # windows, or the default's sizes
         self.n_train = 0
@@ -322,7 +334,30 @@ class StatisticsFloor:
             / (count[..., None, None] - 1)
         self.image_shape, self.used_windows = (height, width, channels), windows
         self._set(shift + mean, raw_cov, n)
+        self.eigen, self.map_stats = None, None
+        if self.eigen_side is not None:
+            self._fit_eigen(images)
         return self
+
+    def with_eigen(self, side: int, train_images: np.ndarray) -> StatisticsFloor:
+        """A copy of this fitted floor with the eigen-image residual of ``side`` pixels
+        averaged into its maps (the Gaussians are shared, not refitted).
+
+        Args:
+            side: the eigen-images' side, pixels.
+            train_images: the images this floor was fitted on.
+        """
+        fused = copy.copy(self)
+        fused.eigen_side = EigenResidual(side).side
+        fused._fit_eigen(self._checked(train_images))
+        return fused
+
+    def _fit_eigen(self, images: np.ndarray) -> None:
+        self.eigen = EigenResidual(self.eigen_side, eval_size=self.eval_size,
+                                   smooth_sigma=self.smooth_sigma).fit(images)
+        rows = np.unique(np.linspace(0, len(images) - 1, _STATS_IMAGES).round().astype(int))
+        maps = self._eval_maps(images[rows])
+        self.map_stats = np.array([maps.mean(), max(float(maps.std()), 1e-12)])
 
     def _set(self, mean: np.ndarray, raw_cov: np.ndarray, n_train: int) -> None:
         """Shrink the covariances and derive the whitening matrices (also on load, so that a
@@ -385,15 +420,26 @@ class StatisticsFloor:
 
         Returns:
             :class:`ScoreResult`: ``scores`` (N,) float32 and ``maps`` (N, E, E) float32 with
-            E = ``eval_size``, both in standard deviations (Mahalanobis distance). The floor
-            reconstructs nothing: ``recons`` holds the input images, float32 (N, H, W, C) in
-            [0, 1], so that galleries show the image itself.
+            E = ``eval_size``, both in standard deviations: of the Mahalanobis distance, or,
+            with the eigen-image residual, the mean of the two maps each standardised on
+            the training images. The floor reconstructs nothing: ``recons`` holds the input
+            images, float32 (N, H, W, C) in [0, 1], so that galleries show the image itself.
         """
         images = self._checked(images)
+        maps = self._eval_maps(images)
+        if self.eigen is not None:
+            maps = ((maps - np.float32(self.map_stats[0])) / np.float32(self.map_stats[1])
+                    + self.eigen.maps(images)) / np.float32(2)
+        w = self.score_window
+        scores = np.array([(cv2.blur(m, (w, w), borderType=cv2.BORDER_REFLECT) if w > 1
+                            else m).max() for m in maps], np.float32)
+        return ScoreResult(scores=scores, maps=maps, recons=images)
+
+    def _eval_maps(self, images: np.ndarray) -> np.ndarray:
+        """The Mahalanobis maps resized to ``eval_size`` and smoothed, float32 (N, E, E)."""
         raw = self._raw_maps(images)
-        size, w = self.eval_size, self.score_window
+        size = self.eval_size
         maps = np.empty((len(raw), size, size), np.float32)
-        scores = np.empty(len(raw), np.float32)
         for k, m in enumerate(raw):
             if m.shape != (size, size):
                 shrink = size < min(m.shape)
@@ -402,8 +448,7 @@ class StatisticsFloor:
             if self.smooth_sigma > 0:
                 m = cv2.GaussianBlur(m, (0, 0), self.smooth_sigma, borderType=cv2.BORDER_REFLECT)
             maps[k] = m
-            scores[k] = (cv2.blur(m, (w, w), borderType=cv2.BORDER_REFLECT) if w > 1 else m).max()
-        return ScoreResult(scores=scores, maps=maps, recons=images)
+        return maps
 
     # -- files ------------------------------------------------------------------------------
 
@@ -415,7 +460,8 @@ class StatisticsFloor:
         return {"format": _FORMAT, "variant": self.variant, "eval_size": self.eval_size,
                 "smooth_sigma": self.smooth_sigma, "score_window": self.score_window,
                 "grid": self.grid, "normalize": self.normalize, "shrinkage": self.shrinkage,
-                "gradient": self.gradient, "n_train": self.n_train, **listed}
+                "gradient": self.gradient, "eigen_side": self.eigen_side,
+                "n_train": self.n_train, **listed}
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write ``statistics_floor.npz`` (means and covariances), then
@@ -424,7 +470,11 @@ class StatisticsFloor:
         if self.mean is None:
             raise LabError("the statistics floor is not fitted", fix="call fit(train_images)")
         folder = Path(folder)
-        save_npz(folder / _ARRAYS_FILE, mean=self.mean, raw_covariance=self._raw_covariance)
+        eigen = {} if self.eigen is None else {
+            "map_stats": self.map_stats,
+            **{f"eigen_{k}": v for k, v in self.eigen.arrays().items()}}
+        save_npz(folder / _ARRAYS_FILE, mean=self.mean, raw_covariance=self._raw_covariance,
+                 **eigen)
         write_json(folder / _CONFIG_FILE, self.config())
 
     @classmethod
@@ -451,6 +501,15 @@ class StatisticsFloor:
                 raise ValueError(f"arrays shaped {mean.shape} and {raw_cov.shape} for a "
                                  f"{grid} grid of {d} features")
             floor._set(mean, raw_cov, n_train)
+            if floor.eigen_side is not None:
+                floor.map_stats = np.asarray(arrays["map_stats"], np.float64)
+                if floor.map_stats.shape != (2,):
+                    raise ValueError(f"map_stats shaped {floor.map_stats.shape}")
+                floor.eigen = EigenResidual(
+                    floor.eigen_side, eval_size=floor.eval_size,
+                    smooth_sigma=floor.smooth_sigma).restore(
+                    {k: arrays.get(f"eigen_{k}") for k in ARRAY_NAMES
+                     if f"eigen_{k}" in arrays}, floor.image_shape[2])
         except (KeyError, TypeError, ValueError, AttributeError, np.linalg.LinAlgError,
                 ParameterError) as exc:
             raise ArtifactError(f"'{folder}' does not hold a statistics floor this lab can read "
