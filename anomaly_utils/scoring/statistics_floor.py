@@ -217,6 +217,7 @@ class StatisticsFloor:
         # Set by fit (or load):
         self.eigen: EigenResidual | None = None
         self.map_stats: np.ndarray | None = None  # (2,) mean, std of the training maps (fused)
+        self._train_map_stats: np.ndarray | None = None  # the same, kept for with_eigen
         self.image_shape: tuple[int, int, int] | None = None  # (H, W, C) fitted on
         self.used_windows: tuple[int, ...] | None = None  # windows, or the default's sizes
         self.n_train = 0
@@ -334,7 +335,7 @@ class StatisticsFloor:
             / (count[..., None, None] - 1)
         self.image_shape, self.used_windows = (height, width, channels), windows
         self._set(shift + mean, raw_cov, n)
-        self.eigen, self.map_stats = None, None
+        self.eigen, self.map_stats, self._train_map_stats = None, None, None
         if self.eigen_side is not None:
             self._fit_eigen(images)
         return self
@@ -347,17 +348,27 @@ class StatisticsFloor:
             side: the eigen-images' side, pixels.
             train_images: the images this floor was fitted on.
         """
+        images = self._checked(train_images)
+        if self._train_map_stats is None:  # the same for every side: computed once
+            self._train_map_stats = self._map_stats_of(images)
         fused = copy.copy(self)
         fused.eigen_side = EigenResidual(side).side
-        fused._fit_eigen(self._checked(train_images))
+        fused._fit_eigen(images)
         return fused
+
+    def _map_stats_of(self, images: np.ndarray) -> np.ndarray:
+        """Mean and standard deviation of the maps of up to :data:`_STATS_IMAGES` evenly
+        spaced training images, (2,) float64."""
+        rows = np.unique(np.linspace(0, len(images) - 1, _STATS_IMAGES).round().astype(int))
+        maps = self._eval_maps(images[rows])
+        return np.array([maps.mean(), max(float(maps.std()), 1e-12)])
 
     def _fit_eigen(self, images: np.ndarray) -> None:
         self.eigen = EigenResidual(self.eigen_side, eval_size=self.eval_size,
                                    smooth_sigma=self.smooth_sigma).fit(images)
-        rows = np.unique(np.linspace(0, len(images) - 1, _STATS_IMAGES).round().astype(int))
-        maps = self._eval_maps(images[rows])
-        self.map_stats = np.array([maps.mean(), max(float(maps.std()), 1e-12)])
+        if self._train_map_stats is None:
+            self._train_map_stats = self._map_stats_of(images)
+        self.map_stats = self._train_map_stats
 
     def _set(self, mean: np.ndarray, raw_cov: np.ndarray, n_train: int) -> None:
         """Shrink the covariances and derive the whitening matrices (also on load, so that a
