@@ -79,7 +79,7 @@ _ARRAYS_FILE = "statistics_floor.npz"
 _BATCH_PIXELS = 1 << 20  # image pixels per batch: the features take 4 x D bytes each
 _SCORE_PIXELS = 1 << 14  # pixels per slice of the distance computation (2-5 MB in float64)
 _MIN_STD = 0.01  # floor of an image's standard deviation when standardising it
-_STATS_IMAGES = 256  # training images (evenly spaced) whose maps standardise a fused floor
+_STATS_IMAGES = 64  # training images (evenly spaced) whose maps standardise a fused floor
 
 
 def default_windows(side: int) -> tuple[int, ...]:
