@@ -1,0 +1,87 @@
+"""The floor with and without the eigen-image residual: validation first, test for the record.
+
+Runs notebook 01's choice (:func:`anomaly_utils.scoring.floor_choice.fit_floor`) on one
+dataset, on the pseudo-labelled validation set a run of the same seed builds, and scores the
+test split with every floor it tried. The "chosen" row is the one the notebook keeps; the
+test columns are the report, never the criterion. Image scores are each floor's own (the
+peak of the mean-filtered map), before notebook 04's choice of the image score.
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/floor_eigen.py \\
+        --data-dir ../shared/datasets/magnetic_tile --color-mode grayscale
+
+Prints one row per floor: the selection score (mean of validation image and pixel AUROC),
+validation image / pixel AUROC, test image / pixel AUROC / AUPRO ("n/a" without masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.evaluation import metrics
+from anomaly_utils.evaluation.selection import selection_score
+from anomaly_utils.scoring.floor_choice import fit_floor
+from anomaly_utils.scoring.statistics_floor import StatisticsFloor
+from anomaly_utils.scoring.validation_set import shared_validation
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--color-mode", default="rgb", choices=("rgb", "grayscale"))
+    parser.add_argument("--image-size", type=int, default=256, help="notebook 01's floor_image_size")
+    parser.add_argument("--eval-size", type=int, default=128)
+    parser.add_argument("--allow-missing-masks", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
+    """The floor of row ``name`` (``"<variant>, <gradient>[ + eigen <side> px]"``)."""
+    if name == choice.name:
+        return choice.floor
+    base, _, eigen = name.partition(" + eigen ")
+    variant, gradient = base.split(", ")
+    floor = StatisticsFloor(variant, eval_size=eval_size, gradient=gradient).fit(train_images)
+    return floor.with_eigen(int(eigen.split()[0]), train_images) if eigen else floor
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(argv)
+    ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
+                      seed=args.seed, mask_size=args.eval_size,
+                      allow_missing_masks=args.allow_missing_masks)
+    with tempfile.TemporaryDirectory() as run_dir:
+        pseudo = shared_validation(run_dir, ds, args.seed, args.eval_size)
+    started = time.perf_counter()
+    choice = fit_floor(ds.train_images, pseudo.images, pseudo.labels, pseudo.masks,
+                       eval_size=args.eval_size)
+    print(f"{args.data_dir}: chosen {choice.name!r} in {time.perf_counter() - started:.0f} s "
+          f"(four floors and the eigen-images); {choice.note}")
+    keep = ds.test_has_mask | (ds.test_labels == 0)
+    has_masks = bool(ds.test_has_mask[ds.test_labels == 1].any())
+    print("| floor | chosen | selection | val img | val pix | test img | test pix | AUPRO |\n"
+          "|---|---|---|---|---|---|---|---|")
+    rows = {}
+    for name, validation in choice.validation.items():
+        test = rebuilt(name, choice, ds.train_images, args.eval_size).score(ds.test_images)
+        values = [metrics.image_auroc(ds.test_labels, test.scores)]
+        if has_masks:
+            values += [metrics.pixel_auroc(ds.test_masks[keep], test.maps[keep]),
+                       metrics.aupro(ds.test_masks[keep], test.maps[keep])]
+        else:
+            values += [None, None]
+        rows[name] = {"selection": selection_score(validation), "test": values}
+        shown = [validation["image_auroc"], validation["pixel_auroc"], *values]
+        print(f"| {name} | {'**chosen**' if name == choice.name else ''} | "
+              f"{selection_score(validation):.3f} | "
+              + " | ".join(metrics.shown(v, 3) for v in shown) + " |", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
