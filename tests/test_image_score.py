@@ -129,12 +129,15 @@ def test_the_choice_survives_the_file_and_a_bad_file_is_named(tmp_path: Path):
         read_choice(tmp_path)
 
 
+@pytest.mark.parametrize("eigen_side", [None, 16])  # the floor alone, with eigen-images
 def test_stored_scores_follow_the_choice_and_serving_applies_it(tiny_data: Path,
-                                                                  tmp_path: Path):
+                                                                  tmp_path: Path, eigen_side):
     ds = load_dataset(tiny_data, image_size=32, color_mode="grayscale", val_fraction=0.25,
                       seed=0, mask_size=32)
     run = tmp_path / "run"
-    floor = StatisticsFloor(variant="global", eval_size=32).fit(ds.train_images)
+    floor = StatisticsFloor(variant="global", eval_size=32,
+                            eigen_side=eigen_side).fit(ds.train_images)
+    assert (floor.eigen is None) == (eigen_side is None)
     floor.save(run / "floor")
     score_splits(floor, ds, run, 0, name="floor", eval_size=32)
     choice = read_choice(run / "floor")
