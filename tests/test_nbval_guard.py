@@ -135,4 +135,4 @@ def test_outcome_cells_compare_words_not_digits():
     data_cells = json.loads(NOTEBOOK.read_text())["cells"]
     tagged_data = ["".join(c["source"]) for c in data_cells
                    if rules.OUTCOME_TAG in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged_data) == 1 and "StatisticsFloor" in tagged_data[0]
+    assert len(tagged_data) == 1 and "fit_floor" in tagged_data[0]
