@@ -32,7 +32,8 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
 
 The defaults were chosen on the pseudo-labelled validation sets of the synthetic carpet,
 magnetic_tile and ELPV mono and poly (``experiments/floor_variants.py``); a run fits every
-variant and gradient kind and keeps the one its own validation set prefers (notebook 01).
+variant and gradient kind, then the eigen-image sides, and keeps the floor its own
+validation set prefers (notebook 01, :func:`anomaly_utils.scoring.floor_choice.fit_floor`).
 
 One module because the features, the fitted cells and the saved files must agree exactly
 (feature order, cell layout, shrinkage redone on load); apart, each would reach into the
