@@ -69,6 +69,14 @@ def eigen_sides(value: Any) -> tuple[int, ...]:
     return (int(value),)
 
 
+def standardised(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) float32 image minus its per-channel mean, divided by its per-channel
+    standard deviation (at least 0.01), float32: the floor's and the eigen-images' input."""
+    mean, std = cv2.meanStdDev(image)  # (C, 1) float64 each; 8x numpy's mean and std
+    return (image - mean[:, 0].astype(np.float32)) / np.maximum(
+        std[:, 0].astype(np.float32), _MIN_STD)
+
+
 def floor_eigen_problem(value: Any) -> str | None:
     """What is wrong with a ``floor_eigen`` value, or None: the command line's rule."""
     try:
@@ -107,9 +115,7 @@ class EigenResidual:
         """(N, H, W, C) float32 images in [0, 1] -> (N, P) float64, standardised and shrunk."""
         out = np.empty((len(images), self.side * self.side * images.shape[-1]), np.float64)
         for i, image in enumerate(images):
-            mean, std = cv2.meanStdDev(image)
-            image = (image - mean[:, 0].astype(np.float32)) / np.maximum(
-                std[:, 0].astype(np.float32), _MIN_STD)
+            image = standardised(image)
             if image.shape[:2] != (self.side, self.side):
                 image = cv2.resize(image, (self.side, self.side), interpolation=cv2.INTER_AREA)
             out[i] = image.reshape(-1)

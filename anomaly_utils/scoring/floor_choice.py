@@ -94,8 +94,8 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     if not sides:
         return FloorChoice(floor, name, validation, [first], note)
     fused = {f"{name} + eigen {s} px": floor.with_eigen(s, train_images) for s in sides}
-    second, fused_validation = choose_by_validation({n: f.score for n, f in fused.items()},
-                                                    images, labels, masks)
+    _, fused_validation = choose_by_validation({n: f.score for n, f in fused.items()},
+                                               images, labels, masks)
     validation.update(fused_validation)
     second = choose_candidate({n: validation[n] for n in (name, *fused)})
     chosen = second["model"]

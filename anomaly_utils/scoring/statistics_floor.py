@@ -63,7 +63,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import load_npz, read_json, save_npz, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
-from anomaly_utils.scoring.eigen_residual import ARRAY_NAMES, EigenResidual
+from anomaly_utils.scoring.eigen_residual import ARRAY_NAMES, EigenResidual, standardised
 from anomaly_utils.scoring.stored import ScoreResult
 
 FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
@@ -79,7 +79,6 @@ _CONFIG_FILE = "statistics_floor.json"
 _ARRAYS_FILE = "statistics_floor.npz"
 _BATCH_PIXELS = 1 << 20  # image pixels per batch: the features take 4 x D bytes each
 _SCORE_PIXELS = 1 << 14  # pixels per slice of the distance computation (2-5 MB in float64)
-_MIN_STD = 0.01  # floor of an image's standard deviation when standardising it
 _STATS_IMAGES = 64  # training images (evenly spaced) whose maps standardise a fused floor
 
 
@@ -217,8 +216,9 @@ class StatisticsFloor:
         self.eigen_side = None if eigen_side is None else EigenResidual(eigen_side).side
         # Set by fit (or load):
         self.eigen: EigenResidual | None = None
-        self.map_stats: np.ndarray | None = None  # (2,) mean, std of the training maps (fused)
-        self._train_map_stats: np.ndarray | None = None  # the same, kept for with_eigen
+        # (2,) mean and std of the training images' maps, which standardise them before the
+        # eigen-images are averaged in; computed by the first with_eigen, shared by its copies
+        self.map_stats: np.ndarray | None = None
         self.image_shape: tuple[int, int, int] | None = None  # (H, W, C) fitted on
         self.used_windows: tuple[int, ...] | None = None  # windows, or the default's sizes
         self.n_train = 0
@@ -252,9 +252,7 @@ class StatisticsFloor:
         border = cv2.BORDER_REFLECT
         for i, image in enumerate(images):
             if self.normalize:
-                mean, std = cv2.meanStdDev(image)  # (C, 1) float64 each; 8x numpy's mean and std
-                image = (image - mean[:, 0].astype(np.float32)) / np.maximum(
-                    std[:, 0].astype(np.float32), _MIN_STD)
+                image = standardised(image)
             k = 0
             for c in range(channels):
                 plane = np.ascontiguousarray(image[..., c], dtype=np.float32)
@@ -336,7 +334,7 @@ class StatisticsFloor:
             / (count[..., None, None] - 1)
         self.image_shape, self.used_windows = (height, width, channels), windows
         self._set(shift + mean, raw_cov, n)
-        self.eigen, self.map_stats, self._train_map_stats = None, None, None
+        self.eigen, self.map_stats = None, None
         if self.eigen_side is not None:
             self._fit_eigen(images)
         return self
@@ -350,8 +348,8 @@ class StatisticsFloor:
             train_images: the images this floor was fitted on.
         """
         images = self._checked(train_images)
-        if self._train_map_stats is None:  # the same for every side: computed once
-            self._train_map_stats = self._map_stats_of(images)
+        if self.map_stats is None:  # the same for every side: computed once
+            self.map_stats = self._map_stats_of(images)
         fused = copy.copy(self)
         fused.eigen_side = EigenResidual(side).side
         fused._fit_eigen(images)
@@ -367,9 +365,8 @@ class StatisticsFloor:
     def _fit_eigen(self, images: np.ndarray) -> None:
         self.eigen = EigenResidual(self.eigen_side, eval_size=self.eval_size,
                                    smooth_sigma=self.smooth_sigma).fit(images)
-        if self._train_map_stats is None:
-            self._train_map_stats = self._map_stats_of(images)
-        self.map_stats = self._train_map_stats
+        if self.map_stats is None:
+            self.map_stats = self._map_stats_of(images)
 
     def _set(self, mean: np.ndarray, raw_cov: np.ndarray, n_train: int) -> None:
         """Shrink the covariances and derive the whitening matrices (also on load, so that a
