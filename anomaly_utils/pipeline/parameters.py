@@ -20,10 +20,10 @@ from anomaly_utils.data.images import AUTO_COLOR, COLOR_MODES
 from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.vocabulary import HEAD_TRAININGS
+from anomaly_utils.scoring import statistics_floor as floor
 from anomaly_utils.scoring.candidates import REGISTRY
 from anomaly_utils.scoring.eigen_residual import floor_eigen_problem
 from anomaly_utils.scoring.map_kinds import HEADS, map_components
-from anomaly_utils.scoring.statistics_floor import FLOOR_VARIANTS, GRADIENT_FEATURES
 from anomaly_utils.training.masks import CORRUPT_MODES
 from anomaly_utils.training.strategy import STRATEGIES
 
@@ -293,11 +293,11 @@ COMMON: dict[str, Rule] = {
 RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
                             "color_mode": COMMON["color_mode"], "seed": _non_negative,
-                            "val_fraction": COMMON["val_fraction"],
-                            "eval_size": COMMON["eval_size"], "floor_image_size": _positive_int,
-                            "floor_variant": _one_of("auto", *FLOOR_VARIANTS),
-                            "floor_gradient": _one_of("auto", *GRADIENT_FEATURES),
-                            "floor_eigen": floor_eigen_problem},
+                            "val_fraction": COMMON["val_fraction"], "eval_size": COMMON["eval_size"],
+                            "floor_variant": _one_of("auto", *floor.FLOOR_VARIANTS),
+                            "floor_gradient": _one_of("auto", *floor.GRADIENT_FEATURES),
+                            "floor_image_size": _positive_int, "floor_eigen": floor_eigen_problem,
+                            "floor_windows": floor.floor_windows_problem},
     "02_train_ae1": {**COMMON, "image_size": _multiple_of(8), "variant": _one_of("ae", "vae"),
                      "vae_samples": _non_negative, "strategy": _distribution,
                      "devices": _devices},

@@ -1,15 +1,17 @@
 """Fit the statistics floor and choose its settings on the pseudo-labelled validation set.
 
-Two stages, each chosen by the selection score (mean of validation image and pixel AUROC,
+Three stages, each chosen by the selection score (mean of validation image and pixel AUROC,
 :func:`anomaly_utils.evaluation.selection.choose_candidate`):
 
 1. every variant and gradient kind asked for (:data:`FLOOR_VARIANTS` x
-   :data:`GRADIENT_FEATURES` with ``"auto"``);
-2. the first stage's floor alone against the same floor with the eigen-image residual of
+   :data:`GRADIENT_FEATURES` with ``"auto"``), with the windows of the first scale asked for;
+2. the first stage's variant and gradient with the windows of every other scale
+   (:data:`WINDOW_SCALES` with ``"auto"``: the largest window a quarter or half the side);
+3. the second stage's floor alone against the same floor with the eigen-image residual of
    each side asked for averaged into its maps (:data:`EIGEN_SIDES` with ``"auto"``).
 
-The second stage reuses the first's Gaussians, so it costs one SVD per side and one scoring
-of the validation set. Notebook 01 calls :func:`fit_floor`.
+The third stage reuses the second's Gaussians, so it costs one eigendecomposition per fold
+and side and one scoring of the validation set. Notebook 01 calls :func:`fit_floor`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from anomaly_utils.scoring.eigen_residual import AUTO, MIN_IMAGES, eigen_sides
 from anomaly_utils.scoring.statistics_floor import (
     FLOOR_VARIANTS,
     GRADIENT_FEATURES,
+    WINDOW_SCALES,
     StatisticsFloor,
+    default_windows,
+    window_scales,
 )
 
 
@@ -35,10 +40,11 @@ class FloorChoice:
 
     Attributes:
         floor: the fitted floor (with its eigen-image residual where chosen).
-        name: its row in ``validation``, e.g. ``"positional, directional + eigen 32 px"``.
+        name: its row in ``validation``, e.g. ``"positional, directional + eigen 32 px"``
+            or ``"positional, directional, windows to 0.5 + eigen 32 px"`` (:func:`floor_name`).
         validation: row -> validation metrics (``validation_metrics``), every floor tried.
-        choices: the two stages' ``choose_candidate`` results (the second stage's is absent
-            where no eigen-image side was tried).
+        choices: the stages' ``choose_candidate`` results (a stage with one option, or
+            none, has none).
         note: why the second stage was skipped, or ``""``.
     """
 
@@ -58,9 +64,29 @@ def _options(value: Any, everything: tuple, name: str) -> tuple:
     return (value,)
 
 
+def floor_name(variant: str, gradient: str, scale: float) -> str:
+    """A floor's row name: ``"<variant>, <gradient>"``, with ``", windows to <scale>"`` where
+    the largest window is not a quarter of the side (the names rows had before the scale)."""
+    name = f"{variant}, {gradient}"
+    return name if scale == WINDOW_SCALES[0] else f"{name}, windows to {scale:g}"
+
+
+def _challenge(name: str, floor: StatisticsFloor, challengers: dict[str, StatisticsFloor],
+               images, labels, masks, validation: dict, choices: list,
+               ) -> tuple[str, StatisticsFloor]:
+    """Score ``challengers`` on the validation set, add their rows to ``validation`` and keep
+    the best of them and the floor ``name`` already chosen; returns its name and floor."""
+    _, rows = choose_by_validation({n: f.score for n, f in challengers.items()},
+                                   images, labels, masks)
+    validation.update(rows)
+    chosen = choose_candidate({n: validation[n] for n in (name, *challengers)})
+    choices.append(chosen)
+    return chosen["model"], challengers.get(chosen["model"], floor)
+
+
 def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
               masks: np.ndarray, *, variant: str = AUTO, gradient: str = AUTO,
-              eigen: Any = AUTO, eval_size: int = 128) -> FloorChoice:
+              windows: Any = AUTO, eigen: Any = AUTO, eval_size: int = 128) -> FloorChoice:
     """Fit the floors asked for on ``train_images`` and keep the one validation prefers.
 
     Args:
@@ -69,6 +95,8 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
             training images' size, (P,) labels (1 = anomalous), (P, E, E) bool masks.
         variant, gradient: a value of :data:`FLOOR_VARIANTS` / :data:`GRADIENT_FEATURES`, or
             ``"auto"`` for each.
+        windows: ``"auto"`` or the largest window's share of the image side
+            (:func:`~anomaly_utils.scoring.statistics_floor.window_scales`).
         eigen: ``"auto"``, ``"none"`` or an eigen-image side in pixels (:func:`eigen_sides`).
         eval_size: side of the maps, pixels.
 
@@ -77,12 +105,24 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     """
     variants = _options(variant, FLOOR_VARIANTS, "floor_variant")
     gradients = _options(gradient, GRADIENT_FEATURES, "floor_gradient")
+    scales = window_scales(windows)
     sides = eigen_sides(eigen)
-    floors = {f"{v}, {g}": StatisticsFloor(v, eval_size=eval_size, gradient=g).fit(train_images)
+    side = min(np.shape(train_images)[1:3])
+
+    def fitted(v: str, g: str, scale: float) -> StatisticsFloor:
+        return StatisticsFloor(v, windows=default_windows(side, scale), eval_size=eval_size,
+                               gradient=g).fit(train_images)
+
+    floors = {floor_name(v, g, scales[0]): fitted(v, g, scales[0])
               for v in variants for g in gradients}
     first, validation = choose_by_validation({n: f.score for n, f in floors.items()},
                                              images, labels, masks)
+    choices = [first]
     name, floor = first["model"], floors[first["model"]]
+    if len(scales) > 1:
+        wider = {floor_name(floor.variant, floor.gradient, s):
+                 fitted(floor.variant, floor.gradient, s) for s in scales[1:]}
+        name, floor = _challenge(name, floor, wider, images, labels, masks, validation, choices)
     note = ""
     if sides and len(train_images) < MIN_IMAGES:
         if eigen != AUTO:
@@ -92,11 +132,7 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
         sides, note = (), (f"no eigen-image residual: {len(train_images)} training images, "
                            f"it needs {MIN_IMAGES}")
     if not sides:
-        return FloorChoice(floor, name, validation, [first], note)
+        return FloorChoice(floor, name, validation, choices, note)
     fused = {f"{name} + eigen {s} px": floor.with_eigen(s, train_images) for s in sides}
-    _, fused_validation = choose_by_validation({n: f.score for n, f in fused.items()},
-                                               images, labels, masks)
-    validation.update(fused_validation)
-    second = choose_candidate({n: validation[n] for n in (name, *fused)})
-    chosen = second["model"]
-    return FloorChoice(fused.get(chosen, floor), chosen, validation, [first, second], note)
+    name, floor = _challenge(name, floor, fused, images, labels, masks, validation, choices)
+    return FloorChoice(floor, name, validation, choices, note)

@@ -70,6 +70,9 @@ FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
 GRADIENT_FEATURES: tuple[str, ...] = ("magnitude", "directional")
 _PER_WINDOW = {"magnitude": 3, "directional": 4}  # features per channel and window
 WINDOW_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # default windows, as fractions of the image side
+# The largest window's share of the image side for each scale notebook 01 tries (the other two
+# windows are half and a quarter of it); 0.25 gives WINDOW_FRACTIONS.
+WINDOW_SCALES: tuple[float, ...] = (0.25, 0.5)
 DEFAULT_SMOOTH_SIGMA = 2.0
 DEFAULT_SCORE_WINDOW = 5
 DEFAULT_GRID = 64
@@ -82,15 +85,46 @@ _SCORE_PIXELS = 1 << 14  # pixels per slice of the distance computation (2-5 MB 
 _STATS_IMAGES = 64  # training images (evenly spaced) whose maps standardise a fused floor
 
 
-def default_windows(side: int) -> tuple[int, ...]:
-    """The default box windows for images of ``side`` pixels: :data:`WINDOW_FRACTIONS` of the
-    side, rounded down to odd, at least 1, without repeats.
+def default_windows(side: int, largest: float = WINDOW_FRACTIONS[-1]) -> tuple[int, ...]:
+    """The box windows for images of ``side`` pixels: ``largest`` of the side, half and a
+    quarter of that (by default :data:`WINDOW_FRACTIONS`), rounded down to odd, at least 1,
+    without repeats.
 
     Example:
         >>> default_windows(128), default_windows(256), default_windows(20)
         ((7, 15, 31), (15, 31, 63), (1, 3))
+        >>> default_windows(256, largest=0.5)
+        (31, 63, 127)
     """
-    return tuple(sorted({max(1, 2 * int(side * f / 2) - 1) for f in WINDOW_FRACTIONS}))
+    fractions = (largest / 4, largest / 2, largest)
+    return tuple(sorted({max(1, 2 * int(side * f / 2) - 1) for f in fractions}))
+
+
+def window_scales(value: Any) -> tuple[float, ...]:
+    """The window scales ``floor_windows`` asks for: ``"auto"`` -> :data:`WINDOW_SCALES`, a
+    number in (0, 1] (or its digits, as ``-p`` passes it) -> (that share of the side,).
+
+    Raises:
+        ParameterError: anything else.
+    """
+    if value == "auto":
+        return WINDOW_SCALES
+    if isinstance(value, str) and value.replace(".", "", 1).isdigit():  # -p passes "0.5"
+        value = float(value)
+    if not _is_number(value) or not 0 < value <= 1:
+        raise ParameterError(f"floor_windows must be 'auto' or the largest window's share of "
+                             f"the image side in (0, 1], got {value!r}",
+                             fix=f"use 'auto' (tries {', '.join(map(str, WINDOW_SCALES))})")
+    return (float(value),)
+
+
+def floor_windows_problem(value: Any) -> str | None:
+    """What is wrong with a ``floor_windows`` value, or None (notebook 01's parameter check)."""
+    try:
+        window_scales(value)
+    except ParameterError:
+        return "must be 'auto' or the largest window's share of the image side, in (0, 1]"
+    return None
 
 
 def _is_number(value: Any) -> bool:

@@ -1,4 +1,5 @@
-"""The floor with and without the eigen-image residual: validation first, test for the record.
+"""The floor's choices (variant and gradient, window scale, eigen-image residual): validation
+first, test for the record.
 
 Runs notebook 01's choice (:func:`anomaly_utils.scoring.floor_choice.fit_floor`) on one
 dataset, on the pseudo-labelled validation set a run of the same seed builds, and scores the
@@ -8,7 +9,7 @@ peak of the mean-filtered map), before notebook 04's choice of the image score.
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/floor_eigen.py \\
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/floor_choice.py \\
         --data-dir ../shared/datasets/magnetic_tile --color-mode grayscale
 
 Prints one row per floor: the selection score (mean of validation image and pixel AUROC),
@@ -24,8 +25,12 @@ import time
 from anomaly_utils.data.loading import load_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score
-from anomaly_utils.scoring.floor_choice import fit_floor
-from anomaly_utils.scoring.statistics_floor import StatisticsFloor
+from anomaly_utils.scoring.floor_choice import fit_floor, floor_name
+from anomaly_utils.scoring.statistics_floor import (
+    WINDOW_SCALES,
+    StatisticsFloor,
+    default_windows,
+)
 from anomaly_utils.scoring.validation_set import shared_validation
 
 
@@ -41,12 +46,17 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
-    """The floor of row ``name`` (``"<variant>, <gradient>[ + eigen <side> px]"``)."""
+    """The floor of row ``name`` (:func:`floor_name`, with ``" + eigen <side> px"`` where
+    the eigen-images are averaged in)."""
     if name == choice.name:
         return choice.floor
     base, _, eigen = name.partition(" + eigen ")
-    variant, gradient = base.split(", ")
-    floor = StatisticsFloor(variant, eval_size=eval_size, gradient=gradient).fit(train_images)
+    variant, gradient, *windows = base.split(", ")
+    scale = float(windows[0].removeprefix("windows to ")) if windows else WINDOW_SCALES[0]
+    floor = StatisticsFloor(variant, eval_size=eval_size, gradient=gradient,
+                            windows=default_windows(min(train_images.shape[1:3]), scale),
+                            ).fit(train_images)
+    assert floor_name(variant, gradient, scale) == base, (name, base)
     return floor.with_eigen(int(eigen.split()[0]), train_images) if eigen else floor
 
 
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     choice = fit_floor(ds.train_images, pseudo.images, pseudo.labels, pseudo.masks,
                        eval_size=args.eval_size)
     print(f"{args.data_dir}: chosen {choice.name!r} in {time.perf_counter() - started:.0f} s "
-          f"(four floors and the eigen-images); {choice.note}")
+          f"(four floors, the wider windows and the eigen-images); {choice.note}")
     keep = ds.test_has_mask | (ds.test_labels == 0)
     has_masks = bool(ds.test_has_mask[ds.test_labels == 1].any())
     print("| floor | chosen | selection | val img | val pix | test img | test pix | AUPRO |\n"
