@@ -29,6 +29,7 @@ from anomaly_utils.scoring.statistics_floor import (
     GRADIENT_FEATURES,
     WINDOW_SCALES,
     StatisticsFloor,
+    as_unit_images,
     default_windows,
     window_scales,
 )
@@ -43,9 +44,8 @@ class FloorChoice:
         name: its row in ``validation``, e.g. ``"positional, directional + eigen 32 px"``
             or ``"positional, directional, windows to 0.5 + eigen 32 px"`` (:func:`floor_name`).
         validation: row -> validation metrics (``validation_metrics``), every floor tried.
-        choices: the stages' ``choose_candidate`` results (a stage with one option, or
-            none, has none).
-        note: why the second stage was skipped, or ``""``.
+        choices: the ``choose_candidate`` result of each stage that ran, in order.
+        note: why the eigen-image stage was skipped, or ``""``.
     """
 
     floor: StatisticsFloor
@@ -107,7 +107,9 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     gradients = _options(gradient, GRADIENT_FEATURES, "floor_gradient")
     scales = window_scales(windows)
     sides = eigen_sides(eigen)
-    side = min(np.shape(train_images)[1:3])
+    # Checked and converted once here rather than by each of the five or more fits.
+    train_images = as_unit_images(train_images, "train_images")
+    side = min(train_images.shape[1:3])
 
     def fitted(v: str, g: str, scale: float) -> StatisticsFloor:
         return StatisticsFloor(v, windows=default_windows(side, scale), eval_size=eval_size,
