@@ -46,7 +46,7 @@ from anomaly_utils.pipeline.runs import create_run, run_pipeline
 from anomaly_utils.scoring.candidates import REGISTRY
 from anomaly_utils.scoring.image_score import SCALE_ADAPTIVE, read_choice
 from anomaly_utils.scoring.stored import CANDIDATES, MODELS, load_scores
-from tests.conftest import BACKEND_RUN, TINY, UNTIL, finished, shell
+from tests.conftest import BACKEND_RUN, TINY, UNTIL, finished, jax_compilation_cache, shell
 from tests.test_scoring import TOL, noisy_copy, skimage_ssim_map, structured_pair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,20 +80,12 @@ def _jax_installed() -> None:
 
 @pytest.fixture(scope="session")
 def jax_env() -> dict[str, str]:
-    """JAX_ENV with a persistent XLA compilation cache that the JAX processes share (every
-    compilation is kept, however short): a chain's kernels compile a model's predict step and
-    its initializers, and a later process that loads the same architecture finds them
-    compiled (measured: the tiny chain's kernels take 104 s of CPU with a cold cache, 54 s
-    with a warm one). The cache is ``.cache/jax`` in the checkout (ignored by git), so a warm
-    ``make test`` finds the last one's compilations; a fresh clone, as CI makes it, compiles
-    everything. XLA keys each entry on the computation, the flags and its own version."""
+    """JAX_ENV with the persistent XLA compilation cache that the JAX processes share
+    (:func:`tests.conftest.jax_compilation_cache`): a chain's kernels compile a model's predict
+    step and its initializers, and a later process that loads the same architecture finds
+    them compiled."""
     _jax_installed()
-    cache = ROOT / ".cache" / "jax"
-    cache.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, **JAX_ENV,
-            "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {**os.environ, **JAX_ENV, **jax_compilation_cache()}
 
 
 # The compute work first, before anything loads TensorFlow; then the training work.

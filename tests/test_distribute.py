@@ -33,6 +33,7 @@ from anomaly_utils.training.strategy import (
     make_strategy,
     replicas,
 )
+from tests.conftest import jax_compilation_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 # Mirrored vs one device: the same images, split 4 + 4 instead of 8, summed in another
@@ -318,7 +319,8 @@ def test_jax_data_parallel_on_two_cpus_matches_one_device_and_resumes(tmp_path: 
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (requirements.txt pins it: reinstall the venv)")
     result = _python(JAX_DATA_PARALLEL.format(out=str(tmp_path)), KERAS_BACKEND="jax",
-                     JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+                     JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                     **jax_compilation_cache())
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["replicas"] == 2 and data["one_cpu"] == 1
