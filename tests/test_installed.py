@@ -70,8 +70,10 @@ def test_the_wheel_holds_the_notebooks_and_the_cli_runs_from_it(installed: Path,
 
 
 def test_an_installed_package_runs_its_own_notebooks(installed: Path, tiny_data: Path, tmp_path):
+    # At the tiny carpet's own 64 px, as the chain tests run notebook 01 (tests/conftest.py).
     result = _lab(installed, "run", "--data-dir", str(tiny_data), "--until", "01",
-                  "--run-id", "installed", "--quiet", cwd=tmp_path)
+                  "--run-id", "installed", "--quiet", "-p", "floor_image_size", "64",
+                  "-p", "01.image_size", "64", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "installed"
     assert (run / "data_summary.json").is_file()
