@@ -22,7 +22,7 @@ import argparse
 import tempfile
 import time
 
-from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.loading import AnomalyDataset, load_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score
 from anomaly_utils.scoring.floor_choice import fit_floor, floor_name
@@ -31,18 +31,33 @@ from anomaly_utils.scoring.statistics_floor import (
     StatisticsFloor,
     default_windows,
 )
-from anomaly_utils.scoring.validation_set import shared_validation
+from anomaly_utils.scoring.validation_set import PseudoLabelled, shared_validation
 
 
-def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def dataset_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the dataset's options, as notebook 01 loads it for the floor."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--color-mode", default="rgb", choices=("rgb", "grayscale"))
     parser.add_argument("--image-size", type=int, default=256, help="notebook 01's floor_image_size")
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--allow-missing-masks", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    return parser
+
+
+def dataset_and_validation(args: argparse.Namespace) -> tuple[AnomalyDataset, PseudoLabelled]:
+    """The dataset as notebook 01 loads it for the floor, and the pseudo-labelled validation
+    set a run of the same seed builds."""
+    ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
+                      seed=args.seed, mask_size=args.eval_size,
+                      allow_missing_masks=args.allow_missing_masks)
+    with tempfile.TemporaryDirectory() as run_dir:
+        return ds, shared_validation(run_dir, ds, args.seed, args.eval_size)
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    return dataset_arguments(__doc__.split("\n")[0]).parse_args(argv)
 
 
 def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
@@ -62,11 +77,7 @@ def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
 
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
-    ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
-                      seed=args.seed, mask_size=args.eval_size,
-                      allow_missing_masks=args.allow_missing_masks)
-    with tempfile.TemporaryDirectory() as run_dir:
-        pseudo = shared_validation(run_dir, ds, args.seed, args.eval_size)
+    ds, pseudo = dataset_and_validation(args)
     started = time.perf_counter()
     choice = fit_floor(ds.train_images, pseudo.images, pseudo.labels, pseudo.masks,
                        eval_size=args.eval_size)

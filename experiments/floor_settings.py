@@ -21,9 +21,12 @@ validation image / pixel AUROC, test image / pixel AUROC / AUPRO ("n/a" without 
 from __future__ import annotations
 
 import argparse
-import tempfile
 
-from anomaly_utils.data.loading import load_dataset
+from floor_choice import (  # experiments/ is the script's folder
+    dataset_and_validation,
+    dataset_arguments,
+)
+
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import choose_by_validation, selection_score
 from anomaly_utils.scoring.statistics_floor import (
@@ -34,7 +37,6 @@ from anomaly_utils.scoring.statistics_floor import (
     as_unit_images,
     default_windows,
 )
-from anomaly_utils.scoring.validation_set import shared_validation
 
 # Each row changes one fixed setting of StatisticsFloor (its defaults: normalize True, grid
 # 64, shrinkage 0.001, score_window 5, smooth_sigma 2.0).
@@ -46,16 +48,10 @@ SETTINGS = {"as chosen": {}, "no standardisation": {"normalize": False},
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--color-mode", default="rgb", choices=("rgb", "grayscale"))
+    parser = dataset_arguments(__doc__.split("\n")[0])
     parser.add_argument("--variant", default="positional", choices=FLOOR_VARIANTS)
     parser.add_argument("--gradient", default="directional", choices=GRADIENT_FEATURES)
     parser.add_argument("--scale", type=float, default=WINDOW_SCALES[0], choices=WINDOW_SCALES)
-    parser.add_argument("--image-size", type=int, default=256, help="notebook 01's floor_image_size")
-    parser.add_argument("--eval-size", type=int, default=128)
-    parser.add_argument("--allow-missing-masks", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -69,11 +65,7 @@ def window_sets(side: int, scale: float) -> dict[str, tuple[int, ...]]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(argv)
-    ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
-                      seed=args.seed, mask_size=args.eval_size,
-                      allow_missing_masks=args.allow_missing_masks)
-    with tempfile.TemporaryDirectory() as run_dir:
-        pseudo = shared_validation(run_dir, ds, args.seed, args.eval_size)
+    ds, pseudo = dataset_and_validation(args)
     train = as_unit_images(ds.train_images, "train_images")
     windows = window_sets(min(train.shape[1:3]), args.scale)
     configs = {name: {"windows": windows["as chosen"], **change}
