@@ -11,6 +11,7 @@ from anomaly_utils.evaluation.choice_confidence import (
     PixelHistograms,
     bootstrap_choice,
     describe,
+    image_auroc_lead,
     is_close_call,
     resample_weights,
     weighted_auroc,
@@ -181,3 +182,53 @@ def test_every_candidate_s_lead_is_reported_against_the_first(arrays):
     assert set(result["leads"]) == {"b", "c"} and result["lead"] == result["leads"]["b"]
     assert result["leads"]["c"]["mean"] > result["leads"]["b"]["mean"] > 0
     assert not is_close_call(result, "c") and not is_close_call(result, "a")
+
+
+# --------------------------------------------------------------------------- image-score lead
+
+
+def test_image_auroc_lead_is_zero_for_the_same_scores_and_resolves_a_clear_win():
+    rng = np.random.default_rng(3)
+    noisy = {"labels": LABELS, "types": KINDS, "scores": rng.normal(0, 1, len(LABELS))}
+    same = image_auroc_lead(noisy, noisy["scores"], n_resamples=200)
+    assert same == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    clear = image_auroc_lead(noisy, LABELS + rng.normal(0, 0.1, len(LABELS)), n_resamples=200)
+    assert 0 < clear["low"] <= clear["mean"] <= clear["high"] <= 1
+    # Two scores of the same quality: the interval spans zero, and it is seeded.
+    fair = {**noisy, "scores": LABELS + rng.normal(0, 1, len(LABELS))}
+    close = LABELS + rng.normal(0, 1, len(LABELS))
+    lead = image_auroc_lead(fair, close, n_resamples=200, seed=1)
+    assert lead["low"] < 0 < lead["high"]
+    assert lead == image_auroc_lead(fair, close, n_resamples=200, seed=1)
+
+
+def test_image_auroc_lead_averages_pasted_and_labelled_defects_as_the_selection_does():
+    """With labelled defects the AUROC judged is the mean of the pasted anomalies' and the
+    labelled defects' (image_score.validation_image_auroc): on the whole set (every weight
+    one, as a resample's mean approaches) the lead is the difference of those means."""
+    rng = np.random.default_rng(4)
+    kinds = KINDS.astype(object)
+    kinds[-6:] = "labelled/dent"
+    kinds = kinds.astype(str)
+    own = LABELS + rng.normal(0, 0.8, len(LABELS))
+    other = own.copy()
+    other[-6:] += 5.0  # ranks the labelled defects above every normal, the pasted alike
+
+    def judged(scores):
+        metrics_ = validation_metrics({"labels": LABELS, "types": kinds, "scores": scores,
+                                       "masks": np.zeros((len(LABELS), 2, 2), bool),
+                                       "maps": np.zeros((len(LABELS), 2, 2))})
+        return np.mean([metrics_["image_auroc"], metrics_["labelled_image_auroc"]])
+
+    lead = image_auroc_lead({"labels": LABELS, "types": kinds, "scores": own}, other,
+                            n_resamples=400)
+    assert lead["mean"] == pytest.approx(judged(other) - judged(own), abs=0.02)
+    assert lead["mean"] > 0.05
+
+
+def test_image_auroc_lead_refuses_few_resamples_and_other_images():
+    val = {"labels": LABELS, "scores": np.zeros(len(LABELS))}
+    with pytest.raises(ParameterError, match="n_resamples"):
+        image_auroc_lead(val, np.zeros(len(LABELS)), n_resamples=5)
+    with pytest.raises(ParameterError, match="same validation images"):
+        image_auroc_lead(val, np.zeros(len(LABELS) - 1))

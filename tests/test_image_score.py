@@ -87,6 +87,13 @@ def test_validation_takes_the_scale_adaptive_peak_where_it_ranks_better():
     np.testing.assert_array_equal(choice.scores(val["scores"], val["maps"]),
                                   choice.peak.apply(val["maps"]))
     assert "scale-adaptive" in choice.describe()
+    # How sure validation is of it: the lead's interval, on resamples of the images.
+    assert choice.lead["low"] <= choice.lead["mean"] <= choice.lead["high"]
+    assert choice.lead["mean"] == pytest.approx(adaptive - own, abs=0.05)
+    assert "lead" in choice.describe() and "interval" in choice.describe()
+    row = choice.row()  # notebook 04's table
+    assert row["image score"] == SCALE_ADAPTIVE and row[f"validation AUROC, {OWN}"] == own
+    assert row["scale-adaptive lead, 90% interval"].startswith(f"{choice.lead['mean']:+.3f} [")
 
 
 def test_a_candidate_keeps_its_own_score_unless_validation_prefers_the_other():
@@ -120,9 +127,16 @@ def test_the_choice_survives_the_file_and_a_bad_file_is_named(tmp_path: Path):
     write_choice(tmp_path, choice)
     back = read_choice(tmp_path)
     assert back.rule == choice.rule and back.peak == choice.peak
+    assert back.lead == choice.lead and back.lead is not None
     np.testing.assert_array_equal(back.scores(val["scores"], val["maps"]),
                                   choice.scores(val["scores"], val["maps"]))
     assert read_choice(tmp_path / "older_run").rule == OWN  # made before the file existed
+    older = {k: v for k, v in json.loads((tmp_path / CHOICE_FILE).read_text()).items()
+             if k != "lead"}  # a run made before leads were stored
+    (tmp_path / "before_leads").mkdir()
+    (tmp_path / "before_leads" / CHOICE_FILE).write_text(json.dumps(older))
+    assert read_choice(tmp_path / "before_leads").lead is None
+    assert "lead" not in read_choice(tmp_path / "before_leads").describe()
     (tmp_path / CHOICE_FILE).write_text(json.dumps({"rule": "scale_adaptive", "peak": None,
                                                     "validation_auroc": {}}))
     with pytest.raises(ArtifactError, match=CHOICE_FILE):

@@ -11,6 +11,10 @@ candidate is judged on the same resample (paired), and the choice is made again.
 how often each candidate comes first and the spread of the chosen one's lead over the
 runner-up.
 
+:func:`image_auroc_lead` does the same for one candidate's two image scores (its own rule
+and the scale-adaptive peak, :mod:`anomaly_utils.scoring.image_score`): the lead of one over
+the other in the image AUROC the selection judges, with its interval.
+
 Image AUROC on a resample is exact (weighted Mann-Whitney, ties counted half). Pixel AUROC
 uses per-image histograms of the maps over shared quantile bins, so that a thousand
 resamples cost one matrix product per candidate instead of a thousand sorts of millions of
@@ -234,6 +238,56 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
     if len(names) > 1:
         result["lead"] = result["leads"][names[order[1]]]
     return result
+
+
+def image_auroc_lead(val_pseudo: Mapping[str, np.ndarray], challenger: np.ndarray,
+                     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """How far other image scores of one candidate lead its own in the image AUROC the
+    selection judges, over bootstrap resamples of the validation images.
+
+    The image AUROC is that of ``image_score.validation_image_auroc``: the pasted anomalies'
+    against the clean normals, averaged with the labelled defects' where there are any. Both
+    scores are judged on the same resample (paired), resampled within each kind as
+    :func:`bootstrap_choice` does.
+
+    Args:
+        val_pseudo: ``labels`` (P,), the candidate's own ``scores`` (P,), optionally
+            ``types`` (P,).
+        challenger: (P,) the other scores of the same images.
+        n_resamples: bootstrap resamples, >= 10.
+        seed: seeds the resampling.
+
+    Returns:
+        ``{"mean", "low", "high"}``: the challenger's AUROC minus the own scores', mean and
+        central :data:`INTERVAL` over the resamples (NaN where no resample has both an
+        anomalous and a normal image).
+    """
+    if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 10:
+        raise ParameterError(f"n_resamples must be an int >= 10, got {n_resamples!r}",
+                             fix=f"use {DEFAULT_RESAMPLES}")
+    labels, kinds = np.asarray(val_pseudo["labels"]), _kinds(val_pseudo)
+    own, other = (np.asarray(s, np.float64) for s in (val_pseudo["scores"], challenger))
+    if not (own.shape == other.shape == labels.shape):
+        raise ParameterError(f"image scores of shapes {own.shape} and {other.shape} for "
+                             f"{labels.shape} validation images",
+                             fix="score the same validation images with both rules")
+    labelled = np.char.startswith(kinds, LABELLED)
+    weights = resample_weights(kinds, n_resamples, seed)
+    masks = [~labelled] + ([labelled | (labels == 0)] if labelled.any() else [])
+
+    def judged(scores: np.ndarray) -> np.ndarray:  # (R,): the mean of the finite AUROCs
+        values = np.vstack([weighted_auroc(labels, scores, weights * m) for m in masks])
+        finite = np.isfinite(values)
+        with np.errstate(invalid="ignore"):
+            return np.where(finite, values, 0).sum(axis=0) / finite.sum(axis=0)
+
+    lead = judged(other) - judged(own)
+    lead = lead[np.isfinite(lead)]
+    if not len(lead):
+        return dict.fromkeys(("mean", "low", "high"), float("nan"))
+    tail = (1 - INTERVAL) / 2
+    return {"mean": float(lead.mean()), "low": float(np.quantile(lead, tail)),
+            "high": float(np.quantile(lead, 1 - tail))}
 
 
 def describe(confidence: Mapping[str, Any]) -> str:

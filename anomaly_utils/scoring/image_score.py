@@ -14,7 +14,11 @@ Which of the two a candidate uses is decided on its validation scores, by the im
 that the selection judges (:func:`validation_image_auroc`: the pasted anomalies, and the
 dataset's labelled validation defects where there are any); the candidate keeps its own rule
 unless the scale-adaptive peak is higher (AE-1, the study's baseline, always keeps its own:
-``Candidate.own_score_only``). The choice and the normals' statistics are stored
+``Candidate.own_score_only``). Validation is a few hundred images, so the choice also
+reports the scale-adaptive peak's lead over the own rule with its 90 % interval over
+bootstrap resamples of them (:func:`~anomaly_utils.evaluation.choice_confidence.image_auroc_lead`):
+an interval that spans zero is a choice validation cannot settle. The choice, its lead and
+the normals' statistics are stored
 in ``<candidate>/image_score.json`` (:func:`write_choice`), so that the ``score`` command
 gives new images the score their thresholds were chosen on; a run made before this file
 existed keeps its own rule. docs/experiments.md ("One image score per defect size") has the
@@ -39,6 +43,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.errors import ArtifactError, DataError
+from anomaly_utils.evaluation.choice_confidence import INTERVAL, image_auroc_lead
 from anomaly_utils.evaluation.selection import validation_metrics
 
 CHOICE_FILE = "image_score.json"  # in the candidate's folder
@@ -101,11 +106,15 @@ class ScaleAdaptivePeak:
 @dataclass
 class ImageScoreChoice:
     """A candidate's image score: ``rule`` (:data:`RULES`), the validation image AUROC of
-    each rule (None where validation has no anomalies), and the fitted scale-adaptive peak."""
+    each rule (None where validation has no anomalies), the fitted scale-adaptive peak, and
+    the scale-adaptive peak's ``lead`` over the own rule on bootstrap resamples of the
+    validation images (``{"mean", "low", "high"}``; None where validation has no anomalies
+    or the choice was stored before leads were)."""
 
     rule: str
     validation_auroc: dict[str, float | None] = field(default_factory=dict)
     peak: ScaleAdaptivePeak | None = None
+    lead: dict[str, float] | None = None
 
     def scores(self, own_scores: np.ndarray, maps: np.ndarray) -> np.ndarray:
         """The image scores (N,) float32 under this rule, from the candidate's own scores
@@ -114,13 +123,26 @@ class ImageScoreChoice:
             return self.peak.apply(maps)
         return np.asarray(own_scores, np.float32)
 
+    def row(self) -> dict[str, str | float | None]:
+        """The choice as a table row for reports: the rule, each rule's validation image
+        AUROC and the scale-adaptive peak's lead with its interval (``""`` without one)."""
+        lead = "" if self.lead is None else (f"{self.lead['mean']:+.3f} [{self.lead['low']:+.3f}, "
+                                             f"{self.lead['high']:+.3f}]")
+        return {"image score": self.rule,
+                **{f"validation AUROC, {rule}": self.validation_auroc.get(rule) for rule in RULES},
+                f"scale-adaptive lead, {INTERVAL:.0%} interval": lead}
+
     def describe(self) -> str:
         """One line for reports: the rule and the validation AUROCs it was chosen on."""
         own, adaptive = (self.validation_auroc.get(r) for r in RULES)
         if own is None or adaptive is None:
             return f"{self.rule.replace('_', '-')} (validation has no anomalies to compare)"
-        return (f"{self.rule.replace('_', '-')} (validation image AUROC: own "
-                f"{own:.3f}, scale-adaptive {adaptive:.3f})")
+        text = (f"{self.rule.replace('_', '-')} (validation image AUROC: own "
+                f"{own:.3f}, scale-adaptive {adaptive:.3f}")
+        if self.lead is not None:
+            text += (f"; scale-adaptive's lead {self.lead['mean']:+.3f}, {INTERVAL:.0%} "
+                     f"interval [{self.lead['low']:+.3f}, {self.lead['high']:+.3f}]")
+        return text + ")"
 
 
 def validation_image_auroc(val_pseudo: dict[str, np.ndarray]) -> float | None:
@@ -147,19 +169,20 @@ def choose_image_score(normal_maps: np.ndarray, val_pseudo: dict[str, np.ndarray
             reported).
     """
     peak = ScaleAdaptivePeak.of_normals(normal_maps)
+    adaptive = peak.apply(val_pseudo["maps"])
     aurocs = {OWN: validation_image_auroc(val_pseudo),
-              SCALE_ADAPTIVE: validation_image_auroc(
-                  {**val_pseudo, "scores": peak.apply(val_pseudo["maps"])})}
-    better = (not own_only and aurocs[OWN] is not None and aurocs[SCALE_ADAPTIVE] is not None
-              and aurocs[SCALE_ADAPTIVE] > aurocs[OWN])
-    return ImageScoreChoice(SCALE_ADAPTIVE if better else OWN, aurocs, peak)
+              SCALE_ADAPTIVE: validation_image_auroc({**val_pseudo, "scores": adaptive})}
+    compared = aurocs[OWN] is not None and aurocs[SCALE_ADAPTIVE] is not None
+    better = not own_only and compared and aurocs[SCALE_ADAPTIVE] > aurocs[OWN]
+    lead = image_auroc_lead(val_pseudo, adaptive) if compared else None
+    return ImageScoreChoice(SCALE_ADAPTIVE if better else OWN, aurocs, peak, lead)
 
 
 def write_choice(folder: str | os.PathLike, choice: ImageScoreChoice) -> None:
     """Store ``choice`` as ``folder/image_score.json``."""
     write_json(Path(folder) / CHOICE_FILE,
                {"rule": choice.rule, "validation_auroc": choice.validation_auroc,
-                "peak": asdict(choice.peak) if choice.peak else None})
+                "peak": asdict(choice.peak) if choice.peak else None, "lead": choice.lead})
 
 
 def read_choice(folder: str | os.PathLike) -> ImageScoreChoice:
@@ -172,7 +195,9 @@ def read_choice(folder: str | os.PathLike) -> ImageScoreChoice:
         stored = read_json(path)
         peak = stored["peak"] and ScaleAdaptivePeak(
             *(tuple(stored["peak"][k]) for k in ("windows", "mean", "std")))
-        choice = ImageScoreChoice(stored["rule"], dict(stored["validation_auroc"]), peak)
+        lead = stored.get("lead")  # None in a run made before leads were stored
+        choice = ImageScoreChoice(stored["rule"], dict(stored["validation_auroc"]), peak,
+                                  lead and {k: float(lead[k]) for k in ("mean", "low", "high")})
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"'{path}' does not describe an image score ({exc})",
                             fix="rerun the notebook that scored this candidate") from exc
