@@ -96,10 +96,11 @@ run: $(STAMP) data
 # over notebooks/, the tests marked "chain" (they need runs of the notebook chain, which
 # tests/conftest.py starts in the background), and every other test. Their reports follow one
 # another. The installed-package and JupyterLab tests (a wheel, its notebooks run from a venv;
-# the lab in a headless browser) and the distribution tests go with nbval, which would
-# otherwise finish minutes before the others (BALANCE).
+# the lab in a headless browser), the model tests and the distribution tests go with nbval,
+# which would otherwise finish minutes before the others (BALANCE).
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=900
-BALANCE := tests/test_installed.py tests/test_jupyterlab.py tests/test_distribute.py
+BALANCE := tests/test_installed.py tests/test_jupyterlab.py tests/test_models.py \
+	tests/test_distribute.py
 # Each TensorFlow process gets one thread per pool: three test processes and their background
 # runs share two cores, and TensorFlow's spinning thread pools, one per process at the core
 # count, would otherwise spend the cores waiting on each other.
