@@ -148,6 +148,35 @@ def _check(val_pseudo: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[np.ndarr
     return labels, kinds
 
 
+def _check_resamples(n_resamples: Any) -> None:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) \
+            or n_resamples < 10:
+        raise ParameterError(f"n_resamples must be an int >= 10, got {n_resamples!r}",
+                             fix=f"use {DEFAULT_RESAMPLES}")
+
+
+def _image_sets(labels: np.ndarray, kinds: np.ndarray) -> dict[str, np.ndarray]:
+    """The images each image AUROC of the selection is computed over, (P,) bool: the pasted
+    anomalies with the clean normals (``image_auroc``) and, where the set has labelled
+    defects, those with the clean normals (``labelled_image_auroc``)."""
+    labelled = np.char.startswith(kinds, LABELLED)
+    sets = {"image_auroc": ~labelled}
+    if labelled.any():
+        sets["labelled_image_auroc"] = labelled | (labels == 0)
+    return sets
+
+
+def _interval(lead: np.ndarray) -> dict[str, float]:
+    """Mean and central :data:`INTERVAL` of a lead over the resamples, non-finite ones left
+    out (NaN where none is finite)."""
+    lead = lead[np.isfinite(lead)]
+    if not len(lead):
+        return dict.fromkeys(("mean", "low", "high"), float("nan"))
+    tail = (1 - INTERVAL) / 2
+    return {"mean": float(lead.mean()), "low": float(np.quantile(lead, tail)),
+            "high": float(np.quantile(lead, 1 - tail))}
+
+
 def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
                      ranking: list[str] | None = None, n_resamples: int = DEFAULT_RESAMPLES,
                      seed: int = 0, bins: int = DEFAULT_BINS) -> dict[str, Any]:
@@ -180,13 +209,11 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
         ParameterError: fewer than 10 resamples, candidates scored on different images, or a
             ranking that names other candidates.
     """
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) \
-            or n_resamples < 10:
-        raise ParameterError(f"n_resamples must be an int >= 10, got {n_resamples!r}",
-                             fix=f"use {DEFAULT_RESAMPLES}")
+    _check_resamples(n_resamples)
     labels, kinds = _check(val_pseudo)
     labelled = np.char.startswith(kinds, LABELLED)
     clean = labels == 0
+    image_sets = _image_sets(labels, kinds)
     weights = np.vstack([np.ones(len(labels)),  # row 0: the whole set, as the run chose on it
                          resample_weights(kinds, n_resamples, seed)])
     names = list(val_pseudo)
@@ -196,12 +223,10 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
         has_mask = np.asarray(arrays.get("has_mask", np.ones(len(labels), bool)), bool)
         image_scores = np.asarray(arrays["scores"], np.float64)
         pixels = PixelHistograms(arrays["masks"], arrays["maps"], bins)
-        pasted = ~labelled
-        metrics = {"image_auroc": weighted_auroc(labels, image_scores, weights * pasted),
-                   "pixel_auroc": pixels.auroc(weights * pasted)}
+        metrics = {name: weighted_auroc(labels, image_scores, weights * members)
+                   for name, members in image_sets.items()}
+        metrics["pixel_auroc"] = pixels.auroc(weights * ~labelled)
         if labelled.any():
-            metrics["labelled_image_auroc"] = weighted_auroc(labels, image_scores,
-                                                             weights * (labelled | clean))
             metrics["labelled_pixel_auroc"] = pixels.auroc(
                 weights * ((labelled & has_mask) | clean))
         for r in range(len(weights)):
@@ -227,14 +252,8 @@ def bootstrap_choice(val_pseudo: Mapping[str, Mapping[str, np.ndarray]],
         "first_share": {name: float(share[c]) for c, name in enumerate(names)},
         "whole_set": {name: float(scores[c, 0]) for c, name in enumerate(names)},
         "lead": None, "resamples": int(n_resamples), "interval": INTERVAL, "seed": int(seed)}
-    tail = (1 - INTERVAL) / 2
-    result["leads"] = {}
-    for c in order[1:]:
-        lead = scores[first, 1:] - scores[c, 1:]
-        lead = lead[np.isfinite(lead)]
-        result["leads"][names[c]] = {"mean": float(lead.mean()),
-                                     "low": float(np.quantile(lead, tail)),
-                                     "high": float(np.quantile(lead, 1 - tail))}
+    result["leads"] = {names[c]: _interval(scores[first, 1:] - scores[c, 1:])
+                       for c in order[1:]}
     if len(names) > 1:
         result["lead"] = result["leads"][names[order[1]]]
     return result
@@ -262,32 +281,23 @@ def image_auroc_lead(val_pseudo: Mapping[str, np.ndarray], challenger: np.ndarra
         central :data:`INTERVAL` over the resamples (NaN where no resample has both an
         anomalous and a normal image).
     """
-    if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 10:
-        raise ParameterError(f"n_resamples must be an int >= 10, got {n_resamples!r}",
-                             fix=f"use {DEFAULT_RESAMPLES}")
+    _check_resamples(n_resamples)
     labels, kinds = np.asarray(val_pseudo["labels"]), _kinds(val_pseudo)
     own, other = (np.asarray(s, np.float64) for s in (val_pseudo["scores"], challenger))
     if not (own.shape == other.shape == labels.shape):
         raise ParameterError(f"image scores of shapes {own.shape} and {other.shape} for "
                              f"{labels.shape} validation images",
                              fix="score the same validation images with both rules")
-    labelled = np.char.startswith(kinds, LABELLED)
     weights = resample_weights(kinds, n_resamples, seed)
-    masks = [~labelled] + ([labelled | (labels == 0)] if labelled.any() else [])
+    image_sets = _image_sets(labels, kinds).values()
 
     def judged(scores: np.ndarray) -> np.ndarray:  # (R,): the mean of the finite AUROCs
-        values = np.vstack([weighted_auroc(labels, scores, weights * m) for m in masks])
+        values = np.vstack([weighted_auroc(labels, scores, weights * m) for m in image_sets])
         finite = np.isfinite(values)
         with np.errstate(invalid="ignore"):
             return np.where(finite, values, 0).sum(axis=0) / finite.sum(axis=0)
 
-    lead = judged(other) - judged(own)
-    lead = lead[np.isfinite(lead)]
-    if not len(lead):
-        return dict.fromkeys(("mean", "low", "high"), float("nan"))
-    tail = (1 - INTERVAL) / 2
-    return {"mean": float(lead.mean()), "low": float(np.quantile(lead, tail)),
-            "high": float(np.quantile(lead, 1 - tail))}
+    return _interval(judged(other) - judged(own))
 
 
 def describe(confidence: Mapping[str, Any]) -> str:

@@ -126,11 +126,15 @@ class ImageScoreChoice:
     def row(self) -> dict[str, str | float | None]:
         """The choice as a table row for reports: the rule, each rule's validation image
         AUROC and the scale-adaptive peak's lead with its interval (``""`` without one)."""
-        lead = "" if self.lead is None else (f"{self.lead['mean']:+.3f} [{self.lead['low']:+.3f}, "
-                                             f"{self.lead['high']:+.3f}]")
         return {"image score": self.rule,
                 **{f"validation AUROC, {rule}": self.validation_auroc.get(rule) for rule in RULES},
-                f"scale-adaptive lead, {INTERVAL:.0%} interval": lead}
+                f"scale-adaptive lead, {INTERVAL:.0%} interval": self.lead_text()}
+
+    def lead_text(self) -> str:
+        """``"+0.012 [-0.004, +0.028]"``: the lead and its interval; ``""`` without one."""
+        if self.lead is None:
+            return ""
+        return f"{self.lead['mean']:+.3f} [{self.lead['low']:+.3f}, {self.lead['high']:+.3f}]"
 
     def describe(self) -> str:
         """One line for reports: the rule and the validation AUROCs it was chosen on."""
@@ -140,8 +144,7 @@ class ImageScoreChoice:
         text = (f"{self.rule.replace('_', '-')} (validation image AUROC: own "
                 f"{own:.3f}, scale-adaptive {adaptive:.3f}")
         if self.lead is not None:
-            text += (f"; scale-adaptive's lead {self.lead['mean']:+.3f}, {INTERVAL:.0%} "
-                     f"interval [{self.lead['low']:+.3f}, {self.lead['high']:+.3f}]")
+            text += f"; scale-adaptive's lead, {INTERVAL:.0%} interval: {self.lead_text()}"
         return text + ")"
 
 

@@ -12,7 +12,8 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
    (``"directional"``: a change of a streak's or a weave's direction at the same contrast,
    which the magnitude cannot see). By default the windows scale with the image: 1/16, 1/8
    and 1/4 of its side rounded down to odd (7, 15, 31 at 128 px); notebook 01 also tries them
-   twice as wide (:data:`WINDOW_SCALES`). D = F x len(windows) x C features, F = 3 (magnitude) or 4 (directional).
+   twice as wide (:data:`WINDOW_SCALES`). D = F x len(windows) x C features, F = 3
+   (magnitude) or 4 (directional).
 3. Statistics, by ``variant`` (:data:`FLOOR_VARIANTS`):
 
    - ``"positional"``: one Gaussian per cell of a ``grid`` x ``grid`` partition (2 x 2 px
@@ -33,8 +34,7 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
 The defaults were chosen on the pseudo-labelled validation sets of the synthetic carpet,
 magnetic_tile and ELPV mono and poly (``experiments/floor_variants.py``); a run fits every
 variant and gradient kind, then the wider windows, then the eigen-image sides, and keeps
-the floor its own
-validation set prefers (notebook 01, :func:`anomaly_utils.scoring.floor_choice.fit_floor`).
+the floor its own validation set prefers (notebook 01, :func:`anomaly_utils.scoring.floor_choice.fit_floor`).
 
 One module because the features, the fitted cells and the saved files must agree exactly
 (feature order, cell layout, shrinkage redone on load); apart, each would reach into the

@@ -1,0 +1,103 @@
+"""A finished run's candidates under both image-score rules, and its test split without one
+defect type: read from the stored scores, nothing is trained or scored again.
+
+Per candidate: the image score chosen on validation, the scale-adaptive peak's lead over the
+own rule with its 90 % interval (stored by the run, or computed again where the run predates
+it), and the test image AUROC under each rule, for the record (the test never chooses). The
+own rule of a candidate that took the scale-adaptive peak is recomputed where the stored
+scores allow it: the floor (the peak of its stored map after its score window: the maps
+are stored at half precision, so within 4e-5 of the score, relative) and the blend (its
+parts' standardised scores, exactly); AE-2's own score needs its image-resolution maps and is left
+out. With ``--without TYPE``, the pooled test metrics of each candidate with and without
+the images of that defect type.
+
+Usage::
+
+    python experiments/run_breakdown.py runs/<id>-real --without uneven
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_utils.evaluation import metrics
+from anomaly_utils.scoring.blend import Standardiser, combine
+from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
+from anomaly_utils.scoring.image_score import (
+    OWN,
+    SCALE_ADAPTIVE,
+    choose_image_score,
+    read_choice,
+    window_peaks,
+)
+from anomaly_utils.scoring.statistics_floor import StatisticsFloor
+from anomaly_utils.scoring.stored import load_scores
+
+SPLITS = ("val", "val_pseudo", "test")
+
+
+def own_scores(run: Path, name: str, stored: dict) -> dict[str, np.ndarray] | None:
+    """The candidate's own image scores per split, or None where the stored scores do not
+    give them back."""
+    if read_choice(run / name).rule == OWN:
+        return {split: stored[split]["scores"] for split in SPLITS}
+    if name == "floor":
+        window = StatisticsFloor.load(run / name).score_window
+        return {split: window_peaks(stored[split]["maps"], (window,))[:, 0] for split in SPLITS}
+    if BY_NAME[name].parts:
+        parts = {p: {split: load_scores(run / p / f"scores_{split}.npz") for split in SPLITS}
+                 for p in BY_NAME[name].parts}
+        standardisers = {p: Standardiser.of_normals(parts[p]["val"]) for p in parts}
+        return {split: combine({p: (parts[p][split]["scores"], parts[p][split]["maps"])
+                                for p in parts}, standardisers).scores for split in SPLITS}
+    return None
+
+
+def pooled(test: dict, keep: np.ndarray) -> list[float | None]:
+    """Test image AUROC, pixel AUROC and AUPRO over the images ``keep``."""
+    labels = test["labels"][keep]
+    values = [metrics.image_auroc(labels, test["scores"][keep])]
+    masked = keep & (test["has_mask"] | (test["labels"] == 0))
+    if test["masks"][masked].any():
+        values += [metrics.pixel_auroc(test["masks"][masked], test["maps"][masked]),
+                   metrics.aupro(test["masks"][masked], test["maps"][masked])]
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--without", help="a defect type left out of the pooled test metrics")
+    args = parser.parse_args(argv)
+    print("| candidate | image score | lead, 90 % interval | test image AUROC, own | "
+          "scale-adaptive |\n|---|---|---|---|---|")
+    for name in CANDIDATES:
+        stored = {split: load_scores(args.run / name / f"scores_{split}.npz") for split in SPLITS}
+        choice = read_choice(args.run / name)
+        own = own_scores(args.run, name, stored)
+        if choice.lead is None and own is not None:  # a run made before leads were stored
+            choice = replace(choice, lead=choose_image_score(
+                stored["val"]["maps"], {**stored["val_pseudo"], "scores": own["val_pseudo"]}).lead)
+        test = stored["test"]
+        adaptive = (test["scores"] if choice.rule == SCALE_ADAPTIVE
+                    else choice.peak.apply(test["maps"]))
+        shown = [None if own is None else metrics.image_auroc(test["labels"], own["test"]),
+                 metrics.image_auroc(test["labels"], adaptive)]
+        print(f"| {name} | {choice.rule} | {choice.lead_text()} | "
+              + " | ".join(metrics.shown(v, 3) for v in shown) + " |")
+    if args.without:
+        print(f"\n| candidate | test, all images | without {args.without} |\n|---|---|---|")
+        for name in CANDIDATES:
+            test = load_scores(args.run / name / "scores_test.npz")
+            every = np.ones(len(test["labels"]), bool)
+            rows = [pooled(test, keep) for keep in (every, test["types"] != args.without)]
+            print(f"| {name} | " + " | ".join(" / ".join(metrics.shown(v, 3) for v in row)
+                                              for row in rows) + " |")
+
+
+if __name__ == "__main__":
+    main()
