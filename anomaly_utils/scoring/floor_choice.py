@@ -1,17 +1,21 @@
 """Fit the statistics floor and choose its settings on the pseudo-labelled validation set.
 
-Three stages, each chosen by the selection score (mean of validation image and pixel AUROC,
+Four stages, each chosen by the selection score (mean of validation image and pixel AUROC,
 :func:`anomaly_utils.evaluation.selection.choose_candidate`):
 
 1. every variant and gradient kind asked for (:data:`FLOOR_VARIANTS` x
    :data:`GRADIENT_FEATURES` with ``"auto"``), with the windows of the first scale asked for;
 2. the first stage's variant and gradient with the windows of every other scale
    (:data:`WINDOW_SCALES` with ``"auto"``: the largest window a quarter or half the side);
-3. the second stage's floor alone against the same floor with the eigen-image residual of
+3. where the second stage's floor is positional, its Gaussian form against its nearest-pixel
+   form (:data:`FLOOR_FORMS` with ``"auto"``; :mod:`anomaly_utils.scoring.pixel_bank`);
+4. the third stage's floor alone against the same floor with the eigen-image residual of
    each side asked for averaged into its maps (:data:`EIGEN_SIDES` with ``"auto"``).
 
-The third stage reuses the second's Gaussians, so it costs one eigendecomposition per fold
-and side and one scoring of the validation set. Notebook 01 calls :func:`fit_floor`.
+The last two stages reuse the second's Gaussians: the third costs one pass over the training
+images and one scoring of the validation set, the fourth one eigendecomposition per fold
+and side and one scoring of the validation set. With ``form="nearest"`` every floor is
+positional and in that form from the first stage on. Notebook 01 calls :func:`fit_floor`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.selection import choose_by_validation, choose_candidate
 from anomaly_utils.scoring.eigen_residual import AUTO, MIN_IMAGES, eigen_sides
 from anomaly_utils.scoring.statistics_floor import (
+    FLOOR_FORMS,
     FLOOR_VARIANTS,
     GRADIENT_FEATURES,
     WINDOW_SCALES,
@@ -45,7 +50,7 @@ class FloorChoice:
             or ``"positional, directional, windows to 0.5 + eigen 32 px"`` (:func:`floor_name`).
         validation: row -> validation metrics (``validation_metrics``), every floor tried.
         choices: the ``choose_candidate`` result of each stage that ran, in order.
-        note: why the eigen-image stage was skipped, or ``""``.
+        note: why the nearest-pixel or the eigen-image stage was skipped, or ``""``.
     """
 
     floor: StatisticsFloor
@@ -86,7 +91,8 @@ def _challenge(name: str, floor: StatisticsFloor, challengers: dict[str, Statist
 
 def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
               masks: np.ndarray, *, variant: str = AUTO, gradient: str = AUTO,
-              windows: Any = AUTO, eigen: Any = AUTO, eval_size: int = 128) -> FloorChoice:
+              windows: Any = AUTO, form: str = AUTO, eigen: Any = AUTO,
+              eval_size: int = 128) -> FloorChoice:
     """Fit the floors asked for on ``train_images`` and keep the one validation prefers.
 
     Args:
@@ -97,6 +103,8 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
             ``"auto"`` for each.
         windows: ``"auto"`` or the largest window's share of the image side
             (:func:`~anomaly_utils.scoring.statistics_floor.window_scales`).
+        form: a value of :data:`FLOOR_FORMS`, or ``"auto"`` (the nearest-pixel form is tried
+            where the chosen variant is positional).
         eigen: ``"auto"``, ``"none"`` or an eigen-image side in pixels (:func:`eigen_sides`).
         eval_size: side of the maps, pixels.
 
@@ -105,6 +113,14 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     """
     variants = _options(variant, FLOOR_VARIANTS, "floor_variant")
     gradients = _options(gradient, GRADIENT_FEATURES, "floor_gradient")
+    forms = _options(form, FLOOR_FORMS, "floor_form")
+    only_nearest = forms == ("nearest",)
+    if only_nearest:
+        if "positional" not in variants:
+            raise ParameterError("floor_form 'nearest' needs the positional variant, "
+                                 f"floor_variant is {variant!r}",
+                                 fix="set floor_variant to 'positional' or 'auto'")
+        variants = ("positional",)
     scales = window_scales(windows)
     sides = eigen_sides(eigen)
     # Checked and converted once here rather than by each of the five or more fits.
@@ -113,7 +129,8 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
 
     def fitted(v: str, g: str, scale: float) -> StatisticsFloor:
         return StatisticsFloor(v, windows=default_windows(side, scale), eval_size=eval_size,
-                               gradient=g).fit(train_images)
+                               gradient=g, form="nearest" if only_nearest else "gaussian",
+                               ).fit(train_images)
 
     floors = {floor_name(v, g, scales[0]): fitted(v, g, scales[0])
               for v in variants for g in gradients}
@@ -125,14 +142,24 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
         wider = {floor_name(floor.variant, floor.gradient, s):
                  fitted(floor.variant, floor.gradient, s) for s in scales[1:]}
         name, floor = _challenge(name, floor, wider, images, labels, masks, validation, choices)
-    note = ""
+    notes = []
+    if "nearest" in forms and not only_nearest:
+        if floor.variant == "positional":
+            nearest = {f"{name}, nearest pixel": floor.with_nearest(train_images)}
+            name, floor = _challenge(name, floor, nearest, images, labels, masks, validation,
+                                     choices)
+        else:
+            notes.append("no nearest-pixel form: the global variant's one cell would keep "
+                         "every training pixel")
     if sides and len(train_images) < MIN_IMAGES:
         if eigen != AUTO:
             raise ParameterError(f"floor_eigen {eigen} needs at least {MIN_IMAGES} training "
                                  f"images, the dataset has {len(train_images)}",
                                  fix="set floor_eigen to 'none'")
-        sides, note = (), (f"no eigen-image residual: {len(train_images)} training images, "
-                           f"it needs {MIN_IMAGES}")
+        sides = ()
+        notes.append(f"no eigen-image residual: {len(train_images)} training images, "
+                     f"it needs {MIN_IMAGES}")
+    note = "; ".join(notes)
     if not sides:
         return FloorChoice(floor, name, validation, choices, note)
     fused = {f"{name} + eigen {s} px": floor.with_eigen(s, train_images) for s in sides}

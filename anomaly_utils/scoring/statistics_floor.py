@@ -22,8 +22,12 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
 
    Means and covariances are accumulated over every training pixel in batches, in float64,
    without subsampling or randomness, and shrunk: ``cov + shrinkage * trace(cov) / D * I``.
-4. Map: the Mahalanobis distance of each pixel (in standard deviations), resized to
-   ``eval_size`` and smoothed by a Gaussian of ``smooth_sigma`` eval pixels.
+4. Map, by ``form`` (:data:`FLOOR_FORMS`): the Mahalanobis distance of each pixel (in
+   standard deviations; ``"gaussian"``), or, for the positional variant, the distance in
+   the same whitened coordinates to the nearest of the cell's training pixels
+   (``"nearest"``, :mod:`anomaly_utils.scoring.pixel_bank`: a cell whose normals are
+   several clouds is not one wide Gaussian); resized to ``eval_size`` and smoothed by a
+   Gaussian of ``smooth_sigma`` eval pixels.
 5. Optionally (``eigen_side``), the map is averaged with the eigen-image residual
    (:mod:`anomaly_utils.scoring.eigen_residual`), which sees what is wrong with an image as a
    whole rather than with a neighbourhood; each map is first standardised by its mean and
@@ -33,7 +37,8 @@ over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis d
 
 The defaults were chosen on the pseudo-labelled validation sets of the synthetic carpet,
 magnetic_tile and ELPV mono and poly (``experiments/floor_variants.py``); a run fits every
-variant and gradient kind, then the wider windows, then the eigen-image sides, and keeps
+variant and gradient kind, then the wider windows, then the nearest-pixel form, then the
+eigen-image sides, and keeps
 the floor its own validation set prefers (notebook 01, :func:`anomaly_utils.scoring.floor_choice.fit_floor`).
 
 One module because the features, the fitted cells and the saved files must agree exactly
@@ -65,10 +70,13 @@ import numpy as np
 from anomaly_utils.artifacts import load_npz, read_json, save_npz, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
 from anomaly_utils.scoring.eigen_residual import ARRAY_NAMES, AUTO, EigenResidual, standardised
+from anomaly_utils.scoring.pixel_bank import ARRAY_NAMES as BANK_ARRAYS
+from anomaly_utils.scoring.pixel_bank import PixelBank, bank_images
 from anomaly_utils.scoring.stored import ScoreResult
 
 FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
 GRADIENT_FEATURES: tuple[str, ...] = ("magnitude", "directional")
+FLOOR_FORMS: tuple[str, ...] = ("gaussian", "nearest")
 _PER_WINDOW = {"magnitude": 3, "directional": 4}  # features per channel and window
 WINDOW_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # default windows, as fractions of the image side
 # The largest window's share of the image side for each scale notebook 01 tries (the other two
@@ -218,13 +226,15 @@ class StatisticsFloor:
             :data:`GRADIENT_FEATURES`.
         eigen_side: side in pixels of the eigen-image residual averaged into the map, or
             None for the local statistics alone.
+        form: ``"gaussian"`` or ``"nearest"`` (positional only); see :data:`FLOOR_FORMS`.
     """
 
     def __init__(self, variant: str = "positional", windows: Sequence[int] | None = None,
                  eval_size: int = 128, smooth_sigma: float = DEFAULT_SMOOTH_SIGMA,
                  score_window: int = DEFAULT_SCORE_WINDOW, grid: int = DEFAULT_GRID,
                  normalize: bool = True, shrinkage: float = DEFAULT_SHRINKAGE,
-                 gradient: str = "magnitude", eigen_side: int | None = None):
+                 gradient: str = "magnitude", eigen_side: int | None = None,
+                 form: str = "gaussian"):
         for ok, message, fix in (
             (variant in FLOOR_VARIANTS, f"variant {variant!r} is not known",
              f"use one of {', '.join(FLOOR_VARIANTS)}"),
@@ -235,7 +245,12 @@ class StatisticsFloor:
             (_is_number(shrinkage) and 0 < shrinkage <= 1,
              f"shrinkage must be in (0, 1], got {shrinkage!r}", f"use {DEFAULT_SHRINKAGE}"),
             (isinstance(gradient, str) and gradient in GRADIENT_FEATURES,
-             f"gradient {gradient!r} is not known", f"use one of {', '.join(GRADIENT_FEATURES)}")):
+             f"gradient {gradient!r} is not known", f"use one of {', '.join(GRADIENT_FEATURES)}"),
+            (isinstance(form, str) and form in FLOOR_FORMS, f"form {form!r} is not known",
+             f"use one of {', '.join(FLOOR_FORMS)}"),
+            (form != "nearest" or variant == "positional", "the nearest-pixel form needs the "
+             f"positional variant, got {variant!r}", "use variant='positional' or "
+             "form='gaussian'")):
             if not ok:
                 raise ParameterError(message, fix=fix)
         self.variant = variant
@@ -249,7 +264,9 @@ class StatisticsFloor:
         self.shrinkage = float(shrinkage)
         self.gradient = gradient
         self.eigen_side = None if eigen_side is None else EigenResidual(eigen_side).side
+        self.form = form
         # Set by fit (or load):
+        self.bank: PixelBank | None = None  # the nearest-pixel form's training pixels
         self.eigen: EigenResidual | None = None
         # (2,) mean and std of the training images' maps, which standardise them before the
         # eigen-images are averaged in; computed by the first with_eigen, shared by its copies
@@ -370,6 +387,7 @@ class StatisticsFloor:
         self.image_shape, self.used_windows = (height, width, channels), windows
         self._set(shift + mean, raw_cov, n)
         self.eigen, self.map_stats = None, None
+        self.bank = self._bank_of(images) if self.form == "nearest" else None
         if self.eigen_side is not None:
             self._fit_eigen(images)
         return self
@@ -390,11 +408,44 @@ class StatisticsFloor:
         fused._fit_eigen(images)
         return fused
 
+    def with_nearest(self, train_images: np.ndarray) -> StatisticsFloor:
+        """A copy of this fitted positional floor in the nearest-pixel form: the same
+        Gaussians whiten the features, the bank holds ``train_images``' pixels.
+
+        Args:
+            train_images: the images this floor was fitted on.
+        """
+        images = self._checked(train_images)
+        if self.variant != "positional":
+            raise ParameterError("the nearest-pixel form needs the positional variant, this "
+                                 f"floor is {self.variant!r}", fix="fit a positional floor")
+        nearest = copy.copy(self)
+        nearest.form, nearest.eigen_side, nearest.eigen, nearest.map_stats = \
+            "nearest", None, None, None
+        nearest.bank = nearest._bank_of(images)
+        return nearest
+
+    def _bank_of(self, images: np.ndarray) -> PixelBank:
+        """The whitened features of each cell's centre pixel in the bank's training images
+        (:func:`~anomaly_utils.scoring.pixel_bank.bank_images`)."""
+        kept = bank_images(len(images))
+        d = self.mean.shape[-1]
+        cells = list(self._cells(*images.shape[1:3]))
+        parts: list[list[np.ndarray]] = [[] for _ in cells]
+        for start, feats in self._batches(images[kept], self.used_windows):
+            for c, (i, j, rows, cols) in enumerate(cells):
+                centre = feats[:, (rows.start + rows.stop - 1) // 2,
+                               (cols.start + cols.stop - 1) // 2]
+                z = (centre.astype(np.float64) - self.mean[i, j]) @ self._whiten[i, j]
+                parts[c].append(z.astype(np.float32))
+        return PixelBank.of_cells([np.concatenate(p) for p in parts], [kept] * len(cells))
+
     def _map_stats_of(self, images: np.ndarray) -> np.ndarray:
         """Mean and standard deviation of the maps of up to :data:`_STATS_IMAGES` evenly
-        spaced training images, (2,) float64."""
+        spaced training images, (2,) float64 (in the nearest-pixel form each image's own
+        pixels are left out of the bank, or its distances would be those of a copy)."""
         rows = np.unique(np.linspace(0, len(images) - 1, _STATS_IMAGES).round().astype(int))
-        maps = self._eval_maps(images[rows])
+        maps = self._eval_maps(images[rows], owners=rows if self.bank is not None else None)
         return np.array([maps.mean(), max(float(maps.std()), 1e-12)])
 
     def _fit_eigen(self, images: np.ndarray) -> None:
@@ -437,21 +488,27 @@ class StatisticsFloor:
         """
         return self._raw_maps(self._checked(images))
 
-    def _raw_maps(self, images: np.ndarray) -> np.ndarray:
+    def _raw_maps(self, images: np.ndarray, owners: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W) float32 distances; ``owners``: (N,) the images' indices among the
+        training images, whose own pixels the nearest-pixel form then leaves out."""
         maps = np.empty(images.shape[:3], np.float32)
         d = self.mean.shape[-1]
         for start, feats in self._batches(images, self.used_windows):
             stop = start + len(feats)
-            for i, j, rows, cols in self._cells(*images.shape[1:3]):
+            for c, (i, j, rows, cols) in enumerate(self._cells(*images.shape[1:3])):
                 cell = feats[:, rows, cols]
                 pixels = cell.reshape(-1, d)
                 distance = np.empty(len(pixels), np.float32)
+                owner = None if owners is None else \
+                    np.repeat(owners[start:stop], cell.shape[1] * cell.shape[2])
                 # Pixels in slices whose float64 copies stay in cache: the global variant's
                 # one cell is the whole batch (300 MB in float64), 3.5x slower in one piece.
                 for a in range(0, len(pixels), _SCORE_PIXELS):
                     z = (pixels[a:a + _SCORE_PIXELS].astype(np.float64) - self.mean[i, j]) \
                         @ self._whiten[i, j]
-                    distance[a:a + _SCORE_PIXELS] = np.sqrt(np.einsum("nd,nd->n", z, z))
+                    distance[a:a + _SCORE_PIXELS] = np.sqrt(np.einsum("nd,nd->n", z, z)) \
+                        if self.bank is None else self.bank.nearest(
+                            c, z, None if owner is None else owner[a:a + _SCORE_PIXELS])
                 maps[start:stop, rows, cols] = distance.reshape(cell.shape[:3])
         return maps
 
@@ -479,9 +536,9 @@ class StatisticsFloor:
                             else m).max() for m in maps], np.float32)
         return ScoreResult(scores=scores, maps=maps, recons=images)
 
-    def _eval_maps(self, images: np.ndarray) -> np.ndarray:
-        """The Mahalanobis maps resized to ``eval_size`` and smoothed, float32 (N, E, E)."""
-        raw = self._raw_maps(images)
+    def _eval_maps(self, images: np.ndarray, owners: np.ndarray | None = None) -> np.ndarray:
+        """The distance maps resized to ``eval_size`` and smoothed, float32 (N, E, E)."""
+        raw = self._raw_maps(images, owners)
         size = self.eval_size
         maps = np.empty((len(raw), size, size), np.float32)
         for k, m in enumerate(raw):
@@ -504,11 +561,12 @@ class StatisticsFloor:
         return {"format": _FORMAT, "variant": self.variant, "eval_size": self.eval_size,
                 "smooth_sigma": self.smooth_sigma, "score_window": self.score_window,
                 "grid": self.grid, "normalize": self.normalize, "shrinkage": self.shrinkage,
-                "gradient": self.gradient, "eigen_side": self.eigen_side,
+                "gradient": self.gradient, "eigen_side": self.eigen_side, "form": self.form,
                 "n_train": self.n_train, **listed}
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write ``statistics_floor.npz`` (means and covariances), then
+        """Write ``statistics_floor.npz`` (means and covariances, the nearest-pixel form's
+        bank, the eigen-images), then
         ``statistics_floor.json`` (settings) into ``folder``, each atomically, without pickle.
         """
         if self.mean is None:
@@ -517,8 +575,9 @@ class StatisticsFloor:
         eigen = {} if self.eigen is None else {
             "map_stats": self.map_stats,
             **{f"eigen_{k}": v for k, v in self.eigen.arrays().items()}}
+        bank = {} if self.bank is None else self.bank.arrays()
         save_npz(folder / _ARRAYS_FILE, mean=self.mean, raw_covariance=self._raw_covariance,
-                 **eigen)
+                 **eigen, **bank)
         write_json(folder / _CONFIG_FILE, self.config())
 
     @classmethod
@@ -545,6 +604,12 @@ class StatisticsFloor:
                 raise ValueError(f"arrays shaped {mean.shape} and {raw_cov.shape} for a "
                                  f"{grid} grid of {d} features")
             floor._set(mean, raw_cov, n_train)
+            if floor.form == "nearest":
+                floor.bank = PixelBank.restore({k: arrays[k] for k in BANK_ARRAYS})
+                if floor.bank.n_cells != grid[0] * grid[1] or floor.bank.pixels.shape[1] != d:
+                    raise ValueError(f"a pixel bank of {floor.bank.n_cells} cells and "
+                                     f"{floor.bank.pixels.shape[1]} features for a {grid} "
+                                     f"grid of {d} features")
             if floor.eigen_side is not None:
                 floor.map_stats = np.asarray(arrays["map_stats"], np.float64)
                 if floor.map_stats.shape != (2,):
