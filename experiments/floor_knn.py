@@ -21,7 +21,6 @@ validation image / pixel AUROC, test image / pixel AUROC / AUPRO ("n/a" without 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np

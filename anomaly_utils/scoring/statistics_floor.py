@@ -429,10 +429,9 @@ class StatisticsFloor:
         """The whitened features of each cell's centre pixel in the bank's training images
         (:func:`~anomaly_utils.scoring.pixel_bank.bank_images`)."""
         kept = bank_images(len(images))
-        d = self.mean.shape[-1]
         cells = list(self._cells(*images.shape[1:3]))
         parts: list[list[np.ndarray]] = [[] for _ in cells]
-        for start, feats in self._batches(images[kept], self.used_windows):
+        for _, feats in self._batches(images[kept], self.used_windows):
             for c, (i, j, rows, cols) in enumerate(cells):
                 centre = feats[:, (rows.start + rows.stop - 1) // 2,
                                (cols.start + cols.stop - 1) // 2]
