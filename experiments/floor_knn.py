@@ -1,21 +1,20 @@
-"""The floor's form: one Gaussian per cell against the nearest training pixel.
+"""The floor's two forms: one Gaussian per cell against the nearest training pixel.
 
-The floor scores a pixel by its Mahalanobis distance to one Gaussian fitted over the training
-pixels of its grid cell. Where the normal pixels of a cell are not one cloud (the grains of a
-polycrystalline cell, two ways of grinding a tile), one Gaussian is wide and a defect can sit
-inside it. This script keeps everything else of the floor (features, grid, standardisation,
-smoothing, image score) and replaces the distance to the Gaussian by the distance to the
-nearest training pixel of the same cell, in the coordinates the cell's Gaussian whitens (so
-that a unimodal cell scores as before, up to the sampling of the bank). Each cell's bank
-holds the training pixels on a ``--bank-stride`` lattice of every training image. It prints
-the validation and test metrics of both forms, as ``floor_settings.py`` does.
+The positional floor of one gradient kind and window scale (without eigen-images), fitted in
+each of its forms (:data:`~anomaly_utils.scoring.statistics_floor.FLOOR_FORMS`): the
+Mahalanobis distance to the cell's Gaussian, and the distance to the nearest of the cell's
+training pixels in the Gaussian's whitened units (the cell's centre pixel of every training
+image, :mod:`anomaly_utils.scoring.pixel_bank`). With ``--denser``, also a bank of every
+second pixel of each cell (four per image at 256 px), to see whether the centre alone loses
+anything. Prints the validation and test metrics of each, as ``floor_settings.py`` does, and
+the seconds each took to fit.
 
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/floor_knn.py \\
         --data-dir data/elpv/poly --color-mode grayscale --allow-missing-masks --scale 0.5
 
-Prints one row per form: the selection score (mean of validation image and pixel AUROC),
+Prints one row per floor: the selection score (mean of validation image and pixel AUROC),
 validation image / pixel AUROC, test image / pixel AUROC / AUPRO ("n/a" without masks).
 """
 
@@ -31,7 +30,9 @@ from floor_choice import (  # experiments/ is the script's folder
 
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import choose_by_validation, selection_score
+from anomaly_utils.scoring.pixel_bank import PixelBank
 from anomaly_utils.scoring.statistics_floor import (
+    FLOOR_FORMS,
     GRADIENT_FEATURES,
     WINDOW_SCALES,
     StatisticsFloor,
@@ -40,59 +41,48 @@ from anomaly_utils.scoring.statistics_floor import (
 )
 
 
-class NearestPixelFloor(StatisticsFloor):
-    """The positional floor with the whitened distance to the nearest training pixel of the
-    cell as its raw map (float32 (N, H, W), in the cell's standard deviations)."""
+class DenserBankFloor(StatisticsFloor):
+    """The nearest-pixel form with a denser bank: every ``stride``-th pixel of each cell of
+    every training image instead of the cell's centre alone (for the comparison only)."""
 
-    def __init__(self, *args, bank_stride: int = 2, **kwargs):
-        super().__init__("positional", *args, **kwargs)
-        self.bank_stride = bank_stride
-        self.banks: dict[tuple[int, int], np.ndarray] = {}  # cell -> (M, D) whitened float32
+    def __init__(self, *args, stride: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stride = stride
 
-    def fit(self, train_images: np.ndarray) -> NearestPixelFloor:
-        super().fit(train_images)
-        images = as_unit_images(train_images, "train_images")
-        d, s = self.mean.shape[-1], self.bank_stride
-        parts: dict[tuple[int, int], list[np.ndarray]] = {}
-        for _, feats in self._batches(images, self.used_windows):
-            for i, j, rows, cols in self._cells(*images.shape[1:3]):
-                x = feats[:, rows, cols][:, s // 2::s, s // 2::s].reshape(-1, d)
-                z = (x.astype(np.float64) - self.mean[i, j]) @ self._whiten[i, j]
-                parts.setdefault((i, j), []).append(z.astype(np.float32))
-        self.banks = {cell: np.concatenate(z) for cell, z in parts.items()}
-        return self
-
-    def _raw_maps(self, images: np.ndarray) -> np.ndarray:
-        maps = np.empty(images.shape[:3], np.float32)
-        d = self.mean.shape[-1]
-        norms = {cell: np.einsum("md,md->m", b, b) for cell, b in self.banks.items()}
+    def _bank_of(self, images: np.ndarray) -> PixelBank:
+        d, s = self.mean.shape[-1], self.stride
+        cells = list(self._cells(*images.shape[1:3]))
+        parts: list[list[np.ndarray]] = [[] for _ in cells]
+        owners: list[list[np.ndarray]] = [[] for _ in cells]
         for start, feats in self._batches(images, self.used_windows):
-            stop = start + len(feats)
-            for i, j, rows, cols in self._cells(*images.shape[1:3]):
-                cell = feats[:, rows, cols]
-                z = ((cell.reshape(-1, d).astype(np.float64) - self.mean[i, j])
-                     @ self._whiten[i, j]).astype(np.float32)
-                bank = self.banks[i, j]
-                nearest = (norms[i, j][None, :] - 2 * (z @ bank.T)).min(axis=1)
-                squared = np.maximum(nearest + np.einsum("nd,nd->n", z, z), 0)
-                maps[start:stop, rows, cols] = np.sqrt(squared).reshape(cell.shape[:3])
-        return maps
+            for c, (i, j, rows, cols) in enumerate(cells):
+                lattice = feats[:, rows, cols][:, ::s, ::s]
+                z = (lattice.reshape(-1, d).astype(np.float64) - self.mean[i, j]) \
+                    @ self._whiten[i, j]
+                parts[c].append(z.astype(np.float32))
+                owners[c].append(np.repeat(np.arange(start, start + len(feats)),
+                                           lattice.shape[1] * lattice.shape[2]))
+        return PixelBank.of_cells([np.concatenate(p) for p in parts],
+                                  [np.concatenate(o) for o in owners])
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = dataset_arguments(__doc__.split("\n")[0])
     parser.add_argument("--gradient", default="directional", choices=GRADIENT_FEATURES)
     parser.add_argument("--scale", type=float, default=WINDOW_SCALES[0], choices=WINDOW_SCALES)
-    parser.add_argument("--bank-stride", type=int, nargs="+", default=[4, 2])
+    parser.add_argument("--denser", action="store_true",
+                        help="also the bank of every second pixel of each cell")
     args = parser.parse_args(argv)
     ds, pseudo = dataset_and_validation(args)
     train = as_unit_images(ds.train_images, "train_images")
     windows = default_windows(min(train.shape[1:3]), args.scale)
-    floors = {"Gaussian (the floor)": StatisticsFloor(
-        "positional", windows, eval_size=args.eval_size, gradient=args.gradient)}
-    for stride in args.bank_stride:
-        floors[f"nearest pixel, bank stride {stride}"] = NearestPixelFloor(
-            windows, eval_size=args.eval_size, gradient=args.gradient, bank_stride=stride)
+    floors = {form: StatisticsFloor("positional", windows, eval_size=args.eval_size,
+                                    gradient=args.gradient, form=form)
+              for form in FLOOR_FORMS}
+    if args.denser:
+        floors["nearest, every second pixel"] = DenserBankFloor(
+            "positional", windows, eval_size=args.eval_size, gradient=args.gradient,
+            form="nearest")
     seconds = {}
     for name, floor in floors.items():
         began = time.perf_counter()
