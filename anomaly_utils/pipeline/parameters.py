@@ -288,8 +288,7 @@ COMMON: dict[str, Rule] = {
     "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
     "val_fraction": _fraction, "eval_size": _multiple_of(8), "seed": _non_negative,
     "color_mode": _one_of(AUTO_COLOR, *COLOR_MODES), "early_stopping_patience": _non_negative,
-    "latent_dim": _positive_int, "map_kind": _map_kind,
-}
+    "latent_dim": _positive_int, "map_kind": _map_kind}
 RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
                             "color_mode": COMMON["color_mode"], "seed": _non_negative,
