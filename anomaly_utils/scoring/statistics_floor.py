@@ -66,6 +66,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from anomaly_utils.artifacts import load_npz, read_json, save_npz, write_json
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
@@ -431,12 +432,13 @@ class StatisticsFloor:
         kept = bank_images(len(images))
         cells = list(self._cells(*images.shape[1:3]))
         parts: list[list[np.ndarray]] = [[] for _ in cells]
-        for _, feats in self._batches(images[kept], self.used_windows):
-            for c, (i, j, rows, cols) in enumerate(cells):
-                centre = feats[:, (rows.start + rows.stop - 1) // 2,
-                               (cols.start + cols.stop - 1) // 2]
-                z = (centre.astype(np.float64) - self.mean[i, j]) @ self._whiten[i, j]
-                parts[c].append(z.astype(np.float32))
+        with threadpool_limits(1, user_api="blas"):  # small products, as in _raw_maps
+            for _, feats in self._batches(images[kept], self.used_windows):
+                for c, (i, j, rows, cols) in enumerate(cells):
+                    centre = feats[:, (rows.start + rows.stop - 1) // 2,
+                                   (cols.start + cols.stop - 1) // 2]
+                    z = (centre.astype(np.float64) - self.mean[i, j]) @ self._whiten[i, j]
+                    parts[c].append(z.astype(np.float32))
         return PixelBank.of_cells([np.concatenate(p) for p in parts], [kept] * len(cells))
 
     def _map_stats_of(self, images: np.ndarray) -> np.ndarray:
@@ -490,6 +492,13 @@ class StatisticsFloor:
     def _raw_maps(self, images: np.ndarray, owners: np.ndarray | None = None) -> np.ndarray:
         """(N, H, W) float32 distances; ``owners``: (N,) the images' indices among the
         training images, whose own pixels the nearest-pixel form then leaves out."""
+        # One BLAS thread: the products are thousands of small ones, and a thread pool's
+        # hand-offs make each one slower (measured: 20 times for ELPV poly on a busy 2-core
+        # machine); one thread also sums every product the same way on any machine.
+        with threadpool_limits(1, user_api="blas"):
+            return self._raw_maps_one_thread(images, owners)
+
+    def _raw_maps_one_thread(self, images: np.ndarray, owners: np.ndarray | None) -> np.ndarray:
         maps = np.empty(images.shape[:3], np.float32)
         d = self.mean.shape[-1]
         for start, feats in self._batches(images, self.used_windows):
