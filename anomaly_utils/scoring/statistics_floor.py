@@ -433,7 +433,9 @@ class StatisticsFloor:
         cells = list(self._cells(*images.shape[1:3]))
         parts: list[list[np.ndarray]] = [[] for _ in cells]
         with threadpool_limits(1, user_api="blas"):  # small products, as in _raw_maps
-            for _, feats in self._batches(images[kept], self.used_windows):
+            # images[kept] would copy every image (190 MB for magnetic_tile) to keep them all
+            bank = images if len(kept) == len(images) else images[kept]
+            for _, feats in self._batches(bank, self.used_windows):
                 for c, (i, j, rows, cols) in enumerate(cells):
                     centre = feats[:, (rows.start + rows.stop - 1) // 2,
                                    (cols.start + cols.stop - 1) // 2]
