@@ -156,3 +156,18 @@ def test_a_nearest_floor_loads_bit_for_bit_with_and_without_eigen_images(two_clo
     np.savez(tmp_path / "alone" / "statistics_floor.npz", **arrays)
     with pytest.raises(ArtifactError, match="bank_owners"):
         StatisticsFloor.load(tmp_path / "alone")
+
+
+def test_beyond_its_cap_the_bank_keeps_evenly_spaced_training_images(two_clouds, monkeypatch):
+    from anomaly_utils.scoring import pixel_bank
+
+    monkeypatch.setattr(pixel_bank, "MAX_BANK_IMAGES", 5)
+    train = two_clouds[0]
+    floor = StatisticsFloor(eval_size=SIZE, gradient="directional", grid=8,
+                            form="nearest").fit(train)
+    kept = bank_images(len(train))
+    assert len(kept) == 5 and floor.bank.pixels.shape[0] == 5 * 64
+    assert np.array_equal(floor.bank.owners[:5], kept)
+    centre = floor.raw_maps(train)[:, 1::4, 1::4]  # a kept image is its own nearest pixel
+    assert centre[kept].max() < 1e-2
+    assert centre[np.setdiff1d(np.arange(len(train)), kept)].min() > 1e-2
