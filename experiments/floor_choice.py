@@ -1,5 +1,5 @@
-"""The floor's choices (variant and gradient, window scale, eigen-image residual): validation
-first, test for the record.
+"""The floor's choices (variant and gradient, window scale, form, eigen-image residual):
+validation first, test for the record.
 
 Runs notebook 01's choice (:func:`anomaly_utils.scoring.floor_choice.fit_floor`) on one
 dataset, on the pseudo-labelled validation set a run of the same seed builds, and scores the
@@ -25,12 +25,13 @@ import time
 from anomaly_utils.data.loading import AnomalyDataset, load_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score
-from anomaly_utils.scoring.floor_choice import fit_floor, floor_name
+from anomaly_utils.scoring.floor_choice import NEAREST, fit_floor, floor_name
 from anomaly_utils.scoring.statistics_floor import (
     WINDOW_SCALES,
     StatisticsFloor,
     default_windows,
 )
+from anomaly_utils.scoring.stored import ScoreResult
 from anomaly_utils.scoring.validation_set import PseudoLabelled, shared_validation
 
 
@@ -60,17 +61,38 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return dataset_arguments(__doc__.split("\n")[0]).parse_args(argv)
 
 
+def test_metrics(ds: AnomalyDataset, test: ScoreResult) -> list[float | None]:
+    """Test image AUROC, pixel AUROC and AUPRO of a floor's scores of ``ds.test_images``
+    (the pixel metrics over the images with masks and the good ones; None without masks)."""
+    values = [metrics.image_auroc(ds.test_labels, test.scores)]
+    if not ds.test_has_mask[ds.test_labels == 1].any():
+        return values + [None, None]
+    keep = ds.test_has_mask | (ds.test_labels == 0)
+    return values + [metrics.pixel_auroc(ds.test_masks[keep], test.maps[keep]),
+                     metrics.aupro(ds.test_masks[keep], test.maps[keep])]
+
+
+def table_row(first: list[str], validation: dict, test: list[float | None],
+              last: tuple[str, ...] = ()) -> str:
+    """One Markdown row: ``first`` cells, the selection score, validation image / pixel
+    AUROC, the ``test`` metrics ("n/a" for None), then ``last`` cells."""
+    shown = [validation["image_auroc"], validation["pixel_auroc"], *test]
+    return "| " + " | ".join([*first, f"{selection_score(validation):.3f}",
+                              *(metrics.shown(v, 3) for v in shown), *last]) + " |"
+
+
 def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
-    """The floor of row ``name`` (:func:`floor_name`, with ``" + eigen <side> px"`` where
-    the eigen-images are averaged in)."""
+    """The floor of row ``name`` (:func:`floor_name`, with ``", nearest pixel"`` in that
+    form and ``" + eigen <side> px"`` where the eigen-images are averaged in)."""
     if name == choice.name:
         return choice.floor
     base, _, eigen = name.partition(" + eigen ")
+    base, nearest, _ = base.partition(NEAREST)
     variant, gradient, *windows = base.split(", ")
     scale = float(windows[0].removeprefix("windows to ")) if windows else WINDOW_SCALES[0]
     floor = StatisticsFloor(variant, eval_size=eval_size, gradient=gradient,
                             windows=default_windows(min(train_images.shape[1:3]), scale),
-                            ).fit(train_images)
+                            form="nearest" if nearest else "gaussian").fit(train_images)
     assert floor_name(variant, gradient, scale) == base, (name, base)
     return floor.with_eigen(int(eigen.split()[0]), train_images) if eigen else floor
 
@@ -82,25 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
     choice = fit_floor(ds.train_images, pseudo.images, pseudo.labels, pseudo.masks,
                        eval_size=args.eval_size)
     print(f"{args.data_dir}: chosen {choice.name!r} in {time.perf_counter() - started:.0f} s "
-          f"(four floors, the wider windows and the eigen-images); {choice.note}")
-    keep = ds.test_has_mask | (ds.test_labels == 0)
-    has_masks = bool(ds.test_has_mask[ds.test_labels == 1].any())
+          f"(four floors, the wider windows, the nearest pixel and the eigen-images); "
+          f"{choice.note}")
     print("| floor | chosen | selection | val img | val pix | test img | test pix | AUPRO |\n"
           "|---|---|---|---|---|---|---|---|")
     rows = {}
     for name, validation in choice.validation.items():
         test = rebuilt(name, choice, ds.train_images, args.eval_size).score(ds.test_images)
-        values = [metrics.image_auroc(ds.test_labels, test.scores)]
-        if has_masks:
-            values += [metrics.pixel_auroc(ds.test_masks[keep], test.maps[keep]),
-                       metrics.aupro(ds.test_masks[keep], test.maps[keep])]
-        else:
-            values += [None, None]
+        values = test_metrics(ds, test)
         rows[name] = {"selection": selection_score(validation), "test": values}
-        shown = [validation["image_auroc"], validation["pixel_auroc"], *values]
-        print(f"| {name} | {'**chosen**' if name == choice.name else ''} | "
-              f"{selection_score(validation):.3f} | "
-              + " | ".join(metrics.shown(v, 3) for v in shown) + " |", flush=True)
+        print(table_row([name, "**chosen**" if name == choice.name else ""], validation,
+                        values), flush=True)
     return rows
 
 

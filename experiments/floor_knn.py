@@ -26,9 +26,10 @@ import numpy as np
 from floor_choice import (  # experiments/ is the script's folder
     dataset_and_validation,
     dataset_arguments,
+    table_row,
+    test_metrics,
 )
 
-from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import choose_by_validation, selection_score
 from anomaly_utils.scoring.pixel_bank import PixelBank
 from anomaly_utils.scoring.statistics_floor import (
@@ -90,25 +91,16 @@ def main(argv: list[str] | None = None) -> dict:
         seconds[name] = time.perf_counter() - began
     _, validation = choose_by_validation({n: f.score for n, f in floors.items()},
                                          pseudo.images, pseudo.labels, pseudo.masks)
-    keep = ds.test_has_mask | (ds.test_labels == 0)
-    has_masks = bool(ds.test_has_mask[ds.test_labels == 1].any())
     print(f"{args.data_dir}: positional, {args.gradient}, windows {windows}, "
           f"{len(train)} training images")
     print("| form | selection | val img | val pix | test img | test pix | AUPRO | fit s |\n"
           "|---|---|---|---|---|---|---|---|")
     rows = {}
     for name, floor in floors.items():
-        test = floor.score(ds.test_images)
-        values = [metrics.image_auroc(ds.test_labels, test.scores)]
-        values += ([metrics.pixel_auroc(ds.test_masks[keep], test.maps[keep]),
-                    metrics.aupro(ds.test_masks[keep], test.maps[keep])] if has_masks
-                   else [None, None])
-        row = validation[name]
-        rows[name] = {"selection": selection_score(row), "test": values}
-        shown = [row["image_auroc"], row["pixel_auroc"], *values]
-        print(f"| {name} | {selection_score(row):.3f} | "
-              + " | ".join(metrics.shown(v, 3) for v in shown)
-              + f" | {seconds[name]:.0f} |", flush=True)
+        values = test_metrics(ds, floor.score(ds.test_images))
+        rows[name] = {"selection": selection_score(validation[name]), "test": values}
+        print(table_row([name], validation[name], values, (f"{seconds[name]:.0f}",)),
+              flush=True)
     return rows
 
 

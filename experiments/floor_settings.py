@@ -25,9 +25,10 @@ import argparse
 from floor_choice import (  # experiments/ is the script's folder
     dataset_and_validation,
     dataset_arguments,
+    table_row,
+    test_metrics,
 )
 
-from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import choose_by_validation, selection_score
 from anomaly_utils.scoring.statistics_floor import (
     FLOOR_VARIANTS,
@@ -76,23 +77,14 @@ def main(argv: list[str] | None = None) -> dict:
               for name, config in configs.items()}
     _, validation = choose_by_validation({n: f.score for n, f in floors.items()},
                                          pseudo.images, pseudo.labels, pseudo.masks)
-    keep = ds.test_has_mask | (ds.test_labels == 0)
-    has_masks = bool(ds.test_has_mask[ds.test_labels == 1].any())
     print(f"{args.data_dir}: {args.variant}, {args.gradient}, windows {windows['as chosen']}")
     print("| setting | selection | val img | val pix | test img | test pix | AUPRO |\n"
           "|---|---|---|---|---|---|---|")
     rows = {}
     for name, floor in floors.items():
-        test = floor.score(ds.test_images)
-        values = [metrics.image_auroc(ds.test_labels, test.scores)]
-        values += ([metrics.pixel_auroc(ds.test_masks[keep], test.maps[keep]),
-                    metrics.aupro(ds.test_masks[keep], test.maps[keep])] if has_masks
-                   else [None, None])
-        row = validation[name]
-        rows[name] = {"selection": selection_score(row), "test": values}
-        shown = [row["image_auroc"], row["pixel_auroc"], *values]
-        print(f"| {name} | {selection_score(row):.3f} | "
-              + " | ".join(metrics.shown(v, 3) for v in shown) + " |", flush=True)
+        values = test_metrics(ds, floor.score(ds.test_images))
+        rows[name] = {"selection": selection_score(validation[name]), "test": values}
+        print(table_row([name], validation[name], values), flush=True)
     return rows
 
 

@@ -69,6 +69,9 @@ def _options(value: Any, everything: tuple, name: str) -> tuple:
     return (value,)
 
 
+NEAREST = ", nearest pixel"  # appended to a floor's row name in the nearest-pixel form
+
+
 def floor_name(variant: str, gradient: str, scale: float) -> str:
     """A floor's row name: ``"<variant>, <gradient>"``, with ``", windows to <scale>"`` where
     the largest window is not a quarter of the side (the names rows had before the scale)."""
@@ -145,7 +148,7 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     notes = []
     if "nearest" in forms and not only_nearest:
         if floor.variant == "positional":
-            nearest = {f"{name}, nearest pixel": floor.with_nearest(train_images)}
+            nearest = {name + NEAREST: floor.with_nearest(train_images)}
             name, floor = _challenge(name, floor, nearest, images, labels, masks, validation,
                                      choices)
         else:
