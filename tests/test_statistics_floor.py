@@ -292,3 +292,39 @@ def test_scoring_checks_the_fit_and_the_image_shape(gray):
         floor.score(np.repeat(normals, 3, axis=-1))
     with pytest.raises(ParameterError, match="images must be shaped"):
         floor.score(normals[..., 0])
+
+
+def test_an_image_set_is_mapped_once_per_local_maps_and_again_when_it_changes(gray, monkeypatch):
+    """The memo behind notebook 01's repeated scoring of its validation set: the same images
+    are mapped once for a floor and its eigen-image copies, a changed pixel or the
+    nearest-pixel form maps them again, the oldest of three sets is mapped again, and
+    callers get copies equal bit for bit to a fresh floor's maps."""
+    train, normals = gray
+    mapped: list[float] = []
+    raw_maps = StatisticsFloor._raw_maps
+
+    def counted(self, images, owners=None):
+        mapped.append(float(images.sum()))
+        return raw_maps(self, images, owners)
+
+    monkeypatch.setattr(StatisticsFloor, "_raw_maps", counted)
+    floor = StatisticsFloor(grid=4).fit(train)
+    fresh = StatisticsFloor(grid=4).fit(train).score(normals).maps
+    mapped.clear()
+    first = floor.score(normals)
+    first.maps[:] = 0  # a caller's change does not reach the memo
+    fused = floor.with_eigen(16, train)
+    mapped.clear()  # with_eigen maps training images to standardise the maps
+    assert np.array_equal(floor.score(normals).maps, fresh)
+    fused.score(normals)
+    assert mapped == []
+    changed = normals.copy()
+    changed[0, 0, 0, 0] ^= 1
+    floor.score(changed)
+    assert len(mapped) == 1
+    floor.with_nearest(train).score(normals)
+    assert len(mapped) == 2
+    floor.score(normals[:2])  # a third set: normals, the oldest, leave the memo
+    floor.score(normals)
+    assert len(mapped) == 4
+    assert np.array_equal(floor.score(normals).maps, fresh) and len(mapped) == 4

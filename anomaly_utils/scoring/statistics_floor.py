@@ -58,6 +58,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -93,6 +94,7 @@ _ARRAYS_FILE = "statistics_floor.npz"
 _BATCH_PIXELS = 1 << 20  # image pixels per batch: the features take 4 x D bytes each
 _SCORE_PIXELS = 1 << 14  # pixels per slice of the distance computation (2-5 MB in float64)
 _STATS_IMAGES = 64  # training images (evenly spaced) whose maps standardise a fused floor
+_MEMO_IMAGE_SETS = 2  # the validation set and the split scored after it, see _maps_memo
 
 
 def default_windows(side: int, largest: float = WINDOW_FRACTIONS[-1]) -> tuple[int, ...]:
@@ -279,6 +281,10 @@ class StatisticsFloor:
         self.covariance: np.ndarray | None = None  # (GH, GW, D, D) float64, shrunk
         self._raw_covariance: np.ndarray | None = None  # before shrinkage, as saved
         self._whiten: np.ndarray | None = None  # (GH, GW, D, D): z = (x - mean) @ whiten
+        # The local maps of the last image sets scored, keyed by their bytes: notebook 01
+        # scores its validation set with the same local maps in each stage and again among the
+        # stored scores (:meth:`_eval_maps`). with_eigen's copies share it: same local maps.
+        self._maps_memo: dict[tuple, np.ndarray] = {}
 
     # -- features ---------------------------------------------------------------------------
 
@@ -387,7 +393,7 @@ class StatisticsFloor:
             / (count[..., None, None] - 1)
         self.image_shape, self.used_windows = (height, width, channels), windows
         self._set(shift + mean, raw_cov, n)
-        self.eigen, self.map_stats = None, None
+        self.eigen, self.map_stats, self._maps_memo = None, None, {}
         self.bank = self._bank_of(images) if self.form == "nearest" else None
         if self.eigen_side is not None:
             self._fit_eigen(images)
@@ -423,6 +429,7 @@ class StatisticsFloor:
         nearest = copy.copy(self)
         nearest.form, nearest.eigen_side, nearest.eigen, nearest.map_stats = \
             "nearest", None, None, None
+        nearest._maps_memo = {}  # other maps than this Gaussian form's
         nearest.bank = nearest._bank_of(images)
         return nearest
 
@@ -448,7 +455,7 @@ class StatisticsFloor:
         spaced training images, (2,) float64 (in the nearest-pixel form each image's own
         pixels are left out of the bank, or its distances would be those of a copy)."""
         rows = np.unique(np.linspace(0, len(images) - 1, _STATS_IMAGES).round().astype(int))
-        maps = self._eval_maps(images[rows], owners=rows if self.bank is not None else None)
+        maps = self._computed_maps(images[rows], rows if self.bank is not None else None)
         return np.array([maps.mean(), max(float(maps.std()), 1e-12)])
 
     def _fit_eigen(self, images: np.ndarray) -> None:
@@ -547,7 +554,20 @@ class StatisticsFloor:
         return ScoreResult(scores=scores, maps=maps, recons=images)
 
     def _eval_maps(self, images: np.ndarray, owners: np.ndarray | None = None) -> np.ndarray:
-        """The distance maps resized to ``eval_size`` and smoothed, float32 (N, E, E)."""
+        """The distance maps resized to ``eval_size`` and smoothed, float32 (N, E, E); the
+        last images' maps (without ``owners``) come from the memo, as a copy."""
+        if owners is not None:
+            return self._computed_maps(images, owners)
+        key = (images.shape, hashlib.blake2b(np.ascontiguousarray(images)).hexdigest())
+        maps = self._maps_memo.pop(key, None)
+        if maps is None:
+            maps = self._computed_maps(images, None)
+        self._maps_memo[key] = maps  # now the most recent
+        while len(self._maps_memo) > _MEMO_IMAGE_SETS:
+            del self._maps_memo[next(iter(self._maps_memo))]
+        return maps.copy()
+
+    def _computed_maps(self, images: np.ndarray, owners: np.ndarray | None) -> np.ndarray:
         raw = self._raw_maps(images, owners)
         size = self.eval_size
         maps = np.empty((len(raw), size, size), np.float32)
