@@ -11,8 +11,8 @@ import json
 import sys
 
 ORDER = ("bench_ceiling", "bench_ssim", "bench_training", "bench_threads", "bench_fit_overhead",
-         "bench_inference", "bench_scoring", "bench_head", "bench_pipeline", "bench_run",
-         "bench_sweep_cluster")
+         "bench_inference", "bench_scoring", "bench_floor", "bench_head", "bench_pipeline",
+         "bench_run", "bench_sweep_cluster")
 
 
 def _load(name: str) -> dict | None:
@@ -80,6 +80,13 @@ def summary() -> str:
                      "value": f"{head['map_256_images_per_s']:.1f} img/s (head "
                               f"{head['head_share_of_map_time']:.0%} of it)",
                      "target": "reported"})
+    floor = _load("floor")
+    if floor:
+        rows.append({"measure": "floor's nearest-pixel maps, busy cores: BLAS pool / one thread",
+                     "value": f"{floor['pool_over_one_thread_busy']:.1f}x",
+                     "target": "(one thread kept)"})
+        rows.append({"measure": "floor's choice without / with the map memo",
+                     "value": f"{floor['without_over_with_memo']:.2f}x", "target": "(reported)"})
     overhead = _load("fit_overhead")
     if overhead:
         values = " / ".join(f"{r['epoch s (mean)']:.2f} s" for r in overhead["rows"])
