@@ -14,8 +14,10 @@ Four stages, each chosen by the selection score (mean of validation image and pi
 
 The last two stages reuse the second's Gaussians: the third costs one pass over the training
 images and one scoring of the validation set, the fourth one eigendecomposition per fold
-and side and one scoring of the validation set. With ``form="nearest"`` every floor is
-positional and in that form from the first stage on. Notebook 01 calls :func:`fit_floor`.
+and side and the eigen-image maps of the validation set (the floor keeps the local maps it
+already made of those images, and scoring them again for the stored scores reuses them too).
+With ``form="nearest"`` every floor is positional and in that form from the first stage on.
+Notebook 01 calls :func:`fit_floor`.
 """
 
 from __future__ import annotations
