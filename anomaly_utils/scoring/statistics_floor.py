@@ -502,8 +502,9 @@ class StatisticsFloor:
         """(N, H, W) float32 distances; ``owners``: (N,) the images' indices among the
         training images, whose own pixels the nearest-pixel form then leaves out."""
         # One BLAS thread: the products are thousands of small ones, and a thread pool's
-        # hand-offs make each one slower (measured: 20 times for ELPV poly on a busy 2-core
-        # machine); one thread also sums every product the same way on any machine.
+        # hand-offs make each one slower (`python -m benchmarks floor`: 3.5 times beside two
+        # busy processes on 2 cores; 20 times once in a notebook kernel on a busier machine);
+        # one thread also sums every product the same way on any machine.
         with threadpool_limits(1, user_api="blas"):
             return self._raw_maps_one_thread(images, owners)
 
