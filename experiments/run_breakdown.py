@@ -9,11 +9,17 @@ scores allow it: the floor (the peak of its stored map after its score window: t
 are stored at half precision, so within 4e-5 of the score, relative) and the blend (its
 parts' standardised scores, exactly); AE-2's own score needs its image-resolution maps and is left
 out. With ``--without TYPE``, the pooled test metrics of each candidate with and without
-the images of that defect type.
+the images of that defect type. With ``--pixels``, where the test split has masks: each
+candidate's pixel AUROC per defect type against the defect-free images' pixels (as the
+report's per-type table) and within that type's images alone, with the type's share of the
+defect pixels, and the pooled pixel AUROC with the defect-free images' pixels as the only
+negatives: what separates the pooled figure from the per-type ones is then the unmarked
+pixels of the defective images.
 
 Usage::
 
     python experiments/run_breakdown.py runs/<id>-real --without uneven
+    python experiments/run_breakdown.py runs/<id>-real --pixels
 """
 
 from __future__ import annotations
@@ -68,10 +74,36 @@ def pooled(test: dict, keep: np.ndarray) -> list[float | None]:
     return values
 
 
+def pixel_rows(test: dict) -> list[str]:
+    """Table rows (Markdown) of the ``--pixels`` breakdown of one candidate's test scores."""
+    masked = test["has_mask"] | (test["labels"] == 0)
+    masks, maps, types = test["masks"][masked], test["maps"][masked], test["types"][masked]
+    normal = types == "good"
+    rows = []
+    for defect in sorted(set(types[~normal].tolist())):
+        own = types == defect
+        values = [metrics.pixel_auroc(masks[own | normal], maps[own | normal]),
+                  metrics.pixel_auroc(masks[own], maps[own]),
+                  masks[own].sum() / max(int(masks.sum()), 1)]
+        rows.append(f"| {defect} | " + " | ".join(metrics.shown(v, 3) for v in values) + " |")
+    marked = masks[~normal]
+    negatives_of_normals = np.concatenate([maps[~normal][marked], maps[normal].ravel()])
+    truth = np.concatenate([np.ones(int(marked.sum()), bool),
+                            np.zeros(maps[normal].size, bool)])
+    rows.append("| all, unmarked pixels of defective images left out | "
+                f"{metrics.shown(metrics.pixel_auroc(truth[None, None], negatives_of_normals[None, None]), 3)}"
+                " | | |")
+    rows.append(f"| all (the report's pooled figure) | "
+                f"{metrics.shown(metrics.pixel_auroc(masks, maps), 3)} | | |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--without", help="a defect type left out of the pooled test metrics")
+    parser.add_argument("--pixels", action="store_true",
+                        help="pixel AUROC per defect type, with and without the normals")
     args = parser.parse_args(argv)
     print("| candidate | image score | lead, 90 % interval | test image AUROC, own | "
           "scale-adaptive |\n|---|---|---|---|---|")
@@ -97,6 +129,15 @@ def main(argv: list[str] | None = None) -> None:
             rows = [pooled(test, keep) for keep in (every, test["types"] != args.without)]
             print(f"| {name} | " + " | ".join(" / ".join(metrics.shown(v, 3) for v in row)
                                               for row in rows) + " |")
+    if args.pixels:
+        for name in CANDIDATES:
+            test = load_scores(args.run / name / "scores_test.npz")
+            if test["masks"] is None or not test["masks"].any():
+                print(f"\n{name}: the test split has no masks")
+                continue
+            print(f"\n| {name}: defect type | pixel AUROC with the normals | within its images | "
+                  "share of defect pixels |\n|---|---|---|---|")
+            print("\n".join(pixel_rows(test)))
 
 
 if __name__ == "__main__":
