@@ -1,0 +1,34 @@
+"""experiments/run_breakdown.py --pixels: the per-type pixel AUROC with and without the
+normals, and the pooled figure without the defective images' unmarked pixels."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("run_breakdown",
+                                                  ROOT / "experiments" / "run_breakdown.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unmarked_pixels_of_a_defective_image_are_what_the_pooled_figure_loses():
+    masks = np.zeros((3, 4, 4), bool)
+    masks[2, :2] = True  # the defective image's upper half is marked
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[2, :2] = 2.0  # found ...
+    maps[2, 2:] = 3.0  # ... but the unmarked half scores higher still
+    test = {"masks": masks, "maps": maps, "types": np.array(["good", "good", "a"]),
+            "labels": np.array([0, 0, 1]), "has_mask": np.array([False, False, True])}
+    rows = _script().pixel_rows(test)
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert cells[0][:4] == ["a", "0.800", "0.000", "1.000"]  # 8 of the 40 negatives outrank
+    assert cells[1][1] == "1.000"  # without the unmarked half nothing outranks the marked one
+    assert cells[2][1] == "0.800"
