@@ -14,7 +14,9 @@ candidate's pixel AUROC per defect type against the defect-free images' pixels (
 report's per-type table) and within that type's images alone, with the type's share of the
 defect pixels, and the pooled pixel AUROC with the defect-free images' pixels as the only
 negatives: what separates the pooled figure from the per-type ones is then the unmarked
-pixels of the defective images.
+pixels of the defective images; the median map of those far from any defect against the
+normals'; and the pooled pixel AUROC on validation and test of each map minus its own low
+percentile.
 
 Usage::
 
@@ -28,6 +30,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from anomaly_utils.evaluation import metrics
@@ -74,10 +77,22 @@ def pooled(test: dict, keep: np.ndarray) -> list[float | None]:
     return values
 
 
+FAR = 48  # eval pixels from any marked pixel: "far" from the defect, beyond its halo
+OFFSET_PERCENTILES = (5, 10, 25)
+
+
+def _masked(scores: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks, maps and types of the images whose masks count: marked ones and the normals."""
+    keep = scores["has_mask"] | (scores["labels"] == 0)
+    return scores["masks"][keep], scores["maps"][keep], scores["types"][keep]
+
+
 def pixel_rows(test: dict) -> list[str]:
-    """Table rows (Markdown) of the ``--pixels`` breakdown of one candidate's test scores."""
-    masked = test["has_mask"] | (test["labels"] == 0)
-    masks, maps, types = test["masks"][masked], test["maps"][masked], test["types"][masked]
+    """Table rows (Markdown) of the ``--pixels`` breakdown of one candidate's test scores:
+    per defect type, then the pooled figure with and without the defective images' unmarked
+    pixels, then the median map of those unmarked pixels beyond :data:`FAR` eval pixels from
+    any marked one against the normals' median."""
+    masks, maps, types = _masked(test)
     normal = types == "good"
     rows = []
     for defect in sorted(set(types[~normal].tolist())):
@@ -86,16 +101,34 @@ def pixel_rows(test: dict) -> list[str]:
                   metrics.pixel_auroc(masks[own], maps[own]),
                   masks[own].sum() / max(int(masks.sum()), 1)]
         rows.append(f"| {defect} | " + " | ".join(metrics.shown(v, 3) for v in values) + " |")
-    marked = masks[~normal]
-    negatives_of_normals = np.concatenate([maps[~normal][marked], maps[normal].ravel()])
-    truth = np.concatenate([np.ones(int(marked.sum()), bool),
-                            np.zeros(maps[normal].size, bool)])
-    rows.append("| all, unmarked pixels of defective images left out | "
-                f"{metrics.shown(metrics.pixel_auroc(truth[None, None], negatives_of_normals[None, None]), 3)}"
-                " | | |")
+    counted = masks | normal[:, None, None]  # every pixel but the defective images' unmarked
+    without = metrics.pixel_auroc(masks[counted][None, None], maps[counted][None, None])
+    rows.append(f"| all, unmarked pixels of defective images left out | "
+                f"{metrics.shown(without, 3)} | | |")
     rows.append(f"| all (the report's pooled figure) | "
                 f"{metrics.shown(metrics.pixel_auroc(masks, maps), 3)} | | |")
+    far = [maps[k][cv2.distanceTransform((~masks[k]).astype(np.uint8), cv2.DIST_L2, 5) > FAR]
+           for k in np.flatnonzero(~normal & masks.any(axis=(1, 2)))]
+    far = np.concatenate(far) if far else np.empty(0, np.float32)
+    rows.append(f"| median map: unmarked pixels over {FAR} px from a defect / the normals | "
+                f"{np.median(far) if far.size else float('nan'):.2f} / "
+                f"{np.median(maps[normal]):.2f} | | |")
     return rows
+
+
+def offset_rows(name: str, stored: dict) -> list[str]:
+    """Pooled pixel AUROC on the pseudo-labelled validation set and the test of each map
+    minus its own low percentile (:data:`OFFSET_PERCENTILES`): whether a tile's own level
+    carries signal, and whether validation sees it."""
+    cells = []
+    for split in ("val_pseudo", "test"):
+        masks, maps, _ = _masked(stored[split])
+        maps = maps.astype(np.float32)
+        cells.append([metrics.pixel_auroc(masks, maps)]
+                     + [metrics.pixel_auroc(masks, maps - np.percentile(
+                         maps, q, axis=(1, 2), keepdims=True)) for q in OFFSET_PERCENTILES])
+    return [f"| {name} | {split} | " + " | ".join(metrics.shown(v, 3) for v in row) + " |"
+            for split, row in zip(("validation", "test"), cells, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,15 +163,22 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | " + " | ".join(" / ".join(metrics.shown(v, 3) for v in row)
                                               for row in rows) + " |")
     if args.pixels:
+        offsets = []
         for name in CANDIDATES:
-            test = load_scores(args.run / name / "scores_test.npz")
-            if test["masks"] is None or not test["masks"].any():
+            stored = {split: load_scores(args.run / name / f"scores_{split}.npz")
+                      for split in ("val_pseudo", "test")}
+            if stored["test"]["masks"] is None or not stored["test"]["masks"].any():
                 print(f"\n{name}: the test split has no masks")
                 continue
             print(f"\n| {name}: defect type | pixel AUROC with the normals | within its images | "
                   "share of defect pixels |\n|---|---|---|---|")
-            print("\n".join(pixel_rows(test)))
-
+            print("\n".join(pixel_rows(stored["test"])))
+            offsets += offset_rows(name, stored)
+        if offsets:
+            print("\n| candidate | split | pixel AUROC | "
+                  + " | ".join(f"minus each map's {q}th percentile" for q in OFFSET_PERCENTILES)
+                  + " |\n|---|---|" + "---|" * (1 + len(OFFSET_PERCENTILES)))
+            print("\n".join(offsets))
 
 if __name__ == "__main__":
     main()

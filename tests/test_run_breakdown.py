@@ -32,3 +32,18 @@ def test_unmarked_pixels_of_a_defective_image_are_what_the_pooled_figure_loses()
     assert cells[0][:4] == ["a", "0.800", "0.000", "1.000"]  # 8 of the 40 negatives outrank
     assert cells[1][1] == "1.000"  # without the unmarked half nothing outranks the marked one
     assert cells[2][1] == "0.800"
+
+
+def test_offset_rows_report_each_split_with_and_without_each_maps_low_percentile():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[1, 0, 0] = True
+    maps = np.ones((2, 4, 4), np.float32)
+    maps[0] += 5.0  # a normal image whose whole map sits high: its own level is the signal
+    maps[1, 0, 0] = 3.0
+    scores = {"masks": masks, "maps": maps, "types": np.array(["good", "a"]),
+              "labels": np.array([0, 1]), "has_mask": np.array([False, True])}
+    rows = _script().offset_rows("floor", {"val_pseudo": scores, "test": scores})
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[:2] for c in cells] == [["floor", "validation"], ["floor", "test"]]
+    assert cells[1][2] == "0.484"  # the marked pixel outranks 15 of the 31 other pixels
+    assert cells[1][3:] == ["1.000"] * 3  # each map less its own level: nothing outranks it

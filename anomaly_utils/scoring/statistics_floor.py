@@ -555,8 +555,9 @@ class StatisticsFloor:
         return ScoreResult(scores=scores, maps=maps, recons=images)
 
     def _eval_maps(self, images: np.ndarray, owners: np.ndarray | None = None) -> np.ndarray:
-        """The distance maps resized to ``eval_size`` and smoothed, float32 (N, E, E); the
-        last images' maps (without ``owners``) come from the memo, as a copy."""
+        """The distance maps resized to ``eval_size`` and smoothed, float32 (N, E, E); without
+        ``owners``, the maps of the last :data:`_MEMO_IMAGE_SETS` image sets come from the
+        memo, as a copy."""
         if owners is not None:
             return self._computed_maps(images, owners)
         key = (images.shape, hashlib.blake2b(np.ascontiguousarray(images)).hexdigest())
