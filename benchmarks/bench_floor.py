@@ -108,7 +108,8 @@ def memo(n_train: int, n_val: int) -> list[dict]:
         try:
             def choose():
                 chosen = fit_floor(train, images, labels, masks, variant="positional",
-                                   gradient="directional", windows=0.25)
+                                   gradient="directional", windows=0.25,
+                                   normalize="standard")
                 return chosen, chosen.floor.score(images)
 
             seconds, (chosen, scored) = _seconds(choose)

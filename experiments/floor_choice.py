@@ -1,4 +1,5 @@
-"""The floor's choices (variant and gradient, window scale, form, eigen-image residual):
+"""The floor's choices (variant and gradient, window scale, form, image normalisation,
+eigen-image residual):
 validation first, test for the record.
 
 Runs notebook 01's choice (:func:`anomaly_utils.scoring.floor_choice.fit_floor`) on one
@@ -25,8 +26,14 @@ import time
 from anomaly_utils.data.loading import AnomalyDataset, load_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score
-from anomaly_utils.scoring.floor_choice import NEAREST, fit_floor, floor_name
+from anomaly_utils.scoring.floor_choice import (
+    NEAREST,
+    fit_floor,
+    floor_name,
+    normalisation_suffix,
+)
 from anomaly_utils.scoring.statistics_floor import (
+    NORMALISATIONS,
     WINDOW_SCALES,
     StatisticsFloor,
     default_windows,
@@ -83,16 +90,21 @@ def table_row(first: list[str], validation: dict, test: list[float | None],
 
 def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
     """The floor of row ``name`` (:func:`floor_name`, with ``", nearest pixel"`` in that
-    form and ``" + eigen <side> px"`` where the eigen-images are averaged in)."""
+    form, :func:`normalisation_suffix` where not standardised, and ``" + eigen <side> px"`` where the eigen-images are averaged in)."""
     if name == choice.name:
         return choice.floor
     base, _, eigen = name.partition(" + eigen ")
+    normalize = "standard"
+    for other in NORMALISATIONS[1:]:
+        if base.endswith(normalisation_suffix(other)):
+            base, normalize = base.removesuffix(normalisation_suffix(other)), other
     base, nearest, _ = base.partition(NEAREST)
     variant, gradient, *windows = base.split(", ")
     scale = float(windows[0].removeprefix("windows to ")) if windows else WINDOW_SCALES[0]
     floor = StatisticsFloor(variant, eval_size=eval_size, gradient=gradient,
                             windows=default_windows(min(train_images.shape[1:3]), scale),
-                            form="nearest" if nearest else "gaussian").fit(train_images)
+                            form="nearest" if nearest else "gaussian",
+                            normalize=normalize).fit(train_images)
     assert floor_name(variant, gradient, scale) == base, (name, base)
     return floor.with_eigen(int(eigen.split()[0]), train_images) if eigen else floor
 
@@ -104,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     choice = fit_floor(ds.train_images, pseudo.images, pseudo.labels, pseudo.masks,
                        eval_size=args.eval_size)
     print(f"{args.data_dir}: chosen {choice.name!r} in {time.perf_counter() - started:.0f} s "
-          f"(four floors, the wider windows, the nearest pixel and the eigen-images); "
+          f"(four floors, the wider windows, the nearest pixel, the gain "
+          f"normalisation and the eigen-images); "
           f"{choice.note}")
     print("| floor | chosen | selection | val img | val pix | test img | test pix | AUPRO |\n"
           "|---|---|---|---|---|---|---|---|")

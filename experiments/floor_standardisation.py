@@ -38,15 +38,35 @@ def robust_standardised(image: np.ndarray) -> np.ndarray:
     return (image - median.astype(np.float32)) / scale
 
 
+def centred(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) float32 image minus its per-channel mean, its contrast kept."""
+    return image - image.reshape(-1, image.shape[-1]).mean(axis=0)
+
+
+def gain_normalised(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) float32 image divided by its per-channel mean (at least 0.01), minus 1: an
+    exposure that scales every intensity alike is undone, the contrast relative to it kept."""
+    mean = np.maximum(image.reshape(-1, image.shape[-1]).mean(axis=0), 0.01)
+    return image / mean - 1.0
+
+
+VARIANTS = {"mean / std": statistics_floor.standardised, "median / IQR": robust_standardised,
+            "mean only": centred, "gain": gain_normalised}
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = dataset_arguments(__doc__.split("\n")[0]).parse_args(argv)
+    parser = dataset_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["mean / std", "median / IQR"])
+    args = parser.parse_args(argv)
     ds, pseudo = dataset_and_validation(args)
     train = statistics_floor.as_unit_images(ds.train_images, "train_images")
     windows = statistics_floor.default_windows(min(train.shape[1:3]), 0.5)
     plain = statistics_floor.standardised
     print("| standardisation | selection | val img | val pix | test img | test pix | AUPRO | s |\n"
           "|---|---|---|---|---|---|---|---|")
-    for name, standardise in (("mean / std", plain), ("median / IQR", robust_standardised)):
+    for name in args.variants:
+        standardise = VARIANTS[name]
         statistics_floor.standardised = standardise
         try:
             began = time.perf_counter()

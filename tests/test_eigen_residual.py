@@ -162,7 +162,8 @@ def validation_set(n: int = 8):
 def test_validation_chooses_the_eigen_images_where_its_anomalies_are_whole_image_bands():
     train = tiles(48)
     choice = fit_floor(train, *validation_set(), variant="global", gradient="magnitude",
-                       windows=0.25, eval_size=SIZE)  # global: no nearest-pixel stage
+                       windows=0.25, normalize="standard",
+                       eval_size=SIZE)  # global: no nearest-pixel stage
     rows = ["global, magnitude", *(f"global, magnitude + eigen {s} px"
                                    for s in EIGEN_SIDES)]
     assert list(choice.validation) == rows
@@ -175,12 +176,14 @@ def test_validation_chooses_the_eigen_images_where_its_anomalies_are_whole_image
 def test_none_fits_the_local_statistics_alone_and_few_images_skip_the_eigen_images():
     images, labels, masks = validation_set(4)
     alone = fit_floor(tiles(24), images, labels, masks, form="gaussian", eigen="none",
-                      eval_size=SIZE)
+                      normalize="standard", eval_size=SIZE)
     assert len(alone.validation) == 4 + 1 and alone.floor.eigen is None and alone.note == ""
     few = tiles(MIN_IMAGES - 1)
-    skipped = fit_floor(few, images, labels, masks, variant="global", eval_size=SIZE)
+    skipped = fit_floor(few, images, labels, masks, variant="global",
+                        normalize="standard", eval_size=SIZE)
     assert skipped.floor.eigen is None and str(MIN_IMAGES) in skipped.note
     with pytest.raises(ParameterError, match="floor_eigen 32"):
-        fit_floor(few, images, labels, masks, variant="global", eigen=32, eval_size=SIZE)
+        fit_floor(few, images, labels, masks, variant="global", eigen=32,
+                  normalize="standard", eval_size=SIZE)
     with pytest.raises(ParameterError, match="floor_variant"):
         fit_floor(few, images, labels, masks, variant="radial", eval_size=SIZE)

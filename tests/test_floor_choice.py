@@ -58,7 +58,8 @@ def train() -> np.ndarray:
 
 def chosen_scale(train, radius: int, depth: float):
     choice = fit_floor(train, *with_anomalies(radius, depth), variant="positional",
-                       gradient="magnitude", form="gaussian", eigen="none", eval_size=SIZE)
+                       gradient="magnitude", form="gaussian", eigen="none",
+                       normalize="standard", eval_size=SIZE)
     assert list(choice.validation) == [NARROW, WIDE]  # the wider scale for the first's winner
     scores = {row: selection_score(v) for row, v in choice.validation.items()}
     assert choice.name == max(scores, key=scores.get)
@@ -82,12 +83,12 @@ def test_a_window_scale_asked_for_is_the_only_one_tried(train):
     images, labels, masks = with_anomalies(14, 0.025)
     choice = fit_floor(train, images, labels, masks, variant="positional", gradient="auto",
                        windows="0.5", form="gaussian", eigen="none",
-                       eval_size=SIZE)  # -p passes text
+                       normalize="standard", eval_size=SIZE)  # -p passes text
     assert list(choice.validation) == [f"positional, {g}, windows to 0.5"
                                        for g in ("magnitude", "directional")]
     assert choice.floor.used_windows == (7, 15, 31)
     with pytest.raises(ParameterError, match="floor_windows"):
-        fit_floor(train, images, labels, masks, windows=2, eval_size=SIZE)
+        fit_floor(train, images, labels, masks, windows=2, normalize="standard", eval_size=SIZE)
 
 
 def test_window_scales_and_their_names():

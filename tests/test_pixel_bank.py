@@ -85,7 +85,8 @@ def two_clouds():
 def test_the_third_stage_puts_the_gaussian_form_against_the_nearest_pixel(two_clouds):
     train, images, labels, masks = two_clouds
     choice = fit_floor(train, images, labels, masks, variant="positional",
-                       gradient="directional", windows=0.25, eigen="none", eval_size=SIZE)
+                       gradient="directional", windows=0.25, eigen="none",
+                       normalize="standard", eval_size=SIZE)
     assert list(choice.validation) == [GAUSSIAN, NEAREST]
     scores = {row: selection_score(v) for row, v in choice.validation.items()}
     assert choice.name == max(scores, key=scores.get)
@@ -101,10 +102,12 @@ def test_the_third_stage_puts_the_gaussian_form_against_the_nearest_pixel(two_cl
 def test_gaussian_and_nearest_asked_for_are_the_only_forms_tried(two_clouds):
     train, images, labels, masks = two_clouds
     gaussian = fit_floor(train, images, labels, masks, variant="auto", gradient="directional",
-                         windows=0.25, form="gaussian", eigen="none", eval_size=SIZE)
+                         windows=0.25, form="gaussian", eigen="none",
+                         normalize="standard", eval_size=SIZE)
     assert "nearest" not in " ".join(gaussian.validation) and gaussian.floor.bank is None
     nearest = fit_floor(train, images, labels, masks, variant="auto", gradient="directional",
-                        windows=0.25, form="nearest", eigen="none", eval_size=SIZE)
+                        windows=0.25, form="nearest", eigen="none",
+                        normalize="standard", eval_size=SIZE)
     assert list(nearest.validation) == [GAUSSIAN]  # every floor positional, in that form
     assert nearest.floor.form == "nearest" and nearest.floor.bank is not None
     with pytest.raises(ParameterError, match="floor_form 'nearest' needs the positional"):
@@ -112,7 +115,8 @@ def test_gaussian_and_nearest_asked_for_are_the_only_forms_tried(two_clouds):
     with pytest.raises(ParameterError, match="floor_form"):
         fit_floor(train, images, labels, masks, form="knn")
     global_only = fit_floor(train, images, labels, masks, variant="global",
-                            gradient="directional", windows=0.25, eigen="none", eval_size=SIZE)
+                            gradient="directional", windows=0.25, eigen="none",
+                            normalize="standard", eval_size=SIZE)
     assert "no nearest-pixel form" in global_only.note and global_only.floor.bank is None
 
 

@@ -296,6 +296,7 @@ RULES: dict[str, dict[str, Rule]] = {
                             "floor_variant": _one_of("auto", *floor.FLOOR_VARIANTS),
                             "floor_gradient": _one_of("auto", *floor.GRADIENT_FEATURES),
                             "floor_form": _one_of("auto", *floor.FLOOR_FORMS),
+                            "floor_normalize": _one_of("auto", *floor.NORMALISATIONS),
                             "floor_image_size": _positive_int, "floor_eigen": floor_eigen_problem,
                             "floor_windows": floor.floor_windows_problem},
     "02_train_ae1": {**COMMON, "image_size": _multiple_of(8), "variant": _one_of("ae", "vae"),

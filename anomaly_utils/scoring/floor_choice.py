@@ -1,6 +1,6 @@
 """Fit the statistics floor and choose its settings on the pseudo-labelled validation set.
 
-Four stages, each chosen by the selection score (mean of validation image and pixel AUROC,
+Five stages, each chosen by the selection score (mean of validation image and pixel AUROC,
 :func:`anomaly_utils.evaluation.selection.choose_candidate`):
 
 1. every variant and gradient kind asked for (:data:`FLOOR_VARIANTS` x
@@ -9,14 +9,19 @@ Four stages, each chosen by the selection score (mean of validation image and pi
    (:data:`WINDOW_SCALES` with ``"auto"``: the largest window a quarter or half the side);
 3. where the second stage's floor is positional, its Gaussian form against its nearest-pixel
    form (:data:`FLOOR_FORMS` with ``"auto"``; :mod:`anomaly_utils.scoring.pixel_bank`);
-4. the third stage's floor alone against the same floor with the eigen-image residual of
+4. the third stage's floor against the same floor fitted on images normalised otherwise
+   (:data:`CHOSEN_NORMALISATIONS` with ``"auto"``: each image divided by its mean instead of
+   standardised by its mean and standard deviation);
+5. the fourth stage's floor alone against the same floor with the eigen-image residual of
    each side asked for averaged into its maps (:data:`EIGEN_SIDES` with ``"auto"``).
 
-The last two stages reuse the second's Gaussians: the third costs one pass over the training
-images and one scoring of the validation set, the fourth one eigendecomposition per fold
+The third and fifth stages reuse the Gaussians before them: the third costs one pass over
+the training images and one scoring of the validation set, the fourth a fit and one scoring,
+the fifth one eigendecomposition per fold
 and side and the eigen-image maps of the validation set (the floor keeps the local maps it
 already made of those images, and scoring them again for the stored scores reuses them too).
-With ``form="nearest"`` every floor is positional and in that form from the first stage on.
+With ``form="nearest"`` every floor is positional and in that form from the first stage on;
+with a fixed ``normalize`` every floor is normalised so and the fourth stage is left out.
 Notebook 01 calls :func:`fit_floor`.
 """
 
@@ -31,9 +36,11 @@ from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.selection import choose_by_validation, choose_candidate
 from anomaly_utils.scoring.eigen_residual import AUTO, MIN_IMAGES, eigen_sides
 from anomaly_utils.scoring.statistics_floor import (
+    CHOSEN_NORMALISATIONS,
     FLOOR_FORMS,
     FLOOR_VARIANTS,
     GRADIENT_FEATURES,
+    NORMALISATIONS,
     WINDOW_SCALES,
     StatisticsFloor,
     as_unit_images,
@@ -74,6 +81,12 @@ def _options(value: Any, everything: tuple, name: str) -> tuple:
 NEAREST = ", nearest pixel"  # appended to a floor's row name in the nearest-pixel form
 
 
+def normalisation_suffix(normalize: str) -> str:
+    """What a floor's row name ends with for its image normalisation: nothing for the
+    standard one (the names rows had before the others), else e.g. ``", gain-normalised"``."""
+    return "" if normalize == "standard" else f", {normalize}-normalised"
+
+
 def floor_name(variant: str, gradient: str, scale: float) -> str:
     """A floor's row name: ``"<variant>, <gradient>"``, with ``", windows to <scale>"`` where
     the largest window is not a quarter of the side (the names rows had before the scale)."""
@@ -96,8 +109,8 @@ def _challenge(name: str, floor: StatisticsFloor, challengers: dict[str, Statist
 
 def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
               masks: np.ndarray, *, variant: str = AUTO, gradient: str = AUTO,
-              windows: Any = AUTO, form: str = AUTO, eigen: Any = AUTO,
-              eval_size: int = 128) -> FloorChoice:
+              windows: Any = AUTO, form: str = AUTO, normalize: str = AUTO,
+              eigen: Any = AUTO, eval_size: int = 128) -> FloorChoice:
     """Fit the floors asked for on ``train_images`` and keep the one validation prefers.
 
     Args:
@@ -110,6 +123,8 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
             (:func:`~anomaly_utils.scoring.statistics_floor.window_scales`).
         form: a value of :data:`FLOOR_FORMS`, or ``"auto"`` (the nearest-pixel form is tried
             where the chosen variant is positional).
+        normalize: a value of :data:`NORMALISATIONS`, or ``"auto"`` (the first stages with
+            the standard normalisation, then each of :data:`CHOSEN_NORMALISATIONS`).
         eigen: ``"auto"``, ``"none"`` or an eigen-image side in pixels (:func:`eigen_sides`).
         eval_size: side of the maps, pixels.
 
@@ -119,6 +134,8 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     variants = _options(variant, FLOOR_VARIANTS, "floor_variant")
     gradients = _options(gradient, GRADIENT_FEATURES, "floor_gradient")
     forms = _options(form, FLOOR_FORMS, "floor_form")
+    normalisations = CHOSEN_NORMALISATIONS if normalize == AUTO else \
+        _options(normalize, NORMALISATIONS, "floor_normalize")
     only_nearest = forms == ("nearest",)
     if only_nearest:
         if "positional" not in variants:
@@ -132,19 +149,22 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
     train_images = as_unit_images(train_images, "train_images")
     side = min(train_images.shape[1:3])
 
+    first_normalisation = normalisations[0]
+    suffix = normalisation_suffix(first_normalisation)
+
     def fitted(v: str, g: str, scale: float) -> StatisticsFloor:
         return StatisticsFloor(v, windows=default_windows(side, scale), eval_size=eval_size,
                                gradient=g, form="nearest" if only_nearest else "gaussian",
-                               ).fit(train_images)
+                               normalize=first_normalisation).fit(train_images)
 
-    floors = {floor_name(v, g, scales[0]): fitted(v, g, scales[0])
+    floors = {floor_name(v, g, scales[0]) + suffix: fitted(v, g, scales[0])
               for v in variants for g in gradients}
     first, validation = choose_by_validation({n: f.score for n, f in floors.items()},
                                              images, labels, masks)
     choices = [first]
     name, floor = first["model"], floors[first["model"]]
     if len(scales) > 1:
-        wider = {floor_name(floor.variant, floor.gradient, s):
+        wider = {floor_name(floor.variant, floor.gradient, s) + suffix:
                  fitted(floor.variant, floor.gradient, s) for s in scales[1:]}
         name, floor = _challenge(name, floor, wider, images, labels, masks, validation, choices)
     notes = []
@@ -156,6 +176,14 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
         else:
             notes.append("no nearest-pixel form: the global variant's one cell would keep "
                          "every training pixel")
+    if len(normalisations) > 1:
+        renormalised = {  # "auto": the stages before ran with the standard normalisation
+            name + normalisation_suffix(n): StatisticsFloor(
+                floor.variant, windows=floor.windows, eval_size=eval_size,
+                gradient=floor.gradient, form=floor.form, normalize=n).fit(train_images)
+            for n in normalisations[1:]}
+        name, floor = _challenge(name, floor, renormalised, images, labels, masks,
+                                 validation, choices)
     if sides and len(train_images) < MIN_IMAGES:
         if eigen != AUTO:
             raise ParameterError(f"floor_eigen {eigen} needs at least {MIN_IMAGES} training "

@@ -3,8 +3,11 @@
 No network: each pixel is described by a few local statistics, Gaussians are fitted to them
 over the defect-free training pixels, and a pixel's anomaly is its Mahalanobis distance.
 
-1. Each image is standardised per channel by its own mean and standard deviation, so that a
-   brighter or darker exposure of the same surface is no anomaly (``normalize``).
+1. Each image is normalised per channel (``normalize``, :data:`NORMALISATIONS`), so that a
+   brighter or darker exposure of the same surface is no anomaly: by its own mean and
+   standard deviation (``"standard"``), or divided by its mean (``"gain"``: an exposure
+   that scales every intensity alike is undone, the image's contrast is kept, so that a
+   large band of another texture does not lower the contrast of the rest of the image).
 2. Features, per channel and box window w (odd, pixels at the input resolution): local mean,
    local standard deviation and the local mean of the Sobel gradient over w x w, by
    ``gradient`` (:data:`GRADIENT_FEATURES`): its magnitude (rotation-invariant, for textures
@@ -79,6 +82,9 @@ from anomaly_utils.scoring.stored import ScoreResult
 FLOOR_VARIANTS: tuple[str, ...] = ("positional", "global")
 GRADIENT_FEATURES: tuple[str, ...] = ("magnitude", "directional")
 FLOOR_FORMS: tuple[str, ...] = ("gaussian", "nearest")
+NORMALISATIONS: tuple[str, ...] = ("standard", "gain", "none")
+CHOSEN_NORMALISATIONS: tuple[str, ...] = ("standard", "gain")  # what notebook 01's "auto" tries
+_MIN_MEAN = 0.01  # floor of an image's mean intensity when dividing by it
 _PER_WINDOW = {"magnitude": 3, "directional": 4}  # features per channel and window
 WINDOW_FRACTIONS = (1 / 16, 1 / 8, 1 / 4)  # default windows, as fractions of the image side
 # The largest window's share of the image side for each scale notebook 01 tries (the other two
@@ -137,6 +143,25 @@ def floor_windows_problem(value: Any) -> str | None:
     except ParameterError:
         return "must be 'auto' or the largest window's share of the image side, in (0, 1]"
     return None
+
+
+def gain_normalised(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) float32 image in [0, 1] divided by its per-channel mean (at least 0.01),
+    minus 1, float32: the floor's input with ``normalize="gain"``."""
+    mean = np.maximum(np.asarray(cv2.mean(image)[:image.shape[-1]], np.float32),
+                      np.float32(_MIN_MEAN))
+    return image / mean - np.float32(1)
+
+
+def _normalisation(value: Any) -> str:
+    """``normalize`` as one of :data:`NORMALISATIONS`; True and False (floors saved before
+    the gain normalisation) are ``"standard"`` and ``"none"``."""
+    if isinstance(value, (bool, np.bool_)):
+        return "standard" if value else "none"
+    if isinstance(value, str) and value in NORMALISATIONS:
+        return value
+    raise ParameterError(f"normalize must be one of {', '.join(NORMALISATIONS)}, got {value!r}",
+                         fix="pass normalize='standard'")
 
 
 def _is_number(value: Any) -> bool:
@@ -223,7 +248,8 @@ class StatisticsFloor:
             pixel itself).
         grid: cells per side of the positional variant, at most one per pixel (the global
             variant has one cell).
-        normalize: standardise each image per channel before the features.
+        normalize: each image's normalisation per channel before the features, one of
+            :data:`NORMALISATIONS` (True and False: ``"standard"`` and ``"none"``).
         shrinkage: covariance shrinkage towards the mean variance, in (0, 1].
         gradient: ``"magnitude"`` or ``"directional"`` gradient features; see
             :data:`GRADIENT_FEATURES`.
@@ -235,7 +261,7 @@ class StatisticsFloor:
     def __init__(self, variant: str = "positional", windows: Sequence[int] | None = None,
                  eval_size: int = 128, smooth_sigma: float = DEFAULT_SMOOTH_SIGMA,
                  score_window: int = DEFAULT_SCORE_WINDOW, grid: int = DEFAULT_GRID,
-                 normalize: bool = True, shrinkage: float = DEFAULT_SHRINKAGE,
+                 normalize: str | bool = "standard", shrinkage: float = DEFAULT_SHRINKAGE,
                  gradient: str = "magnitude", eigen_side: int | None = None,
                  form: str = "gaussian"):
         for ok, message, fix in (
@@ -243,8 +269,6 @@ class StatisticsFloor:
              f"use one of {', '.join(FLOOR_VARIANTS)}"),
             (_is_number(smooth_sigma) and smooth_sigma >= 0, f"smooth_sigma must be a number "
              f"of eval pixels >= 0, got {smooth_sigma!r}", f"use {DEFAULT_SMOOTH_SIGMA}"),
-            (isinstance(normalize, (bool, np.bool_)),
-             f"normalize must be True or False, got {normalize!r}", "pass normalize=True"),
             (_is_number(shrinkage) and 0 < shrinkage <= 1,
              f"shrinkage must be in (0, 1], got {shrinkage!r}", f"use {DEFAULT_SHRINKAGE}"),
             (isinstance(gradient, str) and gradient in GRADIENT_FEATURES,
@@ -263,7 +287,7 @@ class StatisticsFloor:
         self.score_window = _check_int("score_window", score_window, 1,
                                        f"use {DEFAULT_SCORE_WINDOW}", odd=True)
         self.grid = _check_int("grid", grid, 1, f"use {DEFAULT_GRID}")
-        self.normalize = bool(normalize)
+        self.normalize = _normalisation(normalize)
         self.shrinkage = float(shrinkage)
         self.gradient = gradient
         self.eigen_side = None if eigen_side is None else EigenResidual(eigen_side).side
@@ -298,8 +322,8 @@ class StatisticsFloor:
         Returns:
             (N, H, W, D) float32 (:meth:`n_features`): per channel and window, the local
             mean, the local standard deviation and the local mean Sobel gradient (magnitude,
-            or absolute x then y component), in units of the standardised image when
-            ``normalize`` (else of [0, 1] intensity).
+            or absolute x then y component), in units of the normalised image
+            (``normalize``; with ``"none"`` of [0, 1] intensity).
         """
         n, height, width, channels = images.shape
         out = np.empty((n, height, width, self.n_features(windows, channels)), np.float32)
@@ -310,8 +334,10 @@ class StatisticsFloor:
         directional = self.gradient == "directional"
         border = cv2.BORDER_REFLECT
         for i, image in enumerate(images):
-            if self.normalize:
+            if self.normalize == "standard":
                 image = standardised(image)
+            elif self.normalize == "gain":
+                image = gain_normalised(image)
             k = 0
             for c in range(channels):
                 plane = np.ascontiguousarray(image[..., c], dtype=np.float32)
