@@ -1,17 +1,20 @@
-"""The floor's per-image standardisation: mean and standard deviation against median and
-interquartile range.
+"""The floor's per-image normalisation: mean and standard deviation against median and
+interquartile range, the mean alone subtracted, and division by the mean.
 
 A large defect shifts its own image's mean and standard deviation, and with them every pixel's
 features; median and interquartile range (divided by 1.349, the standard deviation of a
-normal distribution) move less. The positional floor in the nearest-pixel form, directional
-gradient, windows up to half the side (magnetic_tile's choice), fitted with each; the robust
-variant replaces ``statistics_floor.standardised`` for its fit and scoring (for the comparison
-only). Prints the validation and test metrics of each, as ``floor_knn.py`` does.
+normal distribution) move less. Subtracting the mean alone keeps each exposure's contrast;
+dividing by the mean (the floor's ``normalize="gain"``) scales it with the exposure. The
+positional floor in the nearest-pixel form, directional gradient, windows up to half the
+side (magnetic_tile's choice), fitted with each; each variant replaces
+``statistics_floor.standardised`` for its fit and scoring (for the comparison only). Prints
+the validation and test metrics of each, as ``floor_knn.py`` does.
 
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/floor_standardisation.py \\
-        --data-dir ../shared/datasets/magnetic_tile --color-mode grayscale
+        --data-dir ../shared/datasets/magnetic_tile --color-mode grayscale \\
+        --variants "mean / std" "median / IQR" "mean only" gain
 """
 
 from __future__ import annotations
@@ -43,15 +46,8 @@ def centred(image: np.ndarray) -> np.ndarray:
     return image - image.reshape(-1, image.shape[-1]).mean(axis=0)
 
 
-def gain_normalised(image: np.ndarray) -> np.ndarray:
-    """An (H, W, C) float32 image divided by its per-channel mean (at least 0.01), minus 1: an
-    exposure that scales every intensity alike is undone, the contrast relative to it kept."""
-    mean = np.maximum(image.reshape(-1, image.shape[-1]).mean(axis=0), 0.01)
-    return image / mean - 1.0
-
-
 VARIANTS = {"mean / std": statistics_floor.standardised, "median / IQR": robust_standardised,
-            "mean only": centred, "gain": gain_normalised}
+            "mean only": centred, "gain": statistics_floor.gain_normalised}
 
 
 def main(argv: list[str] | None = None) -> None:
