@@ -1,6 +1,5 @@
 """The notebooks' parameters: what each notebook declares in its ``parameters`` cell (name,
-default, type), the allowed range of each value, and how command-line overrides are
-resolved and converted for a run.
+default, type), the allowed range of each value, and how command-line overrides are resolved.
 
 ``NAME`` applies to every notebook that declares it; ``ae1.NAME`` / ``ae2.NAME`` (or
 ``02.NAME``) to one notebook only. An unknown name is an error that lists the notebooks and
