@@ -90,7 +90,8 @@ def table_row(first: list[str], validation: dict, test: list[float | None],
 
 def rebuilt(name: str, choice, train_images, eval_size: int) -> StatisticsFloor:
     """The floor of row ``name`` (:func:`floor_name`, with ``", nearest pixel"`` in that
-    form, :func:`normalisation_suffix` where not standardised, and ``" + eigen <side> px"`` where the eigen-images are averaged in)."""
+    form, :func:`normalisation_suffix` where not standardised, and ``" + eigen <side> px"``
+    where the eigen-images are averaged in)."""
     if name == choice.name:
         return choice.floor
     base, _, eigen = name.partition(" + eigen ")

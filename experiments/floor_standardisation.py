@@ -6,8 +6,9 @@ features; median and interquartile range (divided by 1.349, the standard deviati
 normal distribution) move less. Subtracting the mean alone keeps each exposure's contrast;
 dividing by the mean (the floor's ``normalize="gain"``) scales it with the exposure. The
 positional floor in the nearest-pixel form, directional gradient, windows up to half the
-side (magnetic_tile's choice), fitted with each; each variant replaces
-``statistics_floor.standardised`` for its fit and scoring (for the comparison only). Prints
+side (magnetic_tile's choice), fitted with each: the floor's own normalisations by its
+``normalize``, the two others by replacing ``statistics_floor.standardised`` for their fit
+and scoring (for the comparison only). Prints
 the validation and test metrics of each, as ``floor_knn.py`` does.
 
 Usage::
@@ -46,8 +47,9 @@ def centred(image: np.ndarray) -> np.ndarray:
     return image - image.reshape(-1, image.shape[-1]).mean(axis=0)
 
 
-VARIANTS = {"mean / std": statistics_floor.standardised, "median / IQR": robust_standardised,
-            "mean only": centred, "gain": statistics_floor.gain_normalised}
+# name -> (the floor's normalize, what replaces its standardisation or None)
+VARIANTS = {"mean / std": ("standard", None), "median / IQR": ("standard", robust_standardised),
+            "mean only": ("standard", centred), "gain": ("gain", None)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     print("| standardisation | selection | val img | val pix | test img | test pix | AUPRO | s |\n"
           "|---|---|---|---|---|---|---|---|")
     for name in args.variants:
-        standardise = VARIANTS[name]
-        statistics_floor.standardised = standardise
+        normalize, replacement = VARIANTS[name]
+        statistics_floor.standardised = replacement or plain
         try:
             began = time.perf_counter()
             floor = statistics_floor.StatisticsFloor(
                 "positional", windows, eval_size=args.eval_size, gradient="directional",
-                form="nearest").fit(train)
+                form="nearest", normalize=normalize).fit(train)
             _, validation = choose_by_validation({name: floor.score}, pseudo.images,
                                                  pseudo.labels, pseudo.masks)
             test = test_metrics(ds, floor.score(ds.test_images))

@@ -180,5 +180,6 @@ def main(argv: list[str] | None = None) -> None:
                   + " |\n|---|---|" + "---|" * (1 + len(OFFSET_PERCENTILES)))
             print("\n".join(offsets))
 
+
 if __name__ == "__main__":
     main()

@@ -16,10 +16,10 @@ Five stages, each chosen by the selection score (mean of validation image and pi
    each side asked for averaged into its maps (:data:`EIGEN_SIDES` with ``"auto"``).
 
 The third and fifth stages reuse the Gaussians before them: the third costs one pass over
-the training images and one scoring of the validation set, the fourth a fit and one scoring,
-the fifth one eigendecomposition per fold
-and side and the eigen-image maps of the validation set (the floor keeps the local maps it
+the training images and one scoring of the validation set, the fifth one eigendecomposition
+per fold and side and the eigen-image maps of the validation set (the floor keeps the local maps it
 already made of those images, and scoring them again for the stored scores reuses them too).
+The fourth fits its floor anew (other features) and scores the validation set once.
 With ``form="nearest"`` every floor is positional and in that form from the first stage on;
 with a fixed ``normalize`` every floor is normalised so and the fourth stage is left out.
 Notebook 01 calls :func:`fit_floor`.
