@@ -15,6 +15,7 @@ from scipy import ndimage
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.selection import selection_score
 from anomaly_utils.pipeline.parameters import RULES
+from anomaly_utils.scoring import floor_choice
 from anomaly_utils.scoring.floor_choice import fit_floor, floor_name
 from anomaly_utils.scoring.statistics_floor import (
     WINDOW_SCALES,
@@ -105,3 +106,29 @@ def test_window_scales_and_their_names():
         assert floor_windows_problem(bad) and "(0, 1]" in floor_windows_problem(bad)
     assert floor_windows_problem("auto") is None and floor_windows_problem(0.25) is None
     assert RULES["01_data_exploration"]["floor_windows"] is floor_windows_problem
+
+
+def test_the_first_stage_in_threads_chooses_and_fits_what_one_thread_does(train, monkeypatch):
+    """The first stage's floors are fitted and scored in one thread per CPU; every row, the
+    choice and the chosen floor's arrays must be those of one thread, to the last bit."""
+    images, labels, masks = with_anomalies(6, 0.1)
+    pools = []
+
+    class CountedPool(floor_choice.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(floor_choice, "ThreadPoolExecutor", CountedPool)
+    fits = {}
+    for cpus in (1, 2):
+        monkeypatch.setattr(floor_choice, "cpu_share", lambda cpus=cpus: cpus)
+        fits[cpus] = fit_floor(train, images, labels, masks, form="gaussian", eigen="none",
+                               normalize="standard", windows=0.25, eval_size=SIZE)
+        assert pools == ([] if cpus == 1 else [2, 2])  # the fits, then the scoring
+    one, two = fits[1], fits[2]
+    assert list(one.validation) == list(two.validation) and len(one.validation) == 4
+    assert one.validation == two.validation and one.name == two.name
+    assert np.array_equal(one.floor.mean, two.floor.mean)
+    assert np.array_equal(one.floor.covariance, two.floor.covariance)
+    assert np.array_equal(one.floor.score(images).maps, two.floor.score(images).maps)
