@@ -65,6 +65,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from anomaly_utils.artifacts import load_npz, read_json, save_npz, write_json
+from anomaly_utils.cpus import cpu_share
 from anomaly_utils.errors import ArtifactError, LabError, ParameterError
 from anomaly_utils.scoring.eigen_residual import ARRAY_NAMES, AUTO, EigenResidual, standardised
 from anomaly_utils.scoring.pixel_bank import ARRAY_NAMES as BANK_ARRAYS
@@ -360,9 +362,23 @@ class StatisticsFloor:
 
     def _batches(self, images: np.ndarray,
                  windows: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, features of images[start:start + step])`` for each batch, in order; where
+        more than one CPU is usable the next batch's features are computed in a thread while
+        the caller works on this one (OpenCV's filters run outside the interpreter lock)."""
         step = max(1, _BATCH_PIXELS // (images.shape[1] * images.shape[2]))
-        for start in range(0, len(images), step):
-            yield start, self.features(images[start:start + step], windows)
+        starts = range(0, len(images), step)
+        if cpu_share() < 2 or len(starts) < 2:
+            for start in starts:
+                yield start, self.features(images[start:start + step], windows)
+            return
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self.features, images[:step], windows)
+            for k, start in enumerate(starts):
+                feats = ahead.result()
+                if k + 1 < len(starts):
+                    after = starts[k + 1]
+                    ahead = pool.submit(self.features, images[after:after + step], windows)
+                yield start, feats
 
     def _grid_shape(self, height: int, width: int) -> tuple[int, int]:
         if self.variant == "global":
