@@ -15,7 +15,7 @@ from scipy import ndimage
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.selection import selection_score
 from anomaly_utils.pipeline.parameters import RULES
-from anomaly_utils.scoring import floor_choice, statistics_floor
+from anomaly_utils.scoring import statistics_floor
 from anomaly_utils.scoring.floor_choice import fit_floor, floor_name
 from anomaly_utils.scoring.statistics_floor import (
     WINDOW_SCALES,
@@ -108,38 +108,25 @@ def test_window_scales_and_their_names():
     assert RULES["01_data_exploration"]["floor_windows"] is floor_windows_problem
 
 
-def test_threads_choose_and_fit_what_one_thread_does(train, monkeypatch):
-    """With two CPUs the first stage's floors are fitted and scored in threads and every floor
-    computes its next batch's features ahead in a thread; every row, the choice and the chosen
-    floor's arrays must be those of one thread, to the last bit."""
+def test_features_ahead_in_a_thread_choose_and_fit_what_one_thread_does(train, monkeypatch):
+    """With two CPUs every floor computes its next batch's features in a thread; every row,
+    the choice and the chosen floor's arrays must be those of one thread, to the last bit."""
     images, labels, masks = with_anomalies(6, 0.1)
-    pools = []
+    pools = []  # one per fit or scoring of several batches
 
-    class CountedPool(floor_choice.ThreadPoolExecutor):
+    class CountedPool(statistics_floor.ThreadPoolExecutor):
         def __init__(self, workers):
             pools.append(workers)
             super().__init__(workers)
 
-    monkeypatch.setattr(floor_choice, "ThreadPoolExecutor", CountedPool)
-    ahead = []  # the features-ahead pools, one per floor fit or scoring of several batches
-
-    class AheadPool(statistics_floor.ThreadPoolExecutor):
-        def __init__(self, workers):
-            ahead.append(workers)
-            super().__init__(workers)
-
-    monkeypatch.setattr(statistics_floor, "ThreadPoolExecutor", AheadPool)
+    monkeypatch.setattr(statistics_floor, "ThreadPoolExecutor", CountedPool)
     monkeypatch.setattr(statistics_floor, "_BATCH_PIXELS", 5 * SIZE * SIZE)  # 5 images a batch
     fits = {}
     for cpus in (1, 2):
-        monkeypatch.setattr(floor_choice, "cpu_share", lambda cpus=cpus: cpus)
         monkeypatch.setattr(statistics_floor, "cpu_share", lambda cpus=cpus: cpus)
         fits[cpus] = fit_floor(train, images, labels, masks, form="gaussian", eigen="none",
                                normalize="standard", windows=0.25, eval_size=SIZE)
-        # one thread: no pool; two: the first stage's fits, then its scoring, and a pool
-        # ahead for each of the four fits and four scorings
-        assert pools == ([] if cpus == 1 else [2, 2])
-        assert ahead == ([] if cpus == 1 else [1] * 8)
+        assert pools == ([] if cpus == 1 else [1] * 8)  # the four fits, then their scoring
     one, two = fits[1], fits[2]
     assert list(one.validation) == list(two.validation) and len(one.validation) == 4
     assert one.validation == two.validation and one.name == two.name

@@ -20,12 +20,12 @@ the training images and one scoring of the validation set, the fifth one eigende
 per fold and side and the eigen-image maps of the validation set (the floor keeps the local maps it
 already made of those images, and scoring them again for the stored scores reuses them too).
 The fourth fits its floor anew (other features) and scores the validation set once.
-The first stage's floors are fitted and scored in threads, one per usable CPU
-(:func:`~anomaly_utils.cpus.cpu_share`), and each floor computes its next batch's features
-in a thread while it works on the current one: OpenCV's filters and the products run outside
-the interpreter lock, and every floor is the same to the last bit as fitted in one thread
-(BLAS keeps to one thread either way). On the carpet with 2 CPUs :func:`fit_floor` takes
-39 s instead of 58 s.
+Where more than one CPU is usable, every floor computes its next batch's features in a thread
+while it works on the current one (``StatisticsFloor._batches``): on 2 CPUs
+:func:`fit_floor` takes 38-42 s instead of 52-67 s on the carpet, and about as long as before
+on magnetic_tile, whose positional cells and nearest-pixel search keep the interpreter busy.
+Fitting the first stage's four floors in threads as well was measured and left out: 43 and
+37 s on the carpet, 94-107 s against 79-94 s on magnetic_tile.
 With ``form="nearest"`` every floor is positional and in that form from the first stage on;
 with a fixed ``normalize`` every floor is normalised so and the fourth stage is left out.
 Notebook 01 calls :func:`fit_floor`.
@@ -33,15 +33,11 @@ Notebook 01 calls :func:`fit_floor`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from anomaly_utils.cpus import cpu_share
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.evaluation.selection import choose_by_validation, choose_candidate
 from anomaly_utils.scoring.eigen_residual import AUTO, MIN_IMAGES, eigen_sides
@@ -102,30 +98,6 @@ def floor_name(variant: str, gradient: str, scale: float) -> str:
     the largest window is not a quarter of the side (the names rows had before the scale)."""
     name = f"{variant}, {gradient}"
     return name if scale == WINDOW_SCALES[0] else f"{name}, windows to {scale:g}"
-
-
-def _each(work: Callable[[Any], Any], items: list) -> list:
-    """``[work(item) for item in items]``, in threads where more than one CPU is usable.
-
-    Each item's work must touch only its own objects (a floor and its memo); BLAS keeps to one
-    thread throughout, so that a product sums in the same order in threads as alone.
-    """
-    workers = min(cpu_share(), len(items))
-    with threadpool_limits(1, user_api="blas"):
-        if workers < 2:
-            return [work(item) for item in items]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(work, items))
-
-
-def _scored(floors: dict[str, StatisticsFloor], images, labels, masks
-            ) -> tuple[dict[str, Any], dict[str, dict[str, float | None]]]:
-    """``choose_by_validation`` of ``floors`` on the validation set, each scored in a thread
-    of its own (:func:`_each`)."""
-    results = _each(lambda floor: floor.score(images), list(floors.values()))
-    results = dict(zip(floors, results, strict=True))
-    return choose_by_validation({n: lambda _, r=r: r for n, r in results.items()},
-                                images, labels, masks)
 
 
 def _challenge(name: str, floor: StatisticsFloor, challengers: dict[str, StatisticsFloor],
@@ -191,10 +163,10 @@ def fit_floor(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray,
                                gradient=g, form="nearest" if only_nearest else "gaussian",
                                normalize=first_normalisation).fit(train_images)
 
-    kinds = [(v, g) for v in variants for g in gradients]
-    floors = dict(zip([floor_name(v, g, scales[0]) + suffix for v, g in kinds],
-                      _each(lambda kind: fitted(*kind, scales[0]), kinds), strict=True))
-    first, validation = _scored(floors, images, labels, masks)
+    floors = {floor_name(v, g, scales[0]) + suffix: fitted(v, g, scales[0])
+              for v in variants for g in gradients}
+    first, validation = choose_by_validation({n: f.score for n, f in floors.items()},
+                                             images, labels, masks)
     choices = [first]
     name, floor = first["model"], floors[first["model"]]
     if len(scales) > 1:
