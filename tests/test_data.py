@@ -7,6 +7,7 @@ Every bad input is built here at test time. Each case states its expected outcom
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zlib
@@ -20,6 +21,7 @@ from anomaly_utils.data.images import detect_color_mode, read_image, read_mask
 from anomaly_utils.data.layout import dataset_summary, fingerprint, scan_dataset, split_train_val
 from anomaly_utils.data.loading import file_dataset, load_dataset, load_images
 from anomaly_utils.errors import DataError, ParameterError
+from anomaly_utils.pipeline import runs
 from anomaly_utils.training.datasets import set_dataset_epoch
 
 RNG = np.random.default_rng(0)
@@ -347,3 +349,22 @@ def test_color_mode_auto_detects_gray_files_and_gray_content(tmp_path: Path):
 def test_load_dataset_reports_the_detected_color_mode(dataset: Path):
     ds = load_dataset(dataset, image_size=16, color_mode="auto")
     assert ds.color_mode == "rgb" and ds.train_images.shape[-1] == 3
+
+
+def test_summary_says_when_resizing_to_a_square_squeezes_the_images(tmp_path: Path):
+    """Near-square images get no note; images 2.5 times as tall as wide get one that names
+    the factor and the fix, and the run's summary repeats it."""
+    square = dataset_summary(scan_dataset(make_dataset(tmp_path / "square")))
+    assert square["image_sizes"]["elongation"]["median"] == 1.0 and square["notes"] == []
+    tall = make_dataset(tmp_path / "tall")
+    for path in sorted(tall.rglob("*.png")):
+        image = np.asarray(Image.open(path))
+        Image.fromarray(np.concatenate([image] * 5)[:80, :32]).save(path)  # 80 x 32 px
+    summary = dataset_summary(scan_dataset(tall))
+    assert summary["image_sizes"]["elongation"]["median"] == 2.5
+    [note] = summary["notes"]
+    assert "2.5" in note and "resized to a square" in note and "near-square parts" in note
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "data_summary.json").write_text(json.dumps(summary))
+    assert f"note: {note}" in runs.summary(run_dir)

@@ -33,6 +33,9 @@ from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, image_header
 from anomaly_utils.errors import DataError, ParameterError
 
 GOOD = "good"
+# The median image's long side over its short side beyond which the summary says that
+# resizing to a square squeezes the images (``notes``, :func:`elongation_note`).
+ELONGATED = 1.5
 
 
 @dataclass(frozen=True)
@@ -249,9 +252,12 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
     """Counts per split and defect type, image sizes, colour modes and mask coverage.
 
     Returns a JSON-ready dict: ``counts`` {"train/good": n, "test/<type>": n, ...},
-    ``image_sizes`` {"distinct": n, "height"/"width": {"min", "median", "max"}}, ``modes`` {"RGB"/"L"/...: n}, ``mask_coverage``
-    {defect: mean fraction of the image covered}, ``fingerprint``, ``ignored`` paths,
-    ``masks_missing`` count, ``unreadable`` (one message per file whose header cannot be read).
+    ``image_sizes`` {"distinct": n, "height"/"width": {"min", "median", "max"},
+    "elongation": {"median": long side / short side}}, ``modes`` {"RGB"/"L"/...: n},
+    ``mask_coverage`` {defect: mean fraction of the image covered}, ``fingerprint``,
+    ``ignored`` paths, ``masks_missing`` count, ``unreadable`` (one message per file whose
+    header cannot be read), ``notes`` (what resizing does to these images,
+    :func:`elongation_note`; empty for near-square images).
     """
     counts = Counter(f"{s.split}/{s.defect_type}"
                      for s in index.train + index.test + index.val_defects)
@@ -267,6 +273,8 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
         shapes.append((height, width))
         modes[mode] += 1
     heights, widths = np.array(shapes or [(0, 0)]).T
+    elongation = float(np.median(np.maximum(heights, widths) / np.maximum(
+        np.minimum(heights, widths), 1)))
     coverage: dict[str, float] = {}
     if with_masks:
         for defect in index.defect_types:
@@ -282,6 +290,7 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
                        "max": int(heights.max())},
             "width": {"min": int(widths.min()), "median": float(np.median(widths)),
                       "max": int(widths.max())},
+            "elongation": {"median": round(elongation, 3)},
         },
         "modes": dict(modes.most_common()),
         "mask_coverage": coverage,
@@ -290,4 +299,18 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
         "ignored": [display_path(p) for p in index.ignored],
         "masks_missing": len(index.masks_missing),
         "unreadable": unreadable,
+        "notes": [note] if (note := elongation_note(elongation)) else [],
     }
+
+
+def elongation_note(elongation: float) -> str | None:
+    """What a user should know about images whose median long side is ``elongation`` times
+    their short side (:data:`ELONGATED` or more), or None: every candidate sees them resized
+    to a square."""
+    if elongation < ELONGATED:
+        return None
+    return (f"half of the images are {elongation:.1f} or more times as long as they are wide; "
+            f"every candidate sees them resized to a square, which squeezes the long side "
+            f"{elongation:.1f} times more than the short one, so that a thin defect running "
+            "across the long side can vanish: where that matters, cut each image and its mask "
+            "into near-square parts and run the lab on those")

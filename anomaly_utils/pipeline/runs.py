@@ -313,6 +313,9 @@ def summary(run_dir: str | os.PathLike) -> str:
     validation set in which it comes first, and the candidate chosen on validation."""
     run_dir = Path(run_dir)
     lines = [f"Run {run_dir.name}  ({run_dir})"]
+    data_summary = run_dir / "data_summary.json"  # notebook 01's, with what resizing does
+    if data_summary.is_file():
+        lines += [f"  note: {note}" for note in read_json(data_summary).get("notes", [])]
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         lines.append("  no metrics.json yet (notebook 04 has not completed)")
