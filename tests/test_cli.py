@@ -112,6 +112,29 @@ def test_run_refuses_a_missing_data_dir_before_creating_the_run(tmp_path: Path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_run_refuses_defect_images_without_masks_before_creating_the_run(tmp_path: Path,
+                                                                        capsys):
+    """An image-labels-only dataset fails at once, naming an image and the command-line fix,
+    not in notebook 01 after a run folder exists; with the fix the run's folder is made."""
+    import shutil
+
+    from anomaly_utils.pipeline.cli import main
+    from anomaly_utils.pipeline.runs import create_run
+
+    root = make_dataset(tmp_path / "cat")
+    shutil.rmtree(root / "ground_truth")
+    for preset in ("defaults", "auto"):
+        code = main(["run", "--data-dir", str(root), "--runs-dir", str(tmp_path / "runs"),
+                     "--preset", preset])
+        captured = capsys.readouterr()
+        assert_clean_error(subprocess.CompletedProcess([], code, captured.out, captured.err),
+                           "2 defect image(s) have no mask", "000.png",
+                           "-p allow_missing_masks True")
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    create_run({"data_dir": str(root), "allow_missing_masks": "True"}, tmp_path / "runs" / "r")
+    assert (tmp_path / "runs" / "r" / "params.json").is_file()
+
+
 @pytest.mark.parametrize("preset", sorted(p.stem for p in
                                           (Path(__file__).resolve().parent.parent / "notebooks"
                                            / "params").glob("*.yaml")))

@@ -156,8 +156,8 @@ def scan_dataset(data_dir: str | os.PathLike, allow_missing_masks: bool = False)
         raise DataError(
             f"{len(missing)} defect image(s) have no mask: {shown}{more} "
             f"(expected ground_truth/<defect>/<name>_mask.png)",
-            fix="add the masks, or set allow_missing_masks=True to use these images for "
-                "image-level metrics only",
+            fix="add the masks, or set allow_missing_masks=True (`-p allow_missing_masks "
+                "True` on the command line) to use these images for image-level metrics only",
         )
     if gt_root.is_dir():
         for folder in _list_dir(gt_root):

@@ -248,12 +248,19 @@ def environment_info(data_fingerprint: str | None,
 
 
 def data_fingerprint(effective: dict[str, dict[str, Any]]) -> str | None:
-    """The fingerprint of the dataset the notebooks' ``data_dir`` names (None: no data_dir)."""
-    data_dir = next((p["data_dir"] for p in effective.values() if "data_dir" in p), None)
+    """The fingerprint of the dataset the notebooks' ``data_dir`` names (None: no data_dir).
+
+    Raises:
+        DataError: as :func:`~anomaly_utils.data.layout.scan_dataset`, before any run starts:
+            defect images without masks where a notebook that reads the data keeps
+            ``allow_missing_masks`` off, a missing folder, an empty category.
+    """
+    readers = [p for p in effective.values() if "data_dir" in p]
+    data_dir = next((p["data_dir"] for p in readers), None)
     if not data_dir:
         return None
-
-    return fingerprint(scan_dataset(data_dir, allow_missing_masks=True))
+    strict = any(not p.get("allow_missing_masks", True) for p in readers)
+    return fingerprint(scan_dataset(data_dir, allow_missing_masks=not strict))
 
 
 def check_resumed_environment(run_dir: Path, log=print) -> dict[str, Any]:
