@@ -22,7 +22,7 @@ already made of those images, and scoring them again for the stored scores reuse
 The fourth fits its floor anew (other features) and scores the validation set once.
 Where more than one CPU is usable, every floor computes its next batch's features in a thread
 while it works on the current one (``StatisticsFloor._batches``): on 2 CPUs
-:func:`fit_floor` takes 38-42 s instead of 52-67 s on the carpet, and about as long as before
+:func:`fit_floor` takes 36-39 s instead of 52-67 s on the carpet, and about as long as before
 on magnetic_tile, whose positional cells and nearest-pixel search keep the interpreter busy.
 Fitting the first stage's four floors in threads as well was measured and left out: 43 and
 37 s on the carpet, 94-107 s against 79-94 s on magnetic_tile.
