@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,8 +117,6 @@ def test_run_refuses_defect_images_without_masks_before_creating_the_run(tmp_pat
                                                                         capsys):
     """An image-labels-only dataset fails at once, naming an image and the command-line fix,
     not in notebook 01 after a run folder exists; with the fix the run's folder is made."""
-    import shutil
-
     from anomaly_utils.pipeline.cli import main
     from anomaly_utils.pipeline.runs import create_run
 

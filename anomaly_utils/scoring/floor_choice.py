@@ -20,12 +20,6 @@ the training images and one scoring of the validation set, the fifth one eigende
 per fold and side and the eigen-image maps of the validation set (the floor keeps the local maps it
 already made of those images, and scoring them again for the stored scores reuses them too).
 The fourth fits its floor anew (other features) and scores the validation set once.
-Where more than one CPU is usable, every floor computes its next batch's features in a thread
-while it works on the current one (``StatisticsFloor._batches``): on 2 CPUs
-:func:`fit_floor` takes 36-39 s instead of 52-67 s on the carpet, and about as long as before
-on magnetic_tile, whose positional cells and nearest-pixel search keep the interpreter busy.
-Fitting the first stage's four floors in threads as well was measured and left out: 43 and
-37 s on the carpet, 94-107 s against 79-94 s on magnetic_tile.
 With ``form="nearest"`` every floor is positional and in that form from the first stage on;
 with a fixed ``normalize`` every floor is normalised so and the fourth stage is left out.
 Notebook 01 calls :func:`fit_floor`.
