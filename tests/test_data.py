@@ -13,13 +13,14 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from anomaly_utils.data.images import detect_color_mode, read_image, read_mask
 from anomaly_utils.data.layout import dataset_summary, fingerprint, scan_dataset, split_train_val
-from anomaly_utils.data.loading import file_dataset, load_dataset, load_images
+from anomaly_utils.data.loading import file_dataset, load_dataset, load_images, resize_mask
 from anomaly_utils.errors import DataError, ParameterError
 from anomaly_utils.pipeline import runs
 from anomaly_utils.training.datasets import set_dataset_epoch
@@ -257,6 +258,22 @@ def test_mask_with_noisy_values_is_binarised_at_127(tmp_path: Path):
     _png(tmp_path / "m.png", np.kron(noisy, np.ones((4, 4), np.uint8)))
     mask = read_mask(tmp_path / "m.png")
     assert mask[::4, ::4].tolist() == [[False, False, False, True], [True, True, False, True]]
+
+
+def test_resized_mask_keeps_a_defect_too_thin_for_half_a_pixel():
+    mask = np.zeros((1000, 400), bool)
+    mask[300:303, 50:350] = True       # a crack 3 px wide: 0.4 of a pixel at 128 px
+    mask[600:900, 100:300] = True      # a blob that half-area averaging keeps as it is
+    plain = cv2.resize(mask.astype(np.float32), (128, 128), interpolation=cv2.INTER_AREA) >= 0.5
+    resized = resize_mask(mask, 128)
+    assert not plain[:64].any()        # the crack vanishes from an area-fraction resize
+    rows, columns = np.nonzero(resized[:64])
+    assert set(rows) <= {38, 39} and len(set(rows)) >= 1
+    assert columns.min() <= 17 and columns.max() >= 110   # along the crack's whole length
+    assert np.array_equal(resized[64:], plain[64:])       # the blob unchanged
+    assert np.array_equal(resize_mask(mask[600:], 128),
+                          cv2.resize(mask[600:].astype(np.float32), (128, 128),
+                                     interpolation=cv2.INTER_AREA) >= 0.5)
 
 
 def test_defect_without_mask_is_an_error_or_image_level_only(dataset: Path):

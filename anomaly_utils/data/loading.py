@@ -50,11 +50,31 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a bool (H, W) mask to (size, size): area fraction >= 0.5 stays a defect."""
+    """Resize a bool (H, W) mask to bool (size, size) without losing a defect.
+
+    A pixel is a defect where the defect covers at least half of its area. A defect region
+    (8-connected) too thin for that anywhere, such as a crack a few pixels wide in a large
+    image, would vanish from the pixel metrics while its image still counts as defective;
+    it is kept instead as the pixels its own area fraction reaches at least half its maximum
+    in, a line about one pixel wide along the defect.
+    """
     if mask.shape == (size, size):
         return mask
     fraction = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return fraction >= 0.5
+    kept = fraction >= 0.5
+    count, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return kept
+    # Which regions touch a kept pixel: the kept mask back at the mask's own resolution.
+    height, width = mask.shape
+    kept_full = cv2.resize(kept.astype(np.uint8), (width, height),
+                           interpolation=cv2.INTER_NEAREST).astype(bool)
+    touching = np.bincount(regions[kept_full & mask], minlength=count)
+    for region in np.flatnonzero(touching[1:] == 0) + 1:
+        own = cv2.resize((regions == region).astype(np.float32), (size, size),
+                         interpolation=cv2.INTER_AREA)
+        kept |= own >= 0.5 * own.max()
+    return kept
 
 
 def load_images(paths: list[Path], image_size: int, color_mode: str = "rgb",
