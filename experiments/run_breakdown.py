@@ -16,12 +16,15 @@ defect pixels, and the pooled pixel AUROC with the defect-free images' pixels as
 negatives: what separates the pooled figure from the per-type ones is then the unmarked
 pixels of the defective images; the median map of those far from any defect against the
 normals'; and the pooled pixel AUROC on validation and test of each map minus its own low
-percentile.
+percentile. With ``--masks-again DATA_DIR``: each candidate's pooled pixel AUROC and AUPRO
+with the stored test masks and with the dataset's masks resized again by the lab's current
+:func:`~anomaly_utils.data.loading.resize_mask` (the maps are the stored ones).
 
 Usage::
 
     python experiments/run_breakdown.py runs/<id>-real --without uneven
     python experiments/run_breakdown.py runs/<id>-real --pixels
+    python experiments/run_breakdown.py runs/<id>-real --masks-again DATA_DIR
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_utils.data.images import read_mask
+from anomaly_utils.data.layout import scan_dataset
+from anomaly_utils.data.loading import resize_mask
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.scoring.blend import Standardiser, combine
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
@@ -131,12 +137,44 @@ def offset_rows(name: str, stored: dict) -> list[str]:
             for split, row in zip(("validation", "test"), cells, strict=True)]
 
 
+def masks_again(test: dict, data_dir: Path) -> np.ndarray:
+    """The test masks of ``data_dir`` resized again to the stored masks' size, in the stored
+    order: bool (N, M, M)."""
+    index = scan_dataset(data_dir, allow_missing_masks=True)
+    mask_of = {s.path.relative_to(index.root): s.mask_path for s in index.test}
+    size = test["masks"].shape[-1]
+    return np.stack([
+        resize_mask(read_mask(mask_of[Path(str(path))]), size)
+        if mask_of.get(Path(str(path))) is not None else np.zeros((size, size), bool)
+        for path in test["paths"]])
+
+
+def remasked_rows(run: Path, data_dir: Path) -> list[str]:
+    """Per candidate: pooled pixel AUROC / AUPRO with the stored masks and with the masks
+    resized again, and how many test masks differ."""
+    rows = []
+    for name in CANDIDATES:
+        test = load_scores(run / name / "scores_test.npz")
+        if test["masks"] is None or not test["masks"].any():
+            continue
+        fresh = masks_again(test, data_dir)
+        keep = test["has_mask"]
+        shown = [f"{metrics.shown(metrics.pixel_auroc(masks[keep], test['maps'][keep]), 4)} / "
+                 f"{metrics.shown(metrics.aupro(masks[keep], test['maps'][keep]), 4)}"
+                 for masks in (test["masks"], fresh)]
+        differ = int((fresh != test["masks"]).any(axis=(1, 2)).sum())
+        rows.append(f"| {name} | {shown[0]} | {shown[1]} | {differ} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--without", help="a defect type left out of the pooled test metrics")
     parser.add_argument("--pixels", action="store_true",
                         help="pixel AUROC per defect type, with and without the normals")
+    parser.add_argument("--masks-again", type=Path, metavar="DATA_DIR",
+                        help="pixel metrics with the dataset's masks resized again")
     args = parser.parse_args(argv)
     print("| candidate | image score | lead, 90 % interval | test image AUROC, own | "
           "scale-adaptive |\n|---|---|---|---|---|")
@@ -179,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
                   + " | ".join(f"minus each map's {q}th percentile" for q in OFFSET_PERCENTILES)
                   + " |\n|---|---|" + "---|" * (1 + len(OFFSET_PERCENTILES)))
             print("\n".join(offsets))
+    if args.masks_again:
+        print("\n| candidate | pixel AUROC / AUPRO, stored masks | masks resized again | "
+              "masks that differ |\n|---|---|---|---|")
+        print("\n".join(remasked_rows(args.run, args.masks_again)))
 
 
 if __name__ == "__main__":

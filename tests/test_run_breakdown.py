@@ -47,3 +47,22 @@ def test_offset_rows_report_each_split_with_and_without_each_maps_low_percentile
     assert [c[:2] for c in cells] == [["floor", "validation"], ["floor", "test"]]
     assert cells[1][2] == "0.484"  # the marked pixel outranks 15 of the 31 other pixels
     assert cells[1][3:] == ["1.000"] * 3  # each map less its own level: nothing outranks it
+
+
+def test_masks_again_resizes_each_test_mask_in_the_stored_order(tmp_path: Path):
+    import cv2
+
+    for folder in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
+        (tmp_path / folder).mkdir(parents=True)
+    image = np.full((200, 80), 128, np.uint8)
+    for name in ("train/good/000.png", "test/good/000.png", "test/crack/000.png"):
+        cv2.imwrite(str(tmp_path / name), image)
+    crack = np.zeros((200, 80), np.uint8)
+    crack[100, 10:70] = 255  # one pixel wide: 0.08 of a pixel at 16 px
+    cv2.imwrite(str(tmp_path / "ground_truth/crack/000_mask.png"), crack)
+    test = {"paths": np.array(["test/crack/000.png", "test/good/000.png"]),
+            "masks": np.zeros((2, 16, 16), bool)}
+    fresh = _script().masks_again(test, tmp_path)
+    assert fresh.shape == (2, 16, 16)
+    assert fresh[0].any() and set(np.nonzero(fresh[0])[0]) == {8}  # the crack, as a line
+    assert not fresh[1].any()
