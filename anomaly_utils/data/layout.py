@@ -312,5 +312,6 @@ def elongation_note(elongation: float) -> str | None:
     return (f"half of the images are {elongation:.1f} or more times as long as they are wide; "
             f"every candidate sees them resized to a square, which squeezes the long side "
             f"{elongation:.1f} times more than the short one, so that a thin defect running "
-            "across the long side can vanish: where that matters, cut each image and its mask "
-            "into near-square parts and run the lab on those")
+            "across the long side loses its pixels: where that matters, cut each image and its "
+            "mask into near-square parts (python -m anomaly_utils cut-parts DATA_DIR "
+            "PARTS_DIR) and run the lab on those")

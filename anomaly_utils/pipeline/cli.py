@@ -1,8 +1,8 @@
 """Command line: ``python -m anomaly_utils COMMAND ...``.
 
-Commands: ``make-synthetic``, ``make-elpv``, ``check-data``, ``run``, ``score``, ``sweep``, ``download``,
-``refresh-notebooks``, ``figures``. A problem the user can fix prints one readable
-message and exits with status 2; ``--debug`` shows the traceback instead.
+Commands: ``make-synthetic``, ``make-elpv``, ``cut-parts``, ``check-data``, ``run``, ``score``,
+``sweep``, ``download``, ``refresh-notebooks``, ``figures``. A problem the user can fix prints
+one readable message and exits with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from anomaly_utils.data.download import download_mvtec
 from anomaly_utils.data.elpv import write_elpv
 from anomaly_utils.data.layout import dataset_summary
 from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
@@ -48,6 +49,22 @@ def cmd_make_elpv(args: argparse.Namespace) -> int:
     for module_type, folder in written.items():
         print(f"ELPV {module_type}: {folder} (counts in {folder / 'README.md'})")
     return 0
+
+
+def cmd_cut_parts(args: argparse.Namespace) -> int:
+    parts = args.parts if args.parts == AUTO_PARTS else _int_option(args.parts, "--parts")
+    out = cut_into_parts(args.data_dir, args.out, parts=parts, overwrite=args.overwrite)
+    print(f"parts written to {out} (counts in {out / 'README.md'}, sources in "
+          f"{out / 'PARTS.tsv'})")
+    return 0
+
+
+def _int_option(value: str, option: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ParameterError(f"{option} must be 'auto' or an integer, got {value!r}",
+                             fix=f"pass e.g. {option} 3") from None
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
@@ -207,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the normal cells in test/good")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_make_elpv)
+
+    p = sub.add_parser("cut-parts", help="write a dataset with each elongated image and its "
+                                         "mask cut into near-square parts")
+    p.add_argument("data_dir", help="a dataset in the MVTec AD layout (every defect masked)")
+    p.add_argument("out", help="the folder to write the parts to")
+    p.add_argument("--parts", default=AUTO_PARTS,
+                   help="parts per image: auto (long side / short side, rounded) or a number")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_cut_parts)
 
     p = sub.add_parser("check-data", help="load every file of a dataset and print its summary")
     p.add_argument("data_dir")

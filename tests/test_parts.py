@@ -1,0 +1,119 @@
+"""cut-parts: elongated images and their masks cut into near-square parts, written in the
+MVTec AD layout, and each source image's score from its parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from anomaly_utils.data.layout import scan_dataset
+from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.parts import (
+    cut_into_parts,
+    parts_of,
+    read_parts_table,
+    whole_image_scores,
+)
+from anomaly_utils.errors import DataError, LabError, ParameterError
+from anomaly_utils.pipeline.cli import main
+
+HEIGHT, WIDTH = 40, 122  # about 3:1, not a multiple of 3
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), array)
+
+
+def _strips(root: Path) -> Path:
+    """Two training strips, one good test strip and one cracked one whose crack lies in the
+    middle third; gray, each column's value its index (so parts can be told apart)."""
+    image = np.tile(np.arange(WIDTH, dtype=np.uint8), (HEIGHT, 1))
+    for name in ("train/good/000.png", "train/good/001.png", "test/good/000.png",
+                 "test/crack/000.png"):
+        _write(root / name, image)
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[20, 45:75] = 255  # a one-pixel crack in the middle third only
+    _write(root / "ground_truth/crack/000_mask.png", mask)
+    return root
+
+
+def test_parts_split_the_long_side_into_near_square_spans():
+    parts = parts_of(HEIGHT, WIDTH)
+    assert [(p.axis, p.start, p.stop) for p in parts] == [(1, 0, 41), (1, 41, 81), (1, 81, 122)]
+    assert [p.axis for p in parts_of(300, 100)] == [0, 0, 0]
+    assert len(parts_of(100, 120)) == 1  # near-square: the whole image
+    assert len(parts_of(100, 120, parts=2)) == 2
+
+
+def test_cut_parts_writes_masked_parts_to_their_defect_and_the_rest_to_good(tmp_path: Path):
+    out = cut_into_parts(_strips(tmp_path / "strips"), tmp_path / "parts")
+    index = scan_dataset(out)
+    assert len(index.train) == 6
+    defects = [s for s in index.test if s.label == 1]
+    assert [s.path.name for s in defects] == ["000_part2of3.png"]
+    mask = cv2.imread(str(defects[0].mask_path), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (HEIGHT, 40) and np.flatnonzero(mask[20]).tolist() == list(range(4, 34))
+    goods = sorted(s.path.name for s in index.test if s.label == 0)
+    assert goods == ["000_part1of3.png", "000_part2of3.png", "000_part3of3.png",
+                     "crack_000_part1of3.png", "crack_000_part3of3.png"]
+    third = cv2.imread(str(out / "test/good/crack_000_part3of3.png"), cv2.IMREAD_UNCHANGED)
+    assert third.ndim == 2 and third[0, 0] == 81 and third.shape == (HEIGHT, 41)
+    table = read_parts_table(out)
+    assert table["test/crack/000_part2of3.png"] == "test/crack/000.png"
+    assert "unmarked defect parts to test/good: 2" in (out / "README.md").read_text()
+    ds = load_dataset(out, image_size=16, val_fraction=0.0)
+    assert ds.test_masks[ds.test_labels == 1].any()
+
+
+def test_whole_image_scores_take_each_sources_highest_part(tmp_path: Path):
+    out = cut_into_parts(_strips(tmp_path / "strips"), tmp_path / "parts")
+    table = read_parts_table(out)
+    paths = ["test/good/000_part1of3.png", "test/crack/000_part2of3.png",
+             "test/good/crack_000_part1of3.png", "test/good/000_part2of3.png"]
+    sources, scores, labels = whole_image_scores(paths, np.array([0.1, 0.9, 0.3, 0.4]), table)
+    assert sources == ["test/good/000.png", "test/crack/000.png"]
+    assert scores.tolist() == [0.4, 0.9] and labels.tolist() == [0, 1]
+    with pytest.raises(DataError, match="not in PARTS.tsv"):
+        whole_image_scores(["test/good/other.png"], np.array([0.5]), table)
+
+
+def test_cut_parts_refuses_defects_without_masks_and_foreign_folders(tmp_path: Path):
+    strips = _strips(tmp_path / "strips")
+    (strips / "ground_truth/crack/000_mask.png").unlink()
+    with pytest.raises(DataError, match="which part holds the defect is unknown") as info:
+        cut_into_parts(strips, tmp_path / "parts")
+    assert "test/crack/000.png" in str(info.value) and not (tmp_path / "parts").exists()
+    _strips(strips)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("keep")
+    with pytest.raises(LabError, match="not empty"):
+        cut_into_parts(strips, tmp_path / "mine", overwrite=False)
+    with pytest.raises(LabError, match="was not written by cut-parts"):
+        cut_into_parts(strips, tmp_path / "mine", overwrite=True)
+    with pytest.raises(ParameterError, match="parts must be"):
+        cut_into_parts(strips, tmp_path / "parts", parts=0)
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_cut_parts_command(tmp_path: Path, capsys):
+    strips = _strips(tmp_path / "strips")
+    assert main(["cut-parts", str(strips), str(tmp_path / "parts"), "--parts", "2"]) == 0
+    assert "PARTS.tsv" in capsys.readouterr().out
+    assert len(scan_dataset(tmp_path / "parts").train) == 4
+    assert main(["cut-parts", str(strips), str(tmp_path / "parts"), "--overwrite"]) == 0
+    assert len(scan_dataset(tmp_path / "parts").train) == 6
+    assert main(["cut-parts", str(strips), str(tmp_path / "other"), "--parts", "two"]) == 2
+    assert "--parts must be 'auto' or an integer" in capsys.readouterr().err
+
+
+def test_a_defect_whose_mask_marks_nothing_keeps_every_part_defective(tmp_path: Path):
+    strips = _strips(tmp_path / "strips")
+    _write(strips / "ground_truth/crack/000_mask.png", np.zeros((HEIGHT, WIDTH), np.uint8))
+    out = cut_into_parts(strips, tmp_path / "parts")
+    defects = sorted(s.path.name for s in scan_dataset(out).test if s.label == 1)
+    assert defects == ["000_part1of3.png", "000_part2of3.png", "000_part3of3.png"]
+    assert "mask marks nothing: every part kept defective: 1" in (out / "README.md").read_text()
