@@ -10,7 +10,7 @@ than one strip; that changes no training data). Its mask is the tile's, in place
 ``build`` writes the strips; ``compare`` reads two finished lab runs, one on the strips and
 one on their parts (``python -m anomaly_utils cut-parts``), and prints per candidate the
 strips run's test metrics beside the parts run's: image AUROC per strip (each strip's score
-the highest of its parts', :func:`~anomaly_utils.data.parts.whole_image_scores`) and pixel
+the highest of its parts', :func:`~anomaly_utils.evaluation.report.whole_images`) and pixel
 AUROC / AUPRO on the parts' own grid and, stitched back and resized, on the strips' grid.
 
 Usage::
@@ -34,8 +34,9 @@ from anomaly_utils.artifacts import read_json
 from anomaly_utils.data.images import read_image, read_mask
 from anomaly_utils.data.layout import GOOD, scan_dataset
 from anomaly_utils.data.loading import resize_image, resize_mask
-from anomaly_utils.data.parts import PARTS_TABLE, read_parts_table, whole_image_scores
+from anomaly_utils.data.parts import PARTS_TABLE, part_sources
 from anomaly_utils.evaluation import metrics
+from anomaly_utils.evaluation.report import whole_images
 from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.scoring.stored import load_scores
 
@@ -92,22 +93,21 @@ def _stitched(parts_run: Path, name: str, parts_dir: Path, strips: dict) -> np.n
 
 def compare(strips_run: Path, parts_run: Path, parts_dir: Path) -> None:
     """Print the two runs' test metrics side by side (see the module docstring)."""
-    table = read_parts_table(parts_dir)
     print("| candidate | strips: image / pixel AUROC / AUPRO | parts: image AUROC per strip | "
           "parts: pixel AUROC / AUPRO, parts' grid | stitched, strips' grid |\n"
           "|---|---|---|---|---|")
     for name in CANDIDATES:
         strips = load_scores(strips_run / name / "scores_test.npz")
         parts = load_scores(parts_run / name / "scores_test.npz")
-        _, scores, labels = whole_image_scores([str(p) for p in parts["paths"]],
-                                               parts["scores"], table)
+        sources = part_sources(parts_dir, [str(p) for p in parts["paths"]])
+        whole = whole_images(parts["labels"], parts["scores"], sources, np.inf)
         stitched = _stitched(parts_run, name, parts_dir, strips)
         cells = [
             " / ".join(metrics.shown(v, 3) for v in (
                 metrics.image_auroc(strips["labels"], strips["scores"]),
                 metrics.pixel_auroc(strips["masks"], strips["maps"]),
                 metrics.aupro(strips["masks"], strips["maps"]))),
-            metrics.shown(metrics.image_auroc(labels, scores), 3),
+            metrics.shown(whole["image_auroc"], 3),
             " / ".join(metrics.shown(v, 3) for v in (
                 metrics.pixel_auroc(parts["masks"], parts["maps"]),
                 metrics.aupro(parts["masks"], parts["maps"]))),

@@ -3,6 +3,7 @@ MVTec AD layout, and each source image's score from its parts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -11,13 +12,10 @@ import pytest
 
 from anomaly_utils.data.layout import scan_dataset
 from anomaly_utils.data.loading import load_dataset
-from anomaly_utils.data.parts import (
-    cut_into_parts,
-    parts_of,
-    read_parts_table,
-    whole_image_scores,
-)
+from anomaly_utils.data.parts import cut_into_parts, part_sources, parts_of, read_parts_table
 from anomaly_utils.errors import DataError, LabError, ParameterError
+from anomaly_utils.evaluation.report import whole_images, whole_images_text
+from anomaly_utils.pipeline import runs
 from anomaly_utils.pipeline.cli import main
 
 HEIGHT, WIDTH = 40, 122  # about 3:1, not a multiple of 3
@@ -69,16 +67,29 @@ def test_cut_parts_writes_masked_parts_to_their_defect_and_the_rest_to_good(tmp_
     assert ds.test_masks[ds.test_labels == 1].any()
 
 
-def test_whole_image_scores_take_each_sources_highest_part(tmp_path: Path):
+def test_each_source_image_scores_its_highest_part_and_is_defective_by_any(tmp_path: Path):
     out = cut_into_parts(_strips(tmp_path / "strips"), tmp_path / "parts")
-    table = read_parts_table(out)
     paths = ["test/good/000_part1of3.png", "test/crack/000_part2of3.png",
              "test/good/crack_000_part1of3.png", "test/good/000_part2of3.png"]
-    sources, scores, labels = whole_image_scores(paths, np.array([0.1, 0.9, 0.3, 0.4]), table)
-    assert sources == ["test/good/000.png", "test/crack/000.png"]
-    assert scores.tolist() == [0.4, 0.9] and labels.tolist() == [0, 1]
-    with pytest.raises(DataError, match="not in PARTS.tsv"):
-        whole_image_scores(["test/good/other.png"], np.array([0.5]), table)
+    sources = part_sources(out, paths)
+    assert sources == ["test/good/000.png", "test/crack/000.png", "test/crack/000.png",
+                       "test/good/000.png"]
+    assert part_sources(tmp_path / "strips", paths) is None  # not parts: no PARTS.tsv
+    assert part_sources(None, paths) is None
+    with pytest.raises(DataError, match="not in .*PARTS.tsv"):
+        part_sources(out, ["test/good/other.png"])
+    # the crack's own part scores low, its unmarked neighbour high: the source takes the high
+    whole = whole_images(np.array([0, 1, 0, 0]), np.array([0.1, 0.2, 0.9, 0.4]), sources, 0.5)
+    assert (whole["images"], whole["defective"], whole["image_auroc"]) == (2, 1, 1.0)
+    assert (whole["at_threshold"]["tp"], whole["at_threshold"]["fp"]) == (1, 0)
+    whole = whole_images(np.array([0, 1, 0, 0]), np.array([0.1, 0.2, 0.1, 0.4]), sources, 0.3)
+    assert whole["image_auroc"] == 0.0 and whole["at_threshold"]["fp"] == 1
+    text = whole_images_text({"floor": {"whole_images": whole}, "ae1": {}})
+    assert text.startswith("floor: 2 whole images (1 defective), image AUROC 0.000")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"floor": {"whole_images": whole}}))
+    assert "    floor: 2 whole images" in runs.summary(run_dir)
 
 
 def test_cut_parts_refuses_defects_without_masks_and_foreign_folders(tmp_path: Path):

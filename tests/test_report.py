@@ -316,3 +316,21 @@ def test_pages_are_saved_here_where_no_process_pool_can_be_made(tmp_path, monkey
                                   workers=2) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
     assert "no process pool here" in capsys.readouterr().out
+
+
+def test_model_report_adds_the_source_images_only_for_parts():
+    scores = _scores()
+    candidates = candidate_thresholds(scores["val"]["scores"], SETTINGS)
+    _, plain = model_report(scores, candidates, "percentile", SETTINGS, pixel_percentile=99,
+                            min_defect_area=1, n_boot=20, seed=0)
+    assert "whole_images" not in plain
+    sources = [f"image{i // 2}" for i in range(12)]  # pairs of parts: 3 good, 3 defective
+    _, report = model_report(scores, candidates, "percentile", SETTINGS, pixel_percentile=99,
+                             min_defect_area=1, n_boot=20, seed=0, sources=sources)
+    whole = report["whole_images"]
+    assert (whole["images"], whole["defective"]) == (6, 3)
+    best = scores["test"]["scores"].reshape(6, 2).max(axis=1)
+    assert whole["image_auroc"] == metrics.image_auroc([0, 0, 0, 1, 1, 1], best)
+    with pytest.raises(ParameterError, match="one of each per part"):
+        model_report(scores, candidates, "percentile", SETTINGS, pixel_percentile=99,
+                     min_defect_area=1, n_boot=20, seed=0, sources=sources[:5])

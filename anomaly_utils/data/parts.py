@@ -15,8 +15,9 @@ which each image is cut along its long side into parts about as long as they are
 - ``val/<defect>`` (labelled validation defects): the marked parts; unmarked ones are left
   out (the layout holds no ``val/good``) and counted;
 - ``PARTS.tsv`` maps each part to its source image and its pixel span; ``README.md``
-  counts what went where. The lab then runs on the parts as on any dataset, and
-  :func:`whole_image_scores` gives each source image the highest score of its parts.
+  counts what went where. The lab then runs on the parts as on any dataset; its report
+  adds each source image's result (:func:`part_sources`; the image's score is the highest
+  of its parts', and it is defective when one of its parts is).
 
 A defect image without a mask cannot be cut: which part holds the defect is unknown, so the
 folder is refused before anything is written. The copy is written to a ``.partial-*``
@@ -210,30 +211,20 @@ def read_parts_table(data_dir: str | os.PathLike) -> dict[str, str]:
     return {row.split("\t")[0]: row.split("\t")[1] for row in lines if row}
 
 
-def whole_image_scores(part_paths: list[str], scores: np.ndarray, table: dict[str, str]
-                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Each source image's score: the highest of its parts', and its label: defective when
-    it comes from a defect folder of the source dataset.
+def part_sources(root: str | os.PathLike | None, part_paths: list[str]) -> list[str] | None:
+    """The source image of each part in ``part_paths`` (files relative to ``root``), or None
+    when ``root`` is not a folder written by :func:`cut_into_parts` (no ``PARTS.tsv``).
 
-    Args:
-        part_paths: the test parts' files relative to the parts' root, in score order.
-        scores: float (N,) image scores of the parts.
-        table: :func:`read_parts_table`.
-
-    Returns:
-        ``(sources, scores, labels)``: the source files in first-seen order, float (M,) and
-        int (M,), 1 = the source image is defective.
+    Raises:
+        DataError: a part is missing from the folder's ``PARTS.tsv``.
     """
-    if len(part_paths) != len(scores):
-        raise ParameterError(f"{len(part_paths)} paths and {len(scores)} scores: one score "
-                             "per part is needed")
-    best: dict[str, float] = {}
-    for path, score in zip(part_paths, np.asarray(scores, float), strict=True):
-        source = table.get(str(path))
-        if source is None:
-            raise DataError(f"part '{path}' is not in {PARTS_TABLE}",
-                            fix="score the folder that PARTS.tsv belongs to")
-        best[source] = max(best.get(source, -np.inf), float(score))
-    sources = list(best)
-    source_labels = np.array([int(Path(s).parts[1] != GOOD) for s in sources], np.int64)
-    return sources, np.array([best[s] for s in sources]), source_labels
+    if root is None or not (Path(root) / PARTS_TABLE).is_file():
+        return None
+    table = read_parts_table(root)
+    missing = [str(p) for p in part_paths if str(p) not in table]
+    if missing:
+        raise DataError(f"{len(missing)} part(s) are not in '{display_path(Path(root) / PARTS_TABLE)}' "
+                        f"(first: '{missing[0]}')",
+                        fix="score the folder that PARTS.tsv belongs to, or write it again "
+                            "with python -m anomaly_utils cut-parts")
+    return [table[str(p)] for p in part_paths]

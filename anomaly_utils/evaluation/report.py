@@ -80,9 +80,53 @@ def final_metrics(test: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dic
     return result
 
 
+def whole_images(labels: np.ndarray, scores: np.ndarray, sources: list[str],
+                 threshold: float) -> dict[str, Any]:
+    """Image-level metrics of the source images of parts (``python -m anomaly_utils
+    cut-parts``): each source's score is the highest of its parts' scores, and it is
+    defective when one of its parts is.
+
+    Args:
+        labels: int (N,) labels of the parts, 1 = defective.
+        scores: float (N,) image scores of the parts.
+        sources: the source image of each part (N strings).
+        threshold: the image threshold, in score units, that flags a part.
+
+    Returns:
+        ``{"images", "defective", "image_auroc", "at_threshold"}``: the number of source
+        images and of defective ones, their AUROC and :func:`metrics.threshold_metrics` (a
+        source is flagged when one of its parts is).
+    """
+    keys, group = np.unique(np.asarray(sources, dtype=str), return_inverse=True)
+    if len(group) != len(scores) or len(group) != len(labels):
+        raise ParameterError(f"{len(group)} sources for {len(scores)} scores and "
+                             f"{len(labels)} labels: one of each per part is needed")
+    best = np.full(len(keys), -np.inf)
+    np.maximum.at(best, group, np.asarray(scores, float))
+    defective = np.zeros(len(keys), np.int64)
+    np.maximum.at(defective, group, np.asarray(labels, np.int64))
+    return {"images": int(len(keys)), "defective": int(defective.sum()),
+            "image_auroc": metrics.image_auroc(defective, best),
+            "at_threshold": metrics.threshold_metrics(defective, best, threshold)}
+
+
+def whole_images_text(reports: dict[str, dict]) -> str:
+    """One line per candidate whose report has ``"whole_images"`` (:func:`whole_images`):
+    how many source images, their AUROC and F1 at the candidate's threshold."""
+    lines = []
+    for name, report in reports.items():
+        whole = report.get("whole_images")
+        if whole:
+            lines.append(f"{name}: {whole['images']} whole images ({whole['defective']} "
+                         f"defective), image AUROC {metrics.shown(whole['image_auroc'], 3)}, "
+                         f"F1 at threshold {metrics.shown(whole['at_threshold']['f1'], 3)}")
+    return "\n".join(lines)
+
+
 def model_report(scores: dict[str, dict], candidates: dict[str, float], strategy: str,
                  settings: dict[str, dict], *, pixel_percentile: float, min_defect_area: int,
-                 n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                 n_boot: int, seed: int,
+                 sources: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One model's chosen thresholds and its report.
 
     Args:
@@ -90,6 +134,9 @@ def model_report(scores: dict[str, dict], candidates: dict[str, float], strategy
         candidates: :func:`candidate_thresholds`; ``strategy`` picks the image threshold.
         pixel_percentile: percentile (%) of the validation normals' pixel scores.
         min_defect_area: smallest predicted region kept by the gallery, pixels at eval size.
+        sources: where the test images are parts of larger ones, the source image of each
+            (:func:`anomaly_utils.data.parts.part_sources`); adds ``"whole_images"``
+            (:func:`whole_images`) to the report.
 
     Returns:
         ``(chosen, report)``: the ``thresholds.json`` entry and the ``metrics.json`` entry.
@@ -114,6 +161,9 @@ def model_report(scores: dict[str, dict], candidates: dict[str, float], strategy
               "at_threshold": metrics.threshold_metrics(test["labels"], test["scores"],
                                                         image_threshold),
               "candidates": candidates}
+    if sources is not None:
+        report["whole_images"] = whole_images(test["labels"], test["scores"], sources,
+                                              image_threshold)
     return chosen, report
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from anomaly_utils.artifacts import read_json, write_json, write_text
 from anomaly_utils.errors import LabError, ParameterError
+from anomaly_utils.evaluation.report import whole_images_text
 from anomaly_utils.pipeline.parameters import (
     NOTEBOOK_DIR,
     NOTEBOOKS,
@@ -343,6 +344,10 @@ def summary(run_dir: str | os.PathLike) -> str:
                      f"{m.get('image_threshold', float('nan')):>12.5g}{mark}")
     if choice:
         lines.append(f"  * chosen on validation: {choice['reason']}; test columns for report only")
+    whole = whole_images_text({model: metrics[model] for model in CANDIDATES if metrics.get(model)})
+    if whole:
+        lines.append("  the images the parts were cut from (each scored by its highest part):")
+        lines += [f"    {line}" for line in whole.splitlines()]
     gallery = run_dir / "figures"
     if gallery.is_dir():
         lines.append(f"  gallery: {gallery}/ ({len([p for p in gallery.glob('*.png') if not p.name.startswith('.')])} figures), "
