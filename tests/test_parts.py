@@ -128,3 +128,32 @@ def test_a_defect_whose_mask_marks_nothing_keeps_every_part_defective(tmp_path: 
     defects = sorted(s.path.name for s in scan_dataset(out).test if s.label == 1)
     assert defects == ["000_part1of3.png", "000_part2of3.png", "000_part3of3.png"]
     assert "mask marks nothing: every part kept defective: 1" in (out / "README.md").read_text()
+
+
+def test_new_images_are_cut_and_scored_as_the_run_was_trained(tmp_path: Path):
+    from anomaly_utils.data.layout import dataset_summary
+    from anomaly_utils.pipeline.score_images import trained_on_parts
+    from anomaly_utils.scoring.serving import ServedCandidate, score_in_parts
+    from anomaly_utils.scoring.stored import ScoreResult
+
+    out = cut_into_parts(_strips(tmp_path / "strips"), tmp_path / "parts", parts=2)
+    summary = dataset_summary(scan_dataset(out))
+    assert summary["parts"] == 2 and "parts" not in dataset_summary(scan_dataset(tmp_path / "strips"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert trained_on_parts(run_dir) is None
+    (run_dir / "data_summary.json").write_text(json.dumps(summary))
+    assert trained_on_parts(run_dir) == 2
+
+    def mean_score(images):  # each part scored by its mean level, its map that level
+        levels = np.array([float(image.mean()) for image in images])
+        return ScoreResult(scores=levels, maps=np.ones((len(images), 4, 4)) * levels[:, None, None],
+                           recons=None)
+
+    served = ServedCandidate("floor", "grayscale", mean_score)
+    image = np.tile(np.arange(WIDTH, dtype=np.uint8), (HEIGHT, 1))[..., None]
+    scores, maps = score_in_parts(served, [image, image.transpose(1, 0, 2)], "auto")
+    assert scores.tolist() == [image[:, 81:].mean()] * 2  # the last third's level is highest
+    assert maps[0].shape == (HEIGHT, WIDTH) and maps[1].shape == (WIDTH, HEIGHT)
+    assert maps[0][0, 0] == image[:, :41].mean() and maps[0][0, -1] == image[:, 81:].mean()
+    assert maps[1][0, 0] == image[:, :41].mean() and maps[1][-1, 0] == image[:, 81:].mean()

@@ -21,6 +21,7 @@ The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections import Counter
@@ -33,6 +34,8 @@ from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, image_header
 from anomaly_utils.errors import DataError, ParameterError
 
 GOOD = "good"
+# Written by ``cut-parts`` beside PARTS.tsv: {"parts": "auto" or a number} (data/parts.py).
+PARTS_SETTING = "PARTS.json"
 # The median image's long side over its short side beyond which the summary says that
 # resizing to a square squeezes the images (``notes``, :func:`elongation_note`).
 ELONGATED = 1.5
@@ -257,7 +260,9 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
     ``mask_coverage`` {defect: mean fraction of the image covered}, ``fingerprint``,
     ``ignored`` paths, ``masks_missing`` count, ``unreadable`` (one message per file whose
     header cannot be read), ``notes`` (what resizing does to these images,
-    :func:`elongation_note`; empty for near-square images).
+    :func:`elongation_note`; empty for near-square images), and for a folder of parts
+    written by ``cut-parts`` ``parts``, how its images were cut ("auto" or a number), so
+    that new images are cut alike when scored.
     """
     counts = Counter(f"{s.split}/{s.defect_type}"
                      for s in index.train + index.test + index.val_defects)
@@ -300,6 +305,8 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
         "masks_missing": len(index.masks_missing),
         "unreadable": unreadable,
         "notes": [note] if (note := elongation_note(elongation)) else [],
+        **({"parts": json.loads((index.root / PARTS_SETTING).read_text())["parts"]}
+           if (index.root / PARTS_SETTING).is_file() else {}),
     }
 
 

@@ -14,8 +14,9 @@ which each image is cut along its long side into parts about as long as they are
   defective (with its empty mask), as the image was;
 - ``val/<defect>`` (labelled validation defects): the marked parts; unmarked ones are left
   out (the layout holds no ``val/good``) and counted;
-- ``PARTS.tsv`` maps each part to its source image and its pixel span; ``README.md``
-  counts what went where. The lab then runs on the parts as on any dataset; its report
+- ``PARTS.tsv`` maps each part to its source image and its pixel span, ``PARTS.json``
+  holds ``parts`` (so that ``score`` cuts new images alike); ``README.md`` counts what
+  went where. The lab then runs on the parts as on any dataset; its report
   adds each source image's result (:func:`part_sources`; the image's score is the highest
   of its parts', and it is defective when one of its parts is).
 
@@ -30,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -42,7 +44,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import check_replaceable, replace_folder
 from anomaly_utils.data.images import display_path, read_image, read_mask
-from anomaly_utils.data.layout import GOOD, Sample, scan_dataset
+from anomaly_utils.data.layout import GOOD, PARTS_SETTING, Sample, scan_dataset
 from anomaly_utils.errors import DataError, ParameterError
 
 AUTO_PARTS = "auto"
@@ -136,6 +138,7 @@ def cut_into_parts(data_dir: str | os.PathLike, out: str | os.PathLike,
                                     partial, parts)
         (partial / PARTS_TABLE).write_text(
             "part\tsource\tindex\tcount\taxis\tstart\tstop\n" + "\n".join(rows) + "\n")
+        (partial / PARTS_SETTING).write_text(json.dumps({"parts": parts}) + "\n")
         (partial / "README.md").write_text(_readme(index.root, parts, counts))
         replace_folder(partial, out)
     except BaseException:

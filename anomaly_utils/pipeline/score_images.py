@@ -10,7 +10,9 @@
    the ``score`` command's ``--backend`` chooses it); the statistics floor from its arrays;
    a blend from its parts.
 3. Read each image (files, or every image in a folder), score it, print its score and
-   verdict against the run's image threshold, and optionally write a heatmap overlay.
+   verdict against the run's image threshold, and optionally write a heatmap overlay. A
+   run on parts (``cut-parts``; its data summary records ``parts``) cuts each image alike
+   and scores it by its highest part.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from anomaly_utils.data.images import IMAGE_SUFFIXES, display_path, read_image
 from anomaly_utils.errors import ArtifactError, DataError
 from anomaly_utils.pipeline.provenance import recorded_backend
 from anomaly_utils.scoring.candidates import BY_NAME
-from anomaly_utils.scoring.serving import load_candidate
+from anomaly_utils.scoring.serving import load_candidate, score_in_parts
 
 
 def _require_run_dir(run_dir: Path) -> None:
@@ -109,12 +111,19 @@ def score_paths(run_dir: Path, model: str | None, paths: list[Path],
     log(f"{model}{' (recommended on validation)' if chosen else ''} of run {run_dir.name} "
         f"(trained on {trained_on}, scored on {_scored_on(model)}): threshold "
         f"{threshold:.6g} ({entry.get('strategy')})")
+    parts = trained_on_parts(run_dir)
+    if parts is not None:
+        log(f"the run was trained on parts (cut-parts --parts {parts}): each image is cut "
+            "alike and scored by its highest part")
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         originals = [read_image(p, served.color_mode) for p in chunk]
-        scored = served.score(originals)
-        for path, original, score, heat in zip(chunk, originals, scored.scores, scored.maps,
-                                               strict=True):
+        if parts is None:
+            scored = served.score(originals)
+            scores, heats = scored.scores, scored.maps
+        else:
+            scores, heats = score_in_parts(served, originals, parts)
+        for path, original, score, heat in zip(chunk, originals, scores, heats, strict=True):
             verdict = "ANOMALOUS" if score >= threshold else "normal"
             results.append({"path": str(path), "score": float(score), "verdict": verdict})
             log(f"{score:12.6g}  {verdict:<9}  {display_path(path)}")
@@ -123,6 +132,13 @@ def score_paths(run_dir: Path, model: str | None, paths: list[Path],
                 write_overlay(out_dir / name, original, heat)
                 results[-1]["overlay"] = str(out_dir / name)
     return results
+
+
+def trained_on_parts(run_dir: Path) -> int | str | None:
+    """How the run's images were cut (``cut-parts``), as its data summary records it, or
+    None for a run on whole images."""
+    summary = run_dir / "data_summary.json"
+    return read_json(summary).get("parts") if summary.is_file() else None
 
 
 def _scored_on(model: str) -> str:

@@ -6,7 +6,8 @@ and the standardisation notebook 04 stored (:mod:`anomaly_utils.scoring.blend`).
 the caller gets a :class:`ServedCandidate`: the colour mode to read images in and a
 ``score`` function from images of any size to a :class:`ScoreResult`, each candidate
 resizing them to its own input, so that the ``score`` command serves whichever candidate a
-run recommends.
+run recommends. A run on parts (``cut-parts``) scores new images cut alike
+(:func:`score_in_parts`).
 
 Example:
     >>> served = load_candidate("runs/<id>", "floor")  # doctest: +SKIP
@@ -21,9 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from anomaly_utils.data.loading import resize_image
+from anomaly_utils.data.parts import parts_of
 from anomaly_utils.errors import ArtifactError, ParameterError
 from anomaly_utils.scoring.blend import combine, read_blend
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES
@@ -109,3 +112,30 @@ def _load_own(run_dir: str | os.PathLike, name: str) -> ServedCandidate:
     height, _, channels = floor.image_shape
     return ServedCandidate(name, FLOOR_COLOR_MODES[int(channels)],
                            _resized(floor.score, int(height)))
+
+
+def score_in_parts(served: ServedCandidate, originals: Sequence[np.ndarray],
+                   parts: int | str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Score images with a candidate trained on their parts (``cut-parts``): each image is
+    cut as ``cut-parts --parts PARTS`` cuts it, its score is the highest of its parts', and
+    its map the parts' maps side by side.
+
+    Args:
+        served: the candidate (:func:`load_candidate`).
+        originals: N (H, W, C) uint8 images, any H and W.
+        parts: the run's setting, as its data summary records it ("auto" or a number).
+
+    Returns:
+        ``(scores, maps)``: float (N,), and per image a float32 (H, W) map at the image's
+        own resolution.
+    """
+    scores, maps = [], []
+    for image in originals:
+        cut = parts_of(*image.shape[:2], parts)
+        result = served.score([part.crop(image) for part in cut])
+        scores.append(float(np.max(result.scores)))
+        pieces = [cv2.resize(np.asarray(part_map, np.float32),
+                             part.crop(image).shape[1::-1], interpolation=cv2.INTER_LINEAR)
+                  for part, part_map in zip(cut, result.maps, strict=True)]
+        maps.append(np.concatenate(pieces, axis=cut[0].axis))
+    return np.array(scores, np.float64), maps
