@@ -157,3 +157,36 @@ def test_new_images_are_cut_and_scored_as_the_run_was_trained(tmp_path: Path):
     assert maps[0].shape == (HEIGHT, WIDTH) and maps[1].shape == (WIDTH, HEIGHT)
     assert maps[0][0, 0] == image[:, :41].mean() and maps[0][0, -1] == image[:, 81:].mean()
     assert maps[1][0, 0] == image[:, :41].mean() and maps[1][-1, 0] == image[:, 81:].mean()
+
+
+def test_score_command_cuts_each_image_as_the_runs_parts_were_cut(tmp_path: Path):
+    from anomaly_utils.data.images import read_image
+    from anomaly_utils.data.layout import dataset_summary
+    from anomaly_utils.pipeline.score_images import score_paths
+    from anomaly_utils.scoring.serving import load_candidate
+    from anomaly_utils.scoring.statistics_floor import StatisticsFloor
+    from anomaly_utils.scoring.stored import score_splits
+
+    strips = _strips(tmp_path / "strips")
+    rng = np.random.default_rng(0)
+    for path in sorted(strips.rglob("test/*/*.png")) + sorted(strips.rglob("train/*/*.png")):
+        _write(path, rng.integers(90, 110, (HEIGHT, WIDTH), dtype=np.uint8))
+    out = cut_into_parts(strips, tmp_path / "parts")
+    ds = load_dataset(out, image_size=32, color_mode="grayscale", val_fraction=0.25, seed=0,
+                      mask_size=32)
+    run = tmp_path / "run"
+    floor = StatisticsFloor(variant="global", eval_size=32).fit(ds.train_images)
+    floor.save(run / "floor")
+    score_splits(floor, ds, run, 0, name="floor", eval_size=32)
+    (run / "thresholds.json").write_text(json.dumps(
+        {"floor": {"image_threshold": 0.0, "strategy": "percentile"}}))
+    (run / "data_summary.json").write_text(json.dumps(dataset_summary(scan_dataset(out))))
+    lines = []
+    [result] = score_paths(run, "floor", [strips / "test/crack/000.png"], log=lines.append)
+    assert any("trained on parts" in line for line in lines)
+    image = read_image(strips / "test/crack/000.png", "grayscale")
+    crops = [image[:, :41], image[:, 41:81], image[:, 81:]]
+    expected = load_candidate(run, "floor").score(crops).scores.max()
+    assert result["score"] == pytest.approx(float(expected), rel=1e-6)
+    whole = load_candidate(run, "floor").score([image]).scores[0]
+    assert result["score"] != pytest.approx(float(whole), rel=1e-6)  # not the squeezed image
