@@ -190,3 +190,43 @@ def test_score_command_cuts_each_image_as_the_runs_parts_were_cut(tmp_path: Path
     assert result["score"] == pytest.approx(float(expected), rel=1e-6)
     whole = load_candidate(run, "floor").score([image]).scores[0]
     assert result["score"] != pytest.approx(float(whole), rel=1e-6)  # not the squeezed image
+
+
+def test_a_run_on_elongated_masked_images_works_on_their_parts(tmp_path: Path, monkeypatch,
+                                                               capsys):
+    from anomaly_utils.pipeline import cli
+    from anomaly_utils.pipeline.elongated import data_for_run, parts_option
+
+    strips = _strips(tmp_path / "strips")
+    folder, line = data_for_run(strips, "auto", tmp_path / "runs", "r1")
+    assert folder == tmp_path / "runs" / "r1-parts" and "near-square parts" in line
+    assert len(scan_dataset(folder).train) == 6
+    assert data_for_run(strips, "none", tmp_path / "runs", "r2") == (None, None)
+    folder, _ = data_for_run(strips, 2, tmp_path / "runs", "r3")
+    assert len(scan_dataset(folder).train) == 4
+    square = tmp_path / "square"
+    for path in strips.rglob("*.png"):
+        target = square / path.relative_to(strips)
+        _write(target, cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)[:, :HEIGHT])
+    assert data_for_run(square, "auto", tmp_path / "runs", "r4") == (None, None)
+    assert data_for_run(tmp_path / "absent", "auto", tmp_path / "runs", "r6") == (None, None)
+    (strips / "ground_truth/crack/000_mask.png").unlink()
+    folder, line = data_for_run(strips, "auto", tmp_path / "runs", "r5")
+    assert folder is None and "1 defect images have no mask" in line
+    assert not (tmp_path / "runs" / "r5-parts").exists()
+    with pytest.raises(ParameterError, match="--parts must be auto, none or a number"):
+        parts_option("0")
+    assert parts_option("3") == 3 and parts_option("none") == "none"
+
+    _strips(strips)
+    seen = {}
+    monkeypatch.setattr(cli, "run_pipeline", lambda overrides, **kw: seen.update(
+        overrides=overrides, **kw) or tmp_path)
+    monkeypatch.setattr(cli, "summary", lambda run_dir: "")
+    assert cli.main(["run", "--data-dir", str(strips), "--preset", "defaults", "--run-id", "x",
+                     "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert seen["overrides"]["data_dir"] == str(tmp_path / "runs" / "x-parts")
+    assert seen["run_id"] == "x" and "parts: each image" in capsys.readouterr().out
+    assert cli.main(["run", "--data-dir", str(strips), "--preset", "defaults", "--parts", "none",
+                     "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert seen["overrides"]["data_dir"] == str(strips)

@@ -278,8 +278,7 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
         shapes.append((height, width))
         modes[mode] += 1
     heights, widths = np.array(shapes or [(0, 0)]).T
-    elongation = float(np.median(np.maximum(heights, widths) / np.maximum(
-        np.minimum(heights, widths), 1)))
+    elongation = median_elongation(shapes)
     coverage: dict[str, float] = {}
     if with_masks:
         for defect in index.defect_types:
@@ -308,6 +307,16 @@ def dataset_summary(index: DatasetIndex, with_masks: bool = True) -> dict:
         **({"parts": json.loads((index.root / PARTS_SETTING).read_text())["parts"]}
            if (index.root / PARTS_SETTING).is_file() else {}),
     }
+
+
+def median_elongation(shapes: list[tuple[int, int]]) -> float:
+    """The median long side / short side of images of (height, width) ``shapes``; 1.0 for
+    none."""
+    if not shapes:
+        return 1.0
+    heights, widths = np.array(shapes).T
+    return float(np.median(np.maximum(heights, widths) / np.maximum(
+        np.minimum(heights, widths), 1)))
 
 
 def elongation_note(elongation: float) -> str | None:

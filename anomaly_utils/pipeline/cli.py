@@ -21,9 +21,10 @@ from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
+from anomaly_utils.pipeline.elongated import data_for_run, parts_option
 from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
-from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
+from anomaly_utils.pipeline.runs import new_run_id, refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
 from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
@@ -94,6 +95,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
     overrides.update(pairs)
+    if not args.resume and overrides.get("data_dir") is not None:
+        run_id = args.run_id or new_run_id()
+        folder, line = data_for_run(overrides["data_dir"], parts_option(args.parts),
+                                    args.runs_dir, run_id)
+        if line:
+            print(line, flush=True)
+        if folder is not None:
+            overrides["data_dir"], args.run_id = str(folder), run_id
     if args.resume:
         if overrides or args.preset:
             raise ParameterError("a resumed run keeps the parameters in its params.json",
@@ -254,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "<id>-real, <id>-auto.json). Default: auto for a --data-dir other than "
                    "the synthetic carpet, else defaults")
     p.add_argument("--run-id")
+    p.add_argument("--parts", default="auto",
+                   help="auto: where the images are 1.5 or more times as long as wide and "
+                        "every defect has a mask, the run works on near-square parts (written "
+                        "to <runs-dir>/<id>-parts); none: whole images; N: N parts each")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
     p.add_argument("--until", metavar="NOTEBOOK", help="stop after this notebook (e.g. 03)")
     p.add_argument("--runs-dir", default="runs")

@@ -1,0 +1,76 @@
+"""``run --parts``: a run on elongated images works on their near-square parts.
+
+Every candidate sees an image resized to a square, which squeezes the long side of an
+elongated image (docs/experiments.md, "Elongated images"). With ``--parts auto`` (the default) a
+run whose training images are half of them 1.5 or more times as long as they are wide,
+i.e. would be cut into two parts or more, is made on the dataset cut into near-square parts
+(:func:`anomaly_utils.data.parts.cut_into_parts`), written to ``<runs_dir>/<id>-parts``
+beside the run; its report adds the images the parts came from. A dataset with defect
+images but no masks stays whole (which part holds a defect is unknown) and the console says
+so. ``--parts none`` keeps the images whole; ``--parts N`` cuts every image into N parts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from anomaly_utils.data.images import display_path, image_size_of
+from anomaly_utils.data.layout import ELONGATED, median_elongation, scan_dataset
+from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts
+from anomaly_utils.errors import DataError, ParameterError
+
+WHOLE = "none"
+
+
+def parts_option(value: str) -> int | str:
+    """``--parts``: "auto", "none" or a number of parts >= 1."""
+    if value in (AUTO_PARTS, WHOLE):
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ParameterError(f"--parts must be auto, none or a number >= 1, got {value!r}",
+                             fix="pass --parts auto (cut elongated images), --parts none or "
+                                 "e.g. --parts 3")
+    return number
+
+
+def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | os.PathLike,
+                 run_id: str) -> tuple[Path | None, str | None]:
+    """The folder a run on ``data_dir`` should read, and a line for the console.
+
+    Returns:
+        ``(folder, line)``: ``folder`` is the parts folder written for the run
+        (``<runs_dir>/<run_id>-parts``), or None to read ``data_dir`` as it is; ``line`` says
+        what was done and why, None where there is nothing to say (near-square images,
+        ``--parts none``).
+
+    Raises:
+        DataError: ``--parts N`` on a dataset whose defect images lack masks, or the data
+            cannot be read.
+    """
+    if parts == WHOLE:
+        return None, None
+    if parts == AUTO_PARTS:
+        try:
+            index = scan_dataset(data_dir, allow_missing_masks=True)
+            elongation = median_elongation([image_size_of(s.path) for s in index.train])
+        except DataError:
+            return None, None  # the run's own checks name the problem and its fix
+        if elongation < ELONGATED:
+            return None, None
+        unmasked = [s for s in index.test + index.val_defects
+                    if s.label == 1 and s.mask_path is None]
+        if unmasked:
+            return None, (f"parts: the images are {elongation:.1f} times as long as they are "
+                          f"wide, but {len(unmasked)} defect images have no mask, so which "
+                          "part holds a defect is unknown: the images stay whole")
+    out = Path(runs_dir) / f"{run_id}-parts"
+    cut_into_parts(data_dir, out, parts=parts, overwrite=True)
+    how = "near-square parts" if parts == AUTO_PARTS else f"{parts} parts"
+    return out, (f"parts: each image of {display_path(data_dir)} cut into {how} along its "
+                 f"long side, in {display_path(out)} (--parts none keeps them whole); the "
+                 "report adds the images they were cut from")
