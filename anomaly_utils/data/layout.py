@@ -328,6 +328,6 @@ def elongation_note(elongation: float) -> str | None:
     return (f"half of the images are {elongation:.1f} or more times as long as they are wide; "
             f"every candidate sees them resized to a square, which squeezes the long side "
             f"{elongation:.1f} times more than the short one, so that a thin defect running "
-            "across the long side loses its pixels: where that matters, cut each image and its "
-            "mask into near-square parts (python -m anomaly_utils cut-parts DATA_DIR "
-            "PARTS_DIR) and run the lab on those")
+            "across the long side loses its pixels; where every defect image has a mask, "
+            "run works on near-square parts instead (--parts auto, the default; "
+            "python -m anomaly_utils cut-parts DATA_DIR PARTS_DIR writes them)")
