@@ -1,9 +1,11 @@
 """``run --parts``: a run on elongated images works on their near-square parts.
 
 Every candidate sees an image resized to a square, which squeezes the long side of an
-elongated image (docs/experiments.md, "Elongated images"). With ``--parts auto`` (the default) a
-run whose training images are half of them 1.5 or more times as long as they are wide,
-i.e. would be cut into two parts or more, is made on the dataset cut into near-square parts
+elongated image: on strips of three magnetic tiles (3:1) the user's command gave 0.757
+image AUROC per strip on the whole strips and 0.944 on their parts (docs/experiments.md,
+"Elongated images"). With ``--parts auto`` (the default), a run whose training images are,
+at the median, 1.5 or more times as long as they are wide (so that each would be cut into
+two parts or more) is made on the dataset cut into near-square parts
 (:func:`anomaly_utils.data.parts.cut_into_parts`), written to ``<runs_dir>/<id>-parts``
 beside the run; its report adds the images the parts came from. A dataset with defect
 images but no masks stays whole (which part holds a defect is unknown) and the console says
