@@ -230,3 +230,19 @@ def test_a_run_on_elongated_masked_images_works_on_their_parts(tmp_path: Path, m
     assert cli.main(["run", "--data-dir", str(strips), "--preset", "defaults", "--parts", "none",
                      "--runs-dir", str(tmp_path / "runs")]) == 0
     assert seen["overrides"]["data_dir"] == str(strips)
+
+
+def test_a_sweep_on_elongated_masked_images_works_on_their_parts(tmp_path: Path, monkeypatch):
+    from anomaly_utils.pipeline import cli
+
+    strips = _strips(tmp_path / "strips")
+    seen = {}
+    monkeypatch.setattr(cli, "run_sweep", lambda grid, fixed, **kw: seen.update(
+        fixed=fixed, **kw) or tmp_path)
+    assert cli.main(["sweep", "-p", "epochs", "1", "2", "--data-dir", str(strips),
+                     "--sweep-id", "s", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert seen["fixed"]["data_dir"] == str((tmp_path / "runs" / "s-parts").resolve())
+    assert seen["sweep_id"] == "s"
+    assert cli.main(["sweep", "-p", "epochs", "1", "--data-dir", str(strips), "--parts", "none",
+                     "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert seen["fixed"]["data_dir"] == str(strips)

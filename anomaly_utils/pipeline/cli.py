@@ -132,6 +132,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.data_dir:
         fixed["data_dir"] = args.data_dir
     fixed.update(_parameter_pairs(args.fixed))
+    if fixed.get("data_dir") is not None:
+        sweep_id = args.sweep_id or new_run_id("sweep-")
+        folder, line = data_for_run(fixed["data_dir"], parts_option(args.parts), args.runs_dir,
+                                    sweep_id)
+        if line:
+            print(line, flush=True)
+        if folder is not None:
+            fixed["data_dir"], args.sweep_id = str(folder.resolve()), sweep_id
     sweep_dir = run_sweep(grid, fixed, sweep_id=args.sweep_id, runs_dir=args.runs_dir,
                           jobs=args.jobs, cluster=args.cluster, backend=args.backend,
                           until=args.until)
@@ -287,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "local:N worker processes; --runs-dir must be on a path every "
                         "worker reaches")
     p.add_argument("--sweep-id")
+    p.add_argument("--parts", default="auto",
+                   help="as for run: elongated images as near-square parts (auto), whole "
+                        "(none) or N parts each")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--until", metavar="NOTEBOOK",
                    help="stop each configuration after this notebook: 04 leaves out the "
