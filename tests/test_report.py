@@ -334,3 +334,23 @@ def test_model_report_adds_the_source_images_only_for_parts():
     with pytest.raises(ParameterError, match="one of each per part"):
         model_report(scores, candidates, "percentile", SETTINGS, pixel_percentile=99,
                      min_defect_area=1, n_boot=20, seed=0, sources=sources[:5])
+
+
+def test_intensity_histograms_are_densities_over_0_to_255_per_kind():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from anomaly_utils.visualization import plots
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    images[1] = 255
+    images[2, :2] = 100
+    fig = plots.intensity_histograms(images, np.array(["good", "cut", "cut"]))
+    steps = fig.axes[0].patches
+    assert [s.get_label() for s in steps] == ["good", "cut"]
+    for step in steps:
+        values, edges = step.get_data().values, step.get_data().edges
+        assert edges[0] == 0 and edges[-1] == 255 and len(values) == 64
+        assert np.sum(values * np.diff(edges)) == pytest.approx(1.0)
+    cut, edges = steps[1].get_data().values, steps[1].get_data().edges
+    assert cut[-1] * (edges[1] - edges[0]) == pytest.approx(0.5)  # half of cut's pixels at 255

@@ -111,13 +111,21 @@ def defect_overlays(images: np.ndarray, masks: np.ndarray, titles: list[str], nc
 
 
 def intensity_histograms(images: np.ndarray, types: np.ndarray):
-    """Distribution of pixel intensities of normal vs each defect type (density)."""
+    """Distribution of pixel intensities (the mean over channels) of normal vs each defect
+    type: density over 64 bins from 0 to 255.
+
+    Counted one image at a time: a test set of a thousand 256 px images as one float array
+    of pixels, copied by a plotting library, took gigabytes.
+    """
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    gray = images.mean(axis=-1) if images.ndim == 4 else images
+    edges = np.linspace(0, 255, 65)
     for kind in sorted(set(types.tolist()), key=lambda t: (t != "good", t)):
-        values = gray[types == kind].ravel()
-        sns.histplot(values, bins=64, stat="density", element="step", fill=False,
-                     label=kind, ax=ax, linewidth=1.8 if kind == "good" else 1.0)
+        counts = np.zeros(len(edges) - 1)
+        for image in images[types == kind]:
+            counts += np.histogram(image.mean(axis=-1) if image.ndim == 3 else image, edges)[0]
+        ax.stairs(counts / max(counts.sum(), 1) / np.diff(edges), edges, label=kind,
+                  linewidth=1.8 if kind == "good" else 1.0)
+    ax.set_ylabel("density")
     ax.set_xlabel("pixel intensity (0-255)")
     ax.legend(fontsize=8)
     fig.tight_layout()
