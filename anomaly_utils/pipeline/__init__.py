@@ -6,6 +6,7 @@
 - ``sharing``: what a run takes from another where both would run a notebook alike.
 - ``sweep``: grids of runs that share the work they have in common.
 - ``auto``: ``--preset auto``, one run per preset and the candidate validation prefers.
+- ``elongated``: ``--parts``, a run on elongated images made on their near-square parts.
 - ``cluster``: a sweep's notebook executions on a Dask scheduler.
 - ``score_images``: the ``score`` command on new images.
 - ``cli``: ``python -m anomaly_utils``.
