@@ -246,3 +246,41 @@ def test_a_sweep_on_elongated_masked_images_works_on_their_parts(tmp_path: Path,
     assert cli.main(["sweep", "-p", "epochs", "1", "--data-dir", str(strips), "--parts", "none",
                      "--runs-dir", str(tmp_path / "runs")]) == 0
     assert seen["fixed"]["data_dir"] == str(strips)
+
+
+def test_labelled_validation_defects_keep_their_marked_parts_and_count_the_rest(tmp_path: Path):
+    strips = _strips(tmp_path / "strips")
+    image = cv2.imread(str(strips / "test/crack/000.png"), cv2.IMREAD_GRAYSCALE)
+    _write(strips / "val/crack/050.png", image)
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[5:9, 2:10] = 255  # in the first third only
+    _write(strips / "ground_truth/crack/050_mask.png", mask)
+    out = cut_into_parts(strips, tmp_path / "parts")
+    index = scan_dataset(out)
+    assert [s.path.name for s in index.val_defects] == ["050_part1of3.png"]
+    assert "left out: 2" in (out / "README.md").read_text()
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused_naming_both(tmp_path: Path):
+    strips = _strips(tmp_path / "strips")
+    _write(strips / "ground_truth/crack/000_mask.png", np.zeros((HEIGHT, WIDTH - 2), np.uint8))
+    with pytest.raises(DataError, match="000_mask.png' is not the size of its image") as info:
+        cut_into_parts(strips, tmp_path / "parts")
+    assert "test/crack/000.png" in str(info.value)
+    assert not (tmp_path / "parts").exists() and not list(tmp_path.glob("*.partial-*"))
+
+
+def test_colour_images_keep_their_colours_in_their_parts(tmp_path: Path):
+    from anomaly_utils.data.images import read_image
+
+    strips = _strips(tmp_path / "strips")
+    colour = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    colour[:, :41] = (0, 0, 200)  # red in OpenCV's BGR order
+    colour[:, 81:] = (200, 0, 0)  # blue
+    for path in strips.rglob("*/good/*.png"):
+        _write(path, colour)
+    out = cut_into_parts(strips, tmp_path / "parts")
+    first = read_image(out / "train/good/000_part1of3.png", "rgb")
+    last = read_image(out / "train/good/000_part3of3.png", "rgb")
+    assert first.shape == (HEIGHT, 41, 3) and tuple(first[0, 0]) == (200, 0, 0)
+    assert tuple(last[0, 0]) == (0, 0, 200)
