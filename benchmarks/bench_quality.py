@@ -95,6 +95,9 @@ def rows_of(dev: DevelopmentSet, metrics: dict, seconds: float, peak_gib: float,
                      "val_first_in": first_in.get(name),
                      **{f"val_{m}": validation.get(m) for m in METRICS},
                      **{f"test_{m}": report.get(m) for m in METRICS},
+                     # a run on parts (run --parts): the images they were cut from
+                     "test_whole_image_auroc": (report.get("whole_images") or {}).get(
+                         "image_auroc"),
                      "seconds": seconds, "peak_rss_gib": peak_gib})
     return rows
 
@@ -123,15 +126,18 @@ def markdown(rows: list[dict], commands: dict[str, str]) -> str:
             return "**chosen**" if value else ""
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
+    keys = ["set", "candidate", "chosen", "val_selection", "val_first_in", "val_image_auroc",
+            "val_pixel_auroc", "val_aupro", "test_image_auroc", "test_pixel_auroc", "test_aupro"]
     head = ("| set | candidate | chosen | val. selection | val. 1st in (its run) "
             "| val. image AUROC | val. pixel AUROC | val. AUPRO | test image AUROC "
-            "| test pixel AUROC | test AUPRO | s | GiB |")
-    lines = [head, "|" + "---|" * 13]
+            "| test pixel AUROC | test AUPRO |")
+    if any(r.get("test_whole_image_auroc") is not None for r in rows):  # a run on parts
+        keys.append("test_whole_image_auroc")
+        head += " test image AUROC, whole images |"
+    lines = [head + " s | GiB |", "|" + "---|" * (len(keys) + 2)]
     for r in rows:
-        lines.append("| " + " | ".join(cell(r[k]) for k in (
-            "set", "candidate", "chosen", "val_selection", "val_first_in", "val_image_auroc",
-            "val_pixel_auroc", "val_aupro", "test_image_auroc", "test_pixel_auroc",
-            "test_aupro")) + f" | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} |")
+        lines.append("| " + " | ".join(cell(r.get(k)) for k in keys)
+                     + f" | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} |")
     lines.append("")
     lines += [f"- {name}: `{command}`" for name, command in commands.items()]
     return "\n".join(lines) + "\n"

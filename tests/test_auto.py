@@ -164,3 +164,16 @@ def test_the_quality_benchmark_reports_both_runs_of_an_auto_command(tmp_path):
         ("floor (defaults)", False), ("ae2 (defaults)", False),
         ("floor (real)", False), ("ae2 (real)", True)]
     assert [r["val_first_in"] for r in rows] == [0.25, 0.75, 0.25, 0.75]
+    from benchmarks.bench_quality import markdown
+
+    table = markdown(rows, {"s": "cmd"})
+    assert "whole images" not in table and table.splitlines()[1].count("|") == 14
+    from benchmarks.bench_quality import rows_of
+
+    [parts] = rows_of(DevelopmentSet("s", tmp_path), {"ae2": {
+        "image_auroc": 0.9, "whole_images": {"image_auroc": 0.95}}}, 10.0, 1.0)
+    assert parts["test_whole_image_auroc"] == 0.95 and rows[3]["test_whole_image_auroc"] is None
+    rows[3] = {**rows[3], "test_whole_image_auroc": 0.95}  # a run on parts
+    table = markdown(rows, {"s": "cmd"})
+    assert "test image AUROC, whole images | s | GiB |" in table
+    assert table.splitlines()[5].split("|")[12].strip() == "0.950"
