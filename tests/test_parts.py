@@ -63,6 +63,10 @@ def test_cut_parts_writes_masked_parts_to_their_defect_and_the_rest_to_good(tmp_
     table = read_parts_table(out)
     assert table["test/crack/000_part2of3.png"] == "test/crack/000.png"
     assert "unmarked defect parts to test/good: 2" in (out / "README.md").read_text()
+    assert "not images" not in (out / "README.md").read_text()
+    (tmp_path / "strips/train/good/notes.txt").write_text("lighting log")
+    again = cut_into_parts(tmp_path / "strips", tmp_path / "parts", overwrite=True)
+    assert "files that are not images, not copied: 1" in (again / "README.md").read_text()
     ds = load_dataset(out, image_size=16, val_fraction=0.0)
     assert ds.test_masks[ds.test_labels == 1].any()
 

@@ -14,6 +14,8 @@ which each image is cut along its long side into parts about as long as they are
   defective (with its empty mask), as the image was;
 - ``val/<defect>`` (labelled validation defects): the marked parts; unmarked ones are left
   out (the layout holds no ``val/good``) and counted;
+- every part is an 8-bit PNG, one channel where the image is gray (as the lab reads
+  images: 16-bit data scaled, alpha dropped);
 - ``PARTS.tsv`` maps each part to its source image and its pixel span, ``PARTS.json``
   holds ``parts`` (so that ``score`` cuts new images alike); ``README.md`` counts what
   went where. The lab then runs on the parts as on any dataset; its report
@@ -136,6 +138,8 @@ def cut_into_parts(data_dir: str | os.PathLike, out: str | os.PathLike,
     try:
         rows, counts = _write_parts(index.root, index.train + index.test + index.val_defects,
                                     partial, parts)
+        if index.ignored:
+            counts["files that are not images, not copied"] = len(index.ignored)
         (partial / PARTS_TABLE).write_text(
             "part\tsource\tindex\tcount\taxis\tstart\tstop\n" + "\n".join(rows) + "\n")
         (partial / PARTS_SETTING).write_text(json.dumps({"parts": parts}) + "\n")
