@@ -122,7 +122,7 @@ def test_cut_parts_command(tmp_path: Path, capsys):
     assert main(["cut-parts", str(strips), str(tmp_path / "parts"), "--overwrite"]) == 0
     assert len(scan_dataset(tmp_path / "parts").train) == 6
     assert main(["cut-parts", str(strips), str(tmp_path / "other"), "--parts", "two"]) == 2
-    assert "--parts must be 'auto' or an integer" in capsys.readouterr().err
+    assert "--parts must be auto or a number >= 1" in capsys.readouterr().err
 
 
 def test_a_defect_whose_mask_marks_nothing_keeps_every_part_defective(tmp_path: Path):
@@ -199,7 +199,7 @@ def test_score_command_cuts_each_image_as_the_runs_parts_were_cut(tmp_path: Path
 def test_a_run_on_elongated_masked_images_works_on_their_parts(tmp_path: Path, monkeypatch,
                                                                capsys):
     from anomaly_utils.pipeline import cli
-    from anomaly_utils.pipeline.elongated import data_for_run, parts_option
+    from anomaly_utils.pipeline.elongated import data_for_run, run_parts_option
 
     strips = _strips(tmp_path / "strips")
     folder, line = data_for_run(strips, "auto", tmp_path / "runs", "r1")
@@ -219,8 +219,8 @@ def test_a_run_on_elongated_masked_images_works_on_their_parts(tmp_path: Path, m
     assert folder is None and "1 defect images have no mask" in line
     assert not (tmp_path / "runs" / "r5-parts").exists()
     with pytest.raises(ParameterError, match="--parts must be auto, none or a number"):
-        parts_option("0")
-    assert parts_option("3") == 3 and parts_option("none") == "none"
+        run_parts_option("0")
+    assert run_parts_option("3") == 3 and run_parts_option("none") == "none"
 
     _strips(strips)
     seen = {}

@@ -46,7 +46,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import check_replaceable, replace_folder
 from anomaly_utils.data.images import display_path, read_image, read_mask
-from anomaly_utils.data.layout import GOOD, PARTS_SETTING, Sample, scan_dataset
+from anomaly_utils.data.layout import GOOD, PARTS_SETTING, DatasetIndex, Sample, scan_dataset
 from anomaly_utils.errors import DataError, ParameterError
 
 AUTO_PARTS = "auto"
@@ -82,6 +82,32 @@ def parts_of(height: int, width: int, parts: int | str = AUTO_PARTS) -> list[Par
     count = max(1, round(long / short)) if parts == AUTO_PARTS else int(parts)
     bounds = np.round(np.linspace(0, long, count + 1)).astype(int)
     return [Part(i, count, axis, int(bounds[i]), int(bounds[i + 1])) for i in range(count)]
+
+
+def parts_option(value: str, words: tuple[str, ...] = (AUTO_PARTS,)) -> int | str:
+    """A ``--parts`` value from the command line: one of ``words`` as it is, else a number
+    of parts >= 1.
+
+    Raises:
+        ParameterError: neither, naming what is accepted.
+    """
+    if value in words:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        accepted = ", ".join(words)
+        raise ParameterError(f"--parts must be {accepted} or a number >= 1, got {value!r}",
+                             fix=f"pass --parts {words[0]} or e.g. --parts 3")
+    return number
+
+
+def unmasked_defects(index: DatasetIndex) -> list[Sample]:
+    """The defect images of ``index``, test and labelled validation, that have no mask:
+    which of their parts holds the defect is unknown."""
+    return [s for s in index.test + index.val_defects if s.label == 1 and s.mask_path is None]
 
 
 def _check_parts(parts: int | str) -> None:
@@ -121,8 +147,7 @@ def cut_into_parts(data_dir: str | os.PathLike, out: str | os.PathLike,
     """
     _check_parts(parts)
     index = scan_dataset(data_dir, allow_missing_masks=True)
-    unmasked = [s for s in index.test + index.val_defects
-                if s.label == 1 and s.mask_path is None]
+    unmasked = unmasked_defects(index)
     if unmasked:
         names = ", ".join(display_path(s.path.relative_to(index.root)) for s in unmasked[:5])
         raise DataError(
@@ -230,7 +255,8 @@ def part_sources(root: str | os.PathLike | None, part_paths: list[str]) -> list[
     table = read_parts_table(root)
     missing = [str(p) for p in part_paths if str(p) not in table]
     if missing:
-        raise DataError(f"{len(missing)} part(s) are not in '{display_path(Path(root) / PARTS_TABLE)}' "
+        table_name = display_path(Path(root) / PARTS_TABLE)
+        raise DataError(f"{len(missing)} part(s) are not in '{table_name}' "
                         f"(first: '{missing[0]}')",
                         fix="score the folder that PARTS.tsv belongs to, or write it again "
                             "with python -m anomaly_utils cut-parts")

@@ -17,11 +17,11 @@ from anomaly_utils.data.download import download_mvtec
 from anomaly_utils.data.elpv import write_elpv
 from anomaly_utils.data.layout import dataset_summary
 from anomaly_utils.data.loading import load_dataset
-from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts
+from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts, parts_option
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
-from anomaly_utils.pipeline.elongated import data_for_run, parts_option
+from anomaly_utils.pipeline.elongated import data_for_run, run_parts_option
 from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
 from anomaly_utils.pipeline.runs import new_run_id, refresh_notebooks, run_pipeline, summary
@@ -53,19 +53,11 @@ def cmd_make_elpv(args: argparse.Namespace) -> int:
 
 
 def cmd_cut_parts(args: argparse.Namespace) -> int:
-    parts = args.parts if args.parts == AUTO_PARTS else _int_option(args.parts, "--parts")
-    out = cut_into_parts(args.data_dir, args.out, parts=parts, overwrite=args.overwrite)
+    out = cut_into_parts(args.data_dir, args.out, parts=parts_option(args.parts),
+                         overwrite=args.overwrite)
     print(f"parts written to {out} (counts in {out / 'README.md'}, sources in "
           f"{out / 'PARTS.tsv'})")
     return 0
-
-
-def _int_option(value: str, option: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ParameterError(f"{option} must be 'auto' or an integer, got {value!r}",
-                             fix=f"pass e.g. {option} 3") from None
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
@@ -97,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides.update(pairs)
     if not args.resume and overrides.get("data_dir") is not None:
         run_id = args.run_id or new_run_id()
-        folder, line = data_for_run(overrides["data_dir"], parts_option(args.parts),
+        folder, line = data_for_run(overrides["data_dir"], run_parts_option(args.parts),
                                     args.runs_dir, run_id)
         if line:
             print(line, flush=True)
@@ -134,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     fixed.update(_parameter_pairs(args.fixed))
     if fixed.get("data_dir") is not None:
         sweep_id = args.sweep_id or new_run_id("sweep-")
-        folder, line = data_for_run(fixed["data_dir"], parts_option(args.parts), args.runs_dir,
+        folder, line = data_for_run(fixed["data_dir"], run_parts_option(args.parts), args.runs_dir,
                                     sweep_id)
         if line:
             print(line, flush=True)

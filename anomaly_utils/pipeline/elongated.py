@@ -19,25 +19,15 @@ from pathlib import Path
 
 from anomaly_utils.data.images import display_path, image_size_of
 from anomaly_utils.data.layout import ELONGATED, median_elongation, scan_dataset
-from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts
-from anomaly_utils.errors import DataError, ParameterError
+from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts, parts_option, unmasked_defects
+from anomaly_utils.errors import DataError
 
 WHOLE = "none"
 
 
-def parts_option(value: str) -> int | str:
-    """``--parts``: "auto", "none" or a number of parts >= 1."""
-    if value in (AUTO_PARTS, WHOLE):
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ParameterError(f"--parts must be auto, none or a number >= 1, got {value!r}",
-                             fix="pass --parts auto (cut elongated images), --parts none or "
-                                 "e.g. --parts 3")
-    return number
+def run_parts_option(value: str) -> int | str:
+    """``--parts`` of ``run`` and ``sweep``: "auto", "none" or a number of parts >= 1."""
+    return parts_option(value, (AUTO_PARTS, WHOLE))
 
 
 def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | os.PathLike,
@@ -64,8 +54,7 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
             return None, None  # the run's own checks name the problem and its fix
         if elongation < ELONGATED:
             return None, None
-        unmasked = [s for s in index.test + index.val_defects
-                    if s.label == 1 and s.mask_path is None]
+        unmasked = unmasked_defects(index)
         if unmasked:
             return None, (f"parts: the images are {elongation:.1f} times as long as they are "
                           f"wide, but {len(unmasked)} defect images have no mask, so which "

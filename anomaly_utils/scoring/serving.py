@@ -129,13 +129,18 @@ def score_in_parts(served: ServedCandidate, originals: Sequence[np.ndarray],
         ``(scores, maps)``: float (N,), and per image a float32 (H, W) map at the image's
         own resolution.
     """
-    scores, maps = [], []
-    for image in originals:
-        cut = parts_of(*image.shape[:2], parts)
-        result = served.score([part.crop(image) for part in cut])
-        scores.append(float(np.max(result.scores)))
-        pieces = [cv2.resize(np.asarray(part_map, np.float32),
-                             part.crop(image).shape[1::-1], interpolation=cv2.INTER_LINEAR)
-                  for part, part_map in zip(cut, result.maps, strict=True)]
-        maps.append(np.concatenate(pieces, axis=cut[0].axis))
+    cuts = [parts_of(*image.shape[:2], parts) for image in originals]
+    crops = [part.crop(image) for image, cut in zip(originals, cuts, strict=True)
+             for part in cut]
+    result = served.score(crops)  # every part of every image in one call
+    scores, maps, first = [], [], 0
+    for cut in cuts:
+        span = slice(first, first + len(cut))
+        scores.append(float(np.max(result.scores[span])))
+        maps.append(np.concatenate(
+            [cv2.resize(np.asarray(part_map, np.float32), crop.shape[1::-1],
+                        interpolation=cv2.INTER_LINEAR)
+             for crop, part_map in zip(crops[span], result.maps[span], strict=True)],
+            axis=cut[0].axis))
+        first += len(cut)
     return np.array(scores, np.float64), maps
