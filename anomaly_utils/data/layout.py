@@ -14,7 +14,8 @@ The layout (every MVTec AD category, the synthetic carpet, a user's own data)::
    reported up front with the path and the fix (nothing is silently dropped: files that
    are not images are listed in ``DatasetIndex.ignored``).
 2. :func:`split_train_val` holds out a deterministic fraction of ``train/good`` as the
-   validation set for thresholds and early stopping; the test set is never used for it.
+   validation set for thresholds and early stopping, near-copies of one item on one side
+   where asked; the test set is never used for it.
 3. :func:`fingerprint` names the dataset's content; :func:`dataset_summary` counts it.
 """
 
@@ -214,22 +215,49 @@ def _labelled_samples(split_root: Path, split: str, gt_root: Path, used_masks: s
     return samples
 
 
-def split_train_val(samples: list[Sample], val_fraction: float,
-                    seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_train_val(samples: list[Sample], val_fraction: float, seed: int,
+                    groups: list[int] | None = None) -> tuple[list[Sample], list[Sample]]:
     """Split defect-free training samples into (train, validation), deterministically.
 
-    The same files, ``val_fraction`` and ``seed`` always give the same split, independent of
-    the order the file system lists them in. At least one image stays on each side when
-    ``0 < val_fraction < 1`` and there are two or more images.
+    The same files, ``val_fraction``, ``seed`` and ``groups`` always give the same split,
+    independent of the order the file system lists them in. At least one image stays on
+    each side when ``0 < val_fraction < 1`` and there are two or more images.
+
+    Args:
+        groups: one label per sample (in ``samples``' order); samples sharing a label go
+            to the same side, whole groups are drawn until the validation side holds at
+            least ``ceil(val_fraction * N)`` images (see :mod:`anomaly_utils.data.near_copies`);
+            a group that would make it more than twice that stays in training, and where no
+            group fits the images are drawn one by one. None, or every label distinct, draws
+            image by image.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ParameterError(f"val_fraction must be in [0, 1), got {val_fraction}",
                              fix="pass e.g. -p val_fraction 0.1")
-    ordered = sorted(samples, key=lambda s: os.fsencode(s.path.name))
+    if groups is not None and len(groups) != len(samples):
+        raise ValueError(f"{len(groups)} group labels for {len(samples)} samples")
+    positions = sorted(range(len(samples)), key=lambda i: os.fsencode(samples[i].path.name))
+    ordered = [samples[i] for i in positions]
+    # Groups are numbered in the sorted order, so that distinct labels reproduce the
+    # image-by-image split exactly.
+    numbering: dict[int, int] = {}
+    group_of = [numbering.setdefault(groups[i] if groups is not None else i, len(numbering))
+                for i in positions]
+    members: list[list[int]] = [[] for _ in numbering]
+    for index, group in enumerate(group_of):
+        members[group].append(index)
     n_val = math.ceil(val_fraction * len(ordered)) if val_fraction > 0 else 0
     n_val = min(n_val, len(ordered) - 1)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    val_idx = set(order[:n_val].tolist())
+    val_idx: set[int] = set()
+    for group in np.random.default_rng(seed).permutation(len(members)).tolist():
+        if len(val_idx) >= n_val:
+            break
+        # A group that alone would double the validation side stays in training.
+        if len(val_idx) + len(members[group]) <= max(2 * n_val, 1) and \
+                len(val_idx) + len(members[group]) < len(ordered):
+            val_idx.update(members[group])
+    if n_val and not val_idx:
+        return split_train_val(samples, val_fraction, seed)
     train = [s for i, s in enumerate(ordered) if i not in val_idx]
     val = [s for i, s in enumerate(ordered) if i in val_idx]
     return train, val

@@ -34,9 +34,12 @@ from anomaly_utils.data.layout import (
     scan_dataset,
     split_train_val,
 )
+from anomaly_utils.data.near_copies import file_thumbnails, near_copy_groups
 from anomaly_utils.errors import DataError, ParameterError
 
 _LOAD_THREADS = max(2, min(8, usable_cpus()))
+# How validation images are drawn from train/good (load_dataset's val_split).
+VAL_SPLITS = ("images", "items")
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -185,8 +188,8 @@ class AnomalyDataset:
 
 def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode: str = "rgb",
                  val_fraction: float = 0.1, seed: int = 0, mask_size: int | None = None,
-                 allow_missing_masks: bool = False,
-                 skip_unreadable: bool = False) -> AnomalyDataset:
+                 allow_missing_masks: bool = False, skip_unreadable: bool = False,
+                 val_split: str = "images") -> AnomalyDataset:
     """Scan, split and load a dataset in the MVTec AD layout.
 
     Args:
@@ -202,11 +205,20 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode:
         allow_missing_masks: keep defect images without a mask (image-level metrics only).
         skip_unreadable: leave out unreadable images and list them in ``skipped`` instead
             of raising.
+        val_split: "images" draws the validation images one by one; "items" keeps
+            near-copies (captures of one item, :mod:`anomaly_utils.data.near_copies`) on
+            one side, so that validation sees items training did not.
     """
+    if val_split not in VAL_SPLITS:
+        raise ParameterError(f"val_split must be one of {VAL_SPLITS}, got {val_split!r}",
+                             fix="pass -p val_split items (or images)")
     index = scan_dataset(data_dir, allow_missing_masks)
     color_mode = detect_color_mode([s.path for s in index.train], color_mode)
     mask_size = mask_size or image_size
-    train, val = split_train_val(index.train, val_fraction, seed)
+    groups = None
+    if val_split == "items" and val_fraction > 0:
+        groups = near_copy_groups(file_thumbnails([s.path for s in index.train])).tolist()
+    train, val = split_train_val(index.train, val_fraction, seed, groups)
     train_images, _, skipped_train = load_images([s.path for s in train], image_size, color_mode,
                                                  skip_unreadable)
     val_images, _, skipped_val = load_images([s.path for s in val], image_size, color_mode,

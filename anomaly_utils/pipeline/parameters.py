@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_utils.data.images import AUTO_COLOR, COLOR_MODES
+from anomaly_utils.data.loading import VAL_SPLITS
 from anomaly_utils.data.training_anomalies import FILL_KINDS
 from anomaly_utils.errors import ParameterError
 from anomaly_utils.models.vocabulary import HEAD_TRAININGS
@@ -285,13 +286,14 @@ def _devices(value: Any) -> str | None:
 
 COMMON: dict[str, Rule] = {
     "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
-    "val_fraction": _fraction, "eval_size": _multiple_of(8), "seed": _non_negative,
-    "color_mode": _one_of(AUTO_COLOR, *COLOR_MODES), "early_stopping_patience": _non_negative,
+    "val_fraction": _fraction, "val_split": _one_of(*VAL_SPLITS), "eval_size": _multiple_of(8),
+    "seed": _non_negative, "color_mode": _one_of(AUTO_COLOR, *COLOR_MODES), "early_stopping_patience": _non_negative,
     "latent_dim": _positive_int, "map_kind": _map_kind}
 RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
                             "color_mode": COMMON["color_mode"], "seed": _non_negative,
                             "val_fraction": COMMON["val_fraction"], "eval_size": COMMON["eval_size"],
+                            "val_split": COMMON["val_split"],
                             "floor_variant": _one_of("auto", *floor.FLOOR_VARIANTS),
                             "floor_gradient": _one_of("auto", *floor.GRADIENT_FEATURES),
                             "floor_form": _one_of("auto", *floor.FLOOR_FORMS),
