@@ -7,6 +7,12 @@ other (``exp1_num_114376`` and ``exp2_num_114403``). Its defect-free images were
 a sibling of the same tile in training, while no defective tile was ever seen. ``count``
 prints how many defect-free test images share a tile with the training images.
 
+``rule`` measures the lab's near-copy rule (:mod:`anomaly_utils.data.near_copies`) against
+the tiles the source names tell: of the pairs of training images it joins into one group,
+the share that show one tile (precision), of the pairs that show one tile, the share it
+joins (recall), and how many validation images have a capture of their tile in the fit
+set when the validation split is drawn by images or by items (seeds 0-2).
+
 ``build`` writes the same set with its defect-free images split tile by tile instead (whole
 tiles to ``test/good``, seeded, until it holds as many images as the original's); the
 defective images and masks are copied unchanged. Running the lab's command on both folders
@@ -15,6 +21,7 @@ shows what the lab scores on a tile it has not seen.
 Usage::
 
     python experiments/unseen_tiles.py count ../shared/datasets/magnetic_tile
+    python experiments/unseen_tiles.py rule ../shared/datasets/magnetic_tile
     python experiments/unseen_tiles.py build ../shared/datasets/magnetic_tile data/mt_unseen_tiles
     python -m anomaly_utils run --data-dir data/mt_unseen_tiles --run-id mt_unseen_tiles
 """
@@ -29,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_utils.data.layout import GOOD
+from anomaly_utils.data.layout import GOOD, scan_dataset, split_train_val
+from anomaly_utils.data.near_copies import file_thumbnails, near_copy_groups
 
 SOURCES = "SOURCES.tsv"
 # Captures of one tile are numbered within this distance of each other; distinct tiles
@@ -80,6 +88,32 @@ def count(root: Path) -> None:
           f"{shared} of a tile with captures in train/good")
 
 
+def rule(root: Path) -> None:
+    tiles = tiles_of(defect_free(read_sources(root)))
+    train = scan_dataset(root).train
+    tile = np.array([tiles[s.path.relative_to(root).as_posix()] for s in train])
+    groups = near_copy_groups(file_thumbnails([s.path for s in train]))
+    same_group = groups[:, None] == groups[None, :]
+    same_tile = tile[:, None] == tile[None, :]
+    np.fill_diagonal(same_group, False)
+    np.fill_diagonal(same_tile, False)
+    both = (same_group & same_tile).sum()
+    print(f"{root}: {len(train)} training images, {len(set(tile.tolist()))} tiles, "
+          f"{len(set(groups.tolist()))} groups; pairs in one group that show one tile "
+          f"{both / max(same_group.sum(), 1):.3f}, pairs of one tile in one group "
+          f"{both / same_tile.sum():.3f}")
+    for val_split in ("images", "items"):
+        leaks = []
+        for seed in range(3):
+            fit, val = split_train_val(train, 0.1, seed,
+                                       groups.tolist() if val_split == "items" else None)
+            seen = {tiles[s.path.relative_to(root).as_posix()] for s in fit}
+            leaks.append(f"{sum(tiles[s.path.relative_to(root).as_posix()] in seen for s in val)}"
+                         f" of {len(val)}")
+        print(f"  val_split {val_split}: validation images with their tile in the fit set, "
+              f"seeds 0-2: {', '.join(leaks)}")
+
+
 def build(source: Path, out: Path, seed: int) -> None:
     if out.exists():
         raise SystemExit(f"'{out}' exists: remove it or pick another folder")
@@ -125,6 +159,8 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     counting = commands.add_parser("count", help="test images sharing a tile with training")
     counting.add_argument("data_dir", type=Path)
+    ruling = commands.add_parser("rule", help="the near-copy rule against the tiles")
+    ruling.add_argument("data_dir", type=Path)
     building = commands.add_parser("build", help="split the defect-free images tile by tile")
     building.add_argument("source", type=Path)
     building.add_argument("out", type=Path)
@@ -132,6 +168,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "count":
         count(args.data_dir)
+    elif args.command == "rule":
+        rule(args.data_dir)
     else:
         build(args.source, args.out, args.seed)
 

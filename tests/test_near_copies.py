@@ -195,3 +195,26 @@ def test_a_group_too_large_for_validation_stays_in_training(recaptured_set):
     assert len(val) == 2 and len(train) == n - 2
     # Nothing fits at all: the images are drawn one by one.
     assert split_train_val(samples, 0.3, 0, groups=[0] * n) == split_train_val(samples, 0.3, 0)
+
+
+def test_check_data_reports_remembered_test_normals(tmp_path, capsys):
+    import argparse
+    import json
+
+    from anomaly_utils.pipeline.cli import cmd_check_data
+
+    images, items = _items_with_recaptures(n_items=30, n_repeated=8)
+    first = np.r_[True, items[1:] != items[:-1]]
+    root = tmp_path / "set"
+    for i, image in enumerate(images[first]):
+        _write(root / "train" / "good" / f"{i:03d}.png", image[..., 0])
+    for i, image in enumerate(images[~first]):
+        _write(root / "test" / "good" / f"{i:03d}.png", image[..., 0])
+    _write(root / "test" / "hole" / "000.png", _item(np.random.default_rng(9)))
+    _write(root / "ground_truth" / "hole" / "000_mask.png", np.full((SIDE, SIDE), 255, np.uint8))
+    args = argparse.Namespace(data_dir=str(root), image_size=64, color_mode="auto",
+                              allow_missing_masks=False, skip_unreadable=False)
+    assert cmd_check_data(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["near_copies"] == {"good": [16, 16], "defective": [0, 1], "train_in_groups": 0}
+    assert any("16 of 16 defect-free test images have a near-copy" in n for n in summary["notes"])

@@ -40,13 +40,8 @@ def _notebook_dir() -> Path:
 
 
 NOTEBOOK_DIR = _notebook_dir()
-NOTEBOOKS = (
-    "01_data_exploration",
-    "02_train_ae1",
-    "03_train_ae2",
-    "04_threshold_selection",
-    "05_results_gallery",
-)
+NOTEBOOKS = ("01_data_exploration", "02_train_ae1", "03_train_ae2", "04_threshold_selection",
+             "05_results_gallery")
 # -p SCOPE.NAME: a notebook by its number, the data notebook, or a fitted candidate's notebook.
 SCOPES = {**{nb[:2]: nb for nb in NOTEBOOKS}, "data": NOTEBOOKS[0],
           **{c.name: c.notebook for c in REGISTRY if not c.parts}}
@@ -287,13 +282,12 @@ def _devices(value: Any) -> str | None:
 COMMON: dict[str, Rule] = {
     "epochs": _positive_int, "batch_size": _positive_int, "learning_rate": _positive,
     "val_fraction": _fraction, "val_split": _one_of(*VAL_SPLITS), "eval_size": _multiple_of(8),
-    "seed": _non_negative, "color_mode": _one_of(AUTO_COLOR, *COLOR_MODES), "early_stopping_patience": _non_negative,
-    "latent_dim": _positive_int, "map_kind": _map_kind}
+    "seed": _non_negative, "color_mode": _one_of(AUTO_COLOR, *COLOR_MODES),
+    "early_stopping_patience": _non_negative, "latent_dim": _positive_int, "map_kind": _map_kind}
 RULES: dict[str, dict[str, Rule]] = {
     "01_data_exploration": {"image_size": _positive_int, "n_samples": _positive_int,
-                            "color_mode": COMMON["color_mode"], "seed": _non_negative,
-                            "val_fraction": COMMON["val_fraction"], "eval_size": COMMON["eval_size"],
-                            "val_split": COMMON["val_split"],
+                            "seed": _non_negative, **{name: COMMON[name] for name in (
+                                "color_mode", "val_fraction", "val_split", "eval_size")},
                             "floor_variant": _one_of("auto", *floor.FLOOR_VARIANTS),
                             "floor_gradient": _one_of("auto", *floor.GRADIENT_FEATURES),
                             "floor_form": _one_of("auto", *floor.FLOOR_FORMS),
