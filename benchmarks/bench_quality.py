@@ -10,7 +10,9 @@ its test columns (for the report only), and marks the candidate the command chos
 
 Sets: the synthetic carpet (written if absent), ELPV mono and poly (written from the PyPI
 package elpv-dataset if absent; image labels only), and ../shared/datasets/magnetic_tile
-where it exists (skipped with a printed reason elsewhere). Results go to
+where it exists (skipped with a printed reason elsewhere), as it is and split tile by tile
+(``magnetic_tile_unseen``: its test tiles were never seen in training, written to
+data/mt_unseen_tiles by experiments/unseen_tiles.py). Results go to
 runs/bench/quality.json and, as a Markdown table, runs/bench/quality.md.
 
 Usage: `python -m benchmarks.bench_quality [--sets carpet elpv_mono ...] [--preset NAME]
@@ -48,6 +50,9 @@ SETS = (  # the real sets first: they take longest to look at
     DevelopmentSet("elpv_poly", ROOT / "data" / "elpv" / "poly",
                    ("-p", "allow_missing_masks", "True")),
     DevelopmentSet("magnetic_tile", SHARED / "magnetic_tile"),
+    # magnetic_tile with its defect-free images split tile by tile: no test tile was seen
+    # in training (experiments/unseen_tiles.py; written from the shared set if absent).
+    DevelopmentSet("magnetic_tile_unseen", ROOT / "data" / "mt_unseen_tiles"),
     DevelopmentSet("carpet", ROOT / "data" / "synthetic_carpet"),
 )
 
@@ -69,6 +74,13 @@ def ensure_data(dev: DevelopmentSet) -> str | None:
             write_elpv(dev.folder.parent)
         except DataError as exc:
             return str(exc)
+        return None
+    source = SHARED / "magnetic_tile"
+    if dev.name == "magnetic_tile_unseen" and source.is_dir():
+        import subprocess
+
+        subprocess.run([sys.executable, str(ROOT / "experiments" / "unseen_tiles.py"), "build",
+                        str(source), str(dev.folder)], check=True)
         return None
     return f"{dev.folder} is absent (the team's shared datasets are not mounted here)"
 

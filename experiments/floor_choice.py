@@ -11,7 +11,7 @@ peak of the mean-filtered map), before notebook 04's choice of the image score.
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/floor_choice.py \\
-        --data-dir ../shared/datasets/magnetic_tile --color-mode grayscale
+        --data-dir ../shared/datasets/magnetic_tile --color-mode grayscale [--val-split items]
 
 Prints one row per floor: the selection score (mean of validation image and pixel AUROC),
 validation image / pixel AUROC, test image / pixel AUROC / AUPRO ("n/a" without masks).
@@ -23,7 +23,7 @@ import argparse
 import tempfile
 import time
 
-from anomaly_utils.data.loading import AnomalyDataset, load_dataset
+from anomaly_utils.data.loading import VAL_SPLITS, AnomalyDataset, load_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score
 from anomaly_utils.scoring.floor_choice import (
@@ -51,6 +51,8 @@ def dataset_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--allow-missing-masks", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-split", default="images", choices=VAL_SPLITS,
+                        help="how the validation normals are drawn (load_dataset's val_split)")
     return parser
 
 
@@ -58,7 +60,7 @@ def dataset_and_validation(args: argparse.Namespace) -> tuple[AnomalyDataset, Ps
     """The dataset as notebook 01 loads it for the floor, and the pseudo-labelled validation
     set a run of the same seed builds."""
     ds = load_dataset(args.data_dir, image_size=args.image_size, color_mode=args.color_mode,
-                      seed=args.seed, mask_size=args.eval_size,
+                      seed=args.seed, mask_size=args.eval_size, val_split=args.val_split,
                       allow_missing_masks=args.allow_missing_masks)
     with tempfile.TemporaryDirectory() as run_dir:
         return ds, shared_validation(run_dir, ds, args.seed, args.eval_size)

@@ -21,7 +21,8 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/rank_agreement.py \\
         [--sets carpet magnetic_tile elpv_mono elpv_poly] [--image-size 128] \\
-        [--runs runs/quality-elpv_mono-... ...] [--out runs/rank_agreement.json]
+        [--runs runs/quality-elpv_mono-... ...] [--out runs/rank_agreement.json] \\
+        [--val-split items]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.data.loading import load_dataset, resize_mask
+from anomaly_utils.data.loading import VAL_SPLITS, load_dataset, resize_mask
 from anomaly_utils.data.pseudo_anomalies import (
     SHARP_KINDS,
     VALIDATION_MIX,
@@ -52,7 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = {"carpet": (ROOT / "data" / "synthetic_carpet", False),
         "magnetic_tile": (ROOT.parent / "shared" / "datasets" / "magnetic_tile", False),
         "elpv_mono": (ROOT / "data" / "elpv" / "mono", True),
-        "elpv_poly": (ROOT / "data" / "elpv" / "poly", True)}
+        "elpv_poly": (ROOT / "data" / "elpv" / "poly", True),
+        # magnetic_tile split tile by tile (experiments/unseen_tiles.py build).
+        "magnetic_tile_unseen": (ROOT / "data" / "mt_unseen_tiles", False)}
 MIXES = {"sharp": (make_labelled_validation, SHARP_KINDS),
          "mix": (make_labelled_validation, VALIDATION_MIX),
          "balanced": (make_balanced_validation, VALIDATION_MIX)}
@@ -136,6 +139,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-split", default="images", choices=VAL_SPLITS,
+                        help="how the validation normals are drawn (load_dataset's val_split)")
     parser.add_argument("--runs", nargs="*", default=[], help="finished runs, matched to a set "
                         "by their data_dir")
     parser.add_argument("--out", default=str(ROOT / "runs" / "rank_agreement.json"))
@@ -149,7 +154,7 @@ def main() -> None:
         start = time.perf_counter()
         ds = load_dataset(folder, image_size=args.image_size, color_mode="auto",
                           val_fraction=0.1, seed=args.seed, mask_size=args.eval_size,
-                          allow_missing_masks=image_labels_only)
+                          allow_missing_masks=image_labels_only, val_split=args.val_split)
         sets = pseudo_sets(ds.val_images, args.eval_size, args.seed)
         rows = floor_rows(ds, sets, args.eval_size)
         for run in map(Path, args.runs):
