@@ -70,6 +70,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: order kept otherwise
 
 
+def experiment_script(name: str):
+    """The module of ``experiments/<name>.py`` (a script folder, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """``python -m anomaly_utils ARGS`` from the repository root, output captured."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -3,20 +3,15 @@ normals, and the pooled figure without the defective images' unmarked pixels."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import experiment_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("run_breakdown",
-                                                  ROOT / "experiments" / "run_breakdown.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("run_breakdown")
 
 
 def test_unmarked_pixels_of_a_defective_image_are_what_the_pooled_figure_loses():

@@ -4,21 +4,16 @@ numbers, and the set rewritten with whole tiles in test/good."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import experiment_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("unseen_tiles",
-                                                  ROOT / "experiments" / "unseen_tiles.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("unseen_tiles")
 
 
 def _fake_set(root: Path) -> None:
