@@ -9,9 +9,9 @@ drawn the same way is optimistic alike and prefers candidates that remember.
 Two images are near-copies when their thumbnails (16 x 16, of the histogram-equalised gray
 image, zero mean, unit norm) are much closer than the images around them: the cosine
 distance ``d = 1 - cos`` of the pair is at most :data:`NEAR_RATIO` times the smaller of the
-two images' distances to their :data:`NEIGHBOUR_RANK`-th nearest neighbour. The relative rule needs no absolute
-threshold: on a set of aligned, alike objects every neighbour is close and nothing is a
-near-copy. On magnetic_tile, whose source names tell which captures show one tile, 95 % of
+two images' distances to their :data:`NEIGHBOUR_RANK`-th nearest neighbour. The relative
+rule needs no absolute threshold: on a set of aligned, alike objects every neighbour is
+close and nothing is a near-copy. On magnetic_tile, whose source names tell which captures show one tile, 95 % of
 the pairs of training images it joins into one group show one tile, and it joins 74 % of the
 pairs that do (the rest differ by a lighting that changes the thumbnail more than another
 tile does); ``python experiments/unseen_tiles.py rule ../shared/datasets/magnetic_tile``.
