@@ -110,7 +110,7 @@ def test_report_and_note_count_the_remembered_normals():
     defective = np.stack([_item(rng) for _ in range(10)])[..., None]
     test = np.concatenate([images[~first], defective])
     labels = np.r_[np.zeros((~first).sum(), int), np.ones(10, int)]
-    report = near_copy_report(images[first], test, labels)
+    report = near_copy_report(thumbnails(images[first]), thumbnails(test), labels)
     assert report == {"good": [16, 16], "defective": [0, 10], "train_in_groups": 0}
     note = near_copy_note(report)
     assert note is not None and "16 of 16 defect-free" in note and "0 of 10 defective" in note

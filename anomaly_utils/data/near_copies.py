@@ -11,10 +11,11 @@ image, zero mean, unit norm) are much closer than the images around them: the co
 distance ``d = 1 - cos`` of the pair is at most :data:`NEAR_RATIO` times the smaller of the
 two images' distances to their :data:`NEIGHBOUR_RANK`-th nearest neighbour. The relative
 rule needs no absolute threshold: on a set of aligned, alike objects every neighbour is
-close and nothing is a near-copy. On magnetic_tile, whose source names tell which captures show one tile, 95 % of
-the pairs of training images it joins into one group show one tile, and it joins 74 % of the
-pairs that do (the rest differ by a lighting that changes the thumbnail more than another
-tile does); ``python experiments/unseen_tiles.py rule ../shared/datasets/magnetic_tile``.
+close and nothing is a near-copy. On magnetic_tile, whose source names tell which captures
+show one tile, 95 % of the pairs of training images it joins into one group show one tile,
+and it joins 74 % of the pairs that do (the rest differ by a lighting that changes the
+thumbnail more than another tile does);
+``python experiments/unseen_tiles.py rule ../shared/datasets/magnetic_tile``.
 """
 
 from __future__ import annotations
@@ -138,21 +139,20 @@ def has_near_copy(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
     return found
 
 
-def near_copy_report(train_images: np.ndarray, test_images: np.ndarray,
-                     test_labels: np.ndarray) -> dict:
+def near_copy_report(train: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> dict:
     """How many test images have a near-copy among the training images.
 
     Args:
-        train_images: uint8 (N, S, S, C), the defect-free training images.
-        test_images: uint8 (M, S, S, C).
+        train: thumbnails (N, 256) of the defect-free training images (:func:`file_thumbnails`
+            of their files, as the validation split by items uses them).
+        test: thumbnails (M, 256) of the test images.
         test_labels: (M,) 0 for defect-free, 1 for defective.
 
     Returns:
         ``{"good": [with a near-copy, of], "defective": [with a near-copy, of],
         "train_in_groups": training images with a near-copy among the others}``.
     """
-    train = thumbnails(train_images)
-    found = has_near_copy(thumbnails(test_images), train)
+    found = has_near_copy(test, train)
     labels = np.asarray(test_labels)
     groups = near_copy_groups(train)
     in_groups = int((np.bincount(groups)[groups] > 1).sum())

@@ -17,7 +17,7 @@ from anomaly_utils.data.download import download_mvtec
 from anomaly_utils.data.elpv import write_elpv
 from anomaly_utils.data.layout import dataset_summary
 from anomaly_utils.data.loading import load_dataset
-from anomaly_utils.data.near_copies import near_copy_note, near_copy_report
+from anomaly_utils.data.near_copies import file_thumbnails, near_copy_note, near_copy_report
 from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts, parts_option
 from anomaly_utils.data.synthetic import generate_dataset
 from anomaly_utils.errors import LabError, ParameterError
@@ -70,7 +70,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
                       skip_unreadable=args.skip_unreadable)
     summary = dataset_summary(ds.index)
     summary["skipped"] = [f"{path}: {reason}" for path, reason in ds.skipped]
-    summary["near_copies"] = near_copy_report(ds.train_images, ds.test_images, ds.test_labels)
+    summary["near_copies"] = near_copy_report(
+        file_thumbnails([s.path for s in ds.index.train]), file_thumbnails(ds.test_paths),
+        ds.test_labels)
     if note := near_copy_note(summary["near_copies"]):
         summary["notes"].append(note)
     print(json.dumps(summary, indent=2))
