@@ -96,14 +96,15 @@ def _bank_reference(bank: np.ndarray) -> np.ndarray:
     return reference
 
 
-def near_copy_groups(thumbs: np.ndarray) -> np.ndarray:
+def near_copy_groups(thumbs: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """Group labels (N,) int: images linked by a chain of near-copies share a label, every
     other image has one of its own. Labels number the groups in order of their first
-    image."""
+    image. ``reference``: :func:`_bank_reference` of ``thumbs`` where the caller has it."""
     n = len(thumbs)
     if n < 3:
         return np.arange(n)
-    reference = _bank_reference(thumbs)
+    if reference is None:
+        reference = _bank_reference(thumbs)
     pairs_i, pairs_j = [], []
     for start in range(0, n, _ROWS):
         rows = slice(start, start + _ROWS)
@@ -124,11 +125,14 @@ def near_copy_groups(thumbs: np.ndarray) -> np.ndarray:
     return order[labels]
 
 
-def has_near_copy(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """Whether each query thumbnail has a near-copy among the bank's: bool (M,)."""
+def has_near_copy(queries: np.ndarray, bank: np.ndarray,
+                  bank_reference: np.ndarray | None = None) -> np.ndarray:
+    """Whether each query thumbnail has a near-copy among the bank's: bool (M,).
+    ``bank_reference``: :func:`_bank_reference` of ``bank`` where the caller has it."""
     if len(bank) < 2 or len(queries) == 0:
         return np.zeros(len(queries), bool)
-    bank_reference = _bank_reference(bank)
+    if bank_reference is None:
+        bank_reference = _bank_reference(bank)
     found = np.zeros(len(queries), bool)
     for start in range(0, len(queries), _ROWS):
         rows = slice(start, start + _ROWS)
@@ -152,9 +156,10 @@ def near_copy_report(train: np.ndarray, test: np.ndarray, test_labels: np.ndarra
         ``{"good": [with a near-copy, of], "defective": [with a near-copy, of],
         "train_in_groups": training images with a near-copy among the others}``.
     """
-    found = has_near_copy(test, train)
+    reference = _bank_reference(train) if len(train) >= 2 else None
+    found = has_near_copy(test, train, reference)
     labels = np.asarray(test_labels)
-    groups = near_copy_groups(train)
+    groups = near_copy_groups(train, reference)
     in_groups = int((np.bincount(groups)[groups] > 1).sum())
     return {"good": [int(found[labels == 0].sum()), int((labels == 0).sum())],
             "defective": [int(found[labels == 1].sum()), int((labels == 1).sum())],
