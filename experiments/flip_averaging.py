@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
-from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.loading import load_run_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score
 from anomaly_utils.scoring.blend import Standardiser, combine
@@ -65,10 +65,7 @@ def main(run_dir: Path, turns: bool) -> dict:
     scorer = Scorer.load(run_dir, "ae2")
     if not scorer.heads:
         raise SystemExit(f"{run_dir}: AE-2 was trained without a head")
-    ds = load_dataset(params["data_dir"], image_size=params["image_size"],
-                      color_mode=params["color_mode"], val_fraction=params["val_fraction"],
-                      seed=params["seed"], mask_size=params["eval_size"],
-                      allow_missing_masks=params.get("allow_missing_masks", False))
+    ds = load_run_dataset(params)
     pseudo = shared_validation(run_dir, ds, params["seed"], params["eval_size"])
     images = {"val": ds.val_images, "val_pseudo": pseudo.images, "test": ds.test_images}
     stored = {s: load_scores(run_dir / "ae2" / f"scores_{s}.npz") for s in images}

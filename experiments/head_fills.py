@@ -36,7 +36,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.data import pseudo_anomalies
-from anomaly_utils.data.loading import load_dataset, resize_mask
+from anomaly_utils.data.loading import load_run_dataset, resize_mask
 from anomaly_utils.data.training_anomalies import DRAEM_FILLS
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.models.losses import make_ae2_loss
@@ -90,10 +90,7 @@ def main() -> None:
             else default_sets())
 
     params = read_json(args.run_dir / "params.json")["notebooks"]["03_train_ae2"]
-    ds = load_dataset(args.data_dir or params["data_dir"], image_size=params["image_size"],
-                      color_mode=params["color_mode"], val_fraction=params["val_fraction"],
-                      seed=params["seed"], mask_size=params["eval_size"],
-                      allow_missing_masks=params.get("allow_missing_masks", False))
+    ds = load_run_dataset(params, data_dir=args.data_dir or params["data_dir"])
     base = Scorer.load(args.run_dir, "ae2")
     config = type(base.config)(**{**base.config.__dict__, "head": "segmentation",
                                   "head_score_window": params.get("head_score_window", 0.08)})

@@ -30,7 +30,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.data import pseudo_anomalies
-from anomaly_utils.data.loading import load_dataset, resize_mask
+from anomaly_utils.data.loading import load_run_dataset, resize_mask
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.models.segmentation_head import build_segmentation_head, head_of
 from anomaly_utils.scoring.scorer import Scorer
@@ -66,10 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = read_json(args.run_dir / "params.json")["notebooks"]["03_train_ae2"]
-    ds = load_dataset(params["data_dir"], image_size=params["image_size"],
-                      color_mode=params["color_mode"], val_fraction=params["val_fraction"],
-                      seed=params["seed"], mask_size=params["eval_size"],
-                      allow_missing_masks=params.get("allow_missing_masks", False))
+    ds = load_run_dataset(params)
     base = Scorer.load(args.run_dir, "ae2")
     channels = ds.train_images.shape[-1]
     pseudo, p_labels, p_masks, _ = pseudo_anomalies.make_labelled_validation(

@@ -20,7 +20,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
 from anomaly_utils.data import pseudo_anomalies
-from anomaly_utils.data.loading import load_dataset, resize_mask
+from anomaly_utils.data.loading import load_run_dataset, resize_mask
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.models.storage import load_model
 from anomaly_utils.scoring.scorer import Scorer, training_sample
@@ -38,10 +38,7 @@ def main(run_dir: Path) -> dict:
     with_head = Scorer.load(run_dir, "ae2")
     if with_head.config.head == "none":
         raise SystemExit(f"{run_dir}: AE-2 was trained without a head")
-    ds = load_dataset(params["data_dir"], image_size=params["image_size"],
-                      color_mode=params["color_mode"], val_fraction=params["val_fraction"],
-                      seed=params["seed"], mask_size=params["eval_size"],
-                      allow_missing_masks=params.get("allow_missing_masks", False))
+    ds = load_run_dataset(params)
     plain = Scorer(load_model(run_dir / "ae2" / "model.keras"),
                    dataclasses.replace(with_head.config, head="none", norm_mean=None,
                                        norm_std=None))

@@ -23,16 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_utils.artifacts import read_json, write_json
-from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.loading import load_run_dataset
 from anomaly_utils.scoring.scorer import Scorer, normal_error_stats, training_sample
 
 
 def main(run_dir: Path) -> dict:
     params = read_json(run_dir / "params.json")["notebooks"]["03_train_ae2"]
-    ds = load_dataset(params["data_dir"], image_size=params["image_size"],
-                      color_mode=params["color_mode"], val_fraction=params["val_fraction"],
-                      seed=params["seed"], mask_size=params["eval_size"],
-                      allow_missing_masks=params.get("allow_missing_masks", False))
+    ds = load_run_dataset(params)
     scorer = Scorer.load(run_dir, "ae2")
     if scorer.config.norm_mean is None:
         raise SystemExit(f"{run_dir}: AE-2 is not normalised (normalize_maps false)")

@@ -22,7 +22,7 @@ from pathlib import Path
 from refit_floor import rerun_auto  # experiments/ is the script's folder
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.loading import load_run_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.scoring.candidates import BY_NAME, CANDIDATES, MODELS
 from anomaly_utils.scoring.image_score import RULES, read_choice
@@ -36,11 +36,7 @@ def rescore_models(run_dir: Path) -> None:
     for name in MODELS:
         params = notebooks[BY_NAME[name].notebook]
         scorer = Scorer.load(run_dir, name)
-        ds = load_dataset(params["data_dir"], image_size=params["image_size"],
-                          color_mode=scorer.config.color_mode,
-                          val_fraction=params["val_fraction"], seed=params["seed"],
-                          mask_size=params["eval_size"],
-                          allow_missing_masks=params.get("allow_missing_masks", False))
+        ds = load_run_dataset(params, color_mode=scorer.config.color_mode)
         score_splits(scorer, ds, run_dir, params["seed"])
         print(f"{run_dir.name}: {name} scored again")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from anomaly_utils.artifacts import read_json
 from anomaly_utils.data.images import channels_for
-from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.loading import load_run_dataset
 from anomaly_utils.evaluation import metrics
 from anomaly_utils.evaluation.selection import selection_score, validation_metrics
 from anomaly_utils.models.ae2 import build_ae2
@@ -46,9 +46,7 @@ def train_member(run_dir: Path, out: Path, seed: int) -> None:
     if p["head"] != "segmentation" or p["bottleneck"] == "unet":
         raise SystemExit(f"{run_dir}: AE-2 has no segmentation head to train again")
     set_global_seed(seed)
-    ds = load_dataset(p["data_dir"], image_size=p["image_size"], color_mode=p["color_mode"],
-                      val_fraction=p["val_fraction"], seed=p["seed"], mask_size=p["eval_size"],
-                      allow_missing_masks=p["allow_missing_masks"])
+    ds = load_run_dataset(p)
     channels = channels_for(ds.color_mode)
     loss = make_ae2_loss(ssim_weight=p["ssim_weight"], l1_weight=p["l1_weight"],
                          gms_weight=p["gms_weight"])

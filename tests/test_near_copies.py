@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from anomaly_utils.data.layout import scan_dataset, split_train_val
-from anomaly_utils.data.loading import load_dataset
+from anomaly_utils.data.loading import load_dataset, load_run_dataset
 from anomaly_utils.data.near_copies import (
     file_thumbnails,
     has_near_copy,
@@ -154,6 +154,19 @@ def test_split_by_items_keeps_each_items_captures_on_one_side(recaptured_set):
                        if s.path not in set(ds.val_paths)}
         assert not val_items & train_items
         assert len(ds.val_paths) >= 10 and len(ds.train_images) + len(ds.val_images) == 40
+
+
+def test_a_runs_dataset_is_loaded_with_the_split_the_run_drew(recaptured_set):
+    root, _ = recaptured_set
+    params = {"data_dir": str(root), "image_size": 32, "color_mode": "auto",
+              "val_fraction": 0.25, "seed": 1, "eval_size": 32, "val_split": "items"}
+    by_items = load_dataset(root, image_size=32, val_fraction=0.25, seed=1, val_split="items")
+    by_images = load_dataset(root, image_size=32, val_fraction=0.25, seed=1)
+    assert by_items.val_paths != by_images.val_paths
+    assert load_run_dataset(params).val_paths == by_items.val_paths
+    recorded_before = {k: v for k, v in params.items() if k != "val_split"}
+    assert load_run_dataset(recorded_before).val_paths == by_images.val_paths
+    assert load_run_dataset(params, image_size=16).train_images.shape[1] == 16
 
 
 def test_distinct_groups_reproduce_the_image_split(recaptured_set):

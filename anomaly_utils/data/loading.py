@@ -243,6 +243,21 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int = 256, color_mode:
     )
 
 
+def load_run_dataset(params: dict, **overrides) -> AnomalyDataset:
+    """The dataset as a run's notebook loaded it, from that notebook's parameters (a
+    ``params.json`` entry): the same split, sizes and masks. ``overrides`` replace
+    :func:`load_dataset` arguments (for example ``color_mode`` as the model resolved it).
+    Runs recorded before ``val_split`` existed drew their validation images one by one."""
+    arguments = dict(image_size=params["image_size"], color_mode=params["color_mode"],
+                     val_fraction=params["val_fraction"], seed=params["seed"],
+                     mask_size=params["eval_size"],
+                     allow_missing_masks=params.get("allow_missing_masks", False),
+                     val_split=params.get("val_split", "images"))
+    arguments.update(overrides)
+    data_dir = arguments.pop("data_dir", params["data_dir"])
+    return load_dataset(data_dir, **arguments)
+
+
 def decode_image_file(path: str | os.PathLike, image_size: int, color_mode: str = "rgb") -> np.ndarray:
     """Decode one image file with OpenCV and resize it: uint8 (S, S, C).
 
