@@ -288,3 +288,25 @@ def test_colour_images_keep_their_colours_in_their_parts(tmp_path: Path):
     last = read_image(out / "train/good/000_part3of3.png", "rgb")
     assert first.shape == (HEIGHT, 41, 3) and tuple(first[0, 0]) == (200, 0, 0)
     assert tuple(last[0, 0]) == (0, 0, 200)
+
+
+def test_runs_started_in_the_same_second_keep_their_own_parts_and_run_folders(
+        tmp_path: Path, monkeypatch):
+    """Without --run-id a run on parts claims its timestamp id as it makes the parts folder:
+    a second run on parts in the same second takes ``-2``, and a run on whole images
+    started then passes over the claimed id instead of taking the parts run's folder."""
+    from anomaly_utils.pipeline import runs
+    from anomaly_utils.pipeline.elongated import data_for_run
+
+    monkeypatch.setattr(runs, "new_run_id", lambda prefix="": f"{prefix}20261207-120000")
+    strips = _strips(tmp_path / "strips")
+    first, _ = data_for_run(strips, "auto", tmp_path / "runs", None)
+    second, _ = data_for_run(strips, "auto", tmp_path / "runs", None)
+    assert (first.name, second.name) == ("20261207-120000-parts", "20261207-120000-2-parts")
+    assert len(scan_dataset(first).train) == len(scan_dataset(second).train) == 6
+    whole = runs._create_timestamped_run({"data_dir": str(strips)}, tmp_path / "runs")
+    assert whole.name == "20261207-120000-3"
+    (strips / "ground_truth/crack/000_mask.png").unlink()
+    with pytest.raises(DataError):
+        data_for_run(strips, 2, tmp_path / "runs", None)  # --parts 2 needs every mask
+    assert not (tmp_path / "runs" / "20261207-120000-4-parts").exists()  # the claim undone

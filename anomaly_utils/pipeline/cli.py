@@ -25,7 +25,13 @@ from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
 from anomaly_utils.pipeline.elongated import data_for_run, run_parts_option
 from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
-from anomaly_utils.pipeline.runs import new_run_id, refresh_notebooks, run_pipeline, summary
+from anomaly_utils.pipeline.runs import (
+    PARTS_SUFFIX,
+    new_run_id,
+    refresh_notebooks,
+    run_pipeline,
+    summary,
+)
 from anomaly_utils.pipeline.sweep import run_sweep
 from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
@@ -94,13 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["epochs"] = str(args.epochs)
     overrides.update(pairs)
     if not args.resume and overrides.get("data_dir") is not None:
-        run_id = args.run_id or new_run_id()
         folder, line = data_for_run(overrides["data_dir"], run_parts_option(args.parts),
-                                    args.runs_dir, run_id)
+                                    args.runs_dir, args.run_id)
         if line:
             print(line, flush=True)
-        if folder is not None:
-            overrides["data_dir"], args.run_id = str(folder), run_id
+        if folder is not None:  # the run takes the id its parts folder was written under
+            overrides["data_dir"] = str(folder)
+            args.run_id = folder.name.removesuffix(PARTS_SUFFIX)
     if args.resume:
         if overrides or args.preset:
             raise ParameterError("a resumed run keeps the parameters in its params.json",

@@ -15,12 +15,14 @@ so. ``--parts none`` keeps the images whole; ``--parts N`` cuts every image into
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from anomaly_utils.data.images import display_path, image_size_of
 from anomaly_utils.data.layout import ELONGATED, median_elongation, scan_dataset
 from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts, parts_option, unmasked_defects
 from anomaly_utils.errors import DataError
+from anomaly_utils.pipeline.runs import parts_folder, reserve_parts_folder
 
 WHOLE = "none"
 
@@ -31,12 +33,18 @@ def run_parts_option(value: str) -> int | str:
 
 
 def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | os.PathLike,
-                 run_id: str) -> tuple[Path | None, str | None]:
+                 run_id: str | None) -> tuple[Path | None, str | None]:
     """The folder a run on ``data_dir`` should read, and a line for the console.
+
+    Args:
+        run_id: the run's id; None: a fresh timestamp id, claimed as the parts folder is
+            made (:func:`~anomaly_utils.pipeline.runs.reserve_parts_folder`), so that two
+            runs started in the same second keep their own parts and run folders.
 
     Returns:
         ``(folder, line)``: ``folder`` is the parts folder written for the run
-        (``<runs_dir>/<run_id>-parts``), or None to read ``data_dir`` as it is; ``line`` says
+        (``<runs_dir>/<run_id>-parts``; the run's id is its name without ``-parts``), or
+        None to read ``data_dir`` as it is; ``line`` says
         what was done and why, None where there is nothing to say (near-square images,
         ``--parts none``).
 
@@ -59,8 +67,13 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
             return None, (f"parts: the images are {elongation:.1f} times as long as they are "
                           f"wide, but {len(unmasked)} defect images have no mask, so which "
                           "part holds a defect is unknown: the images stay whole")
-    out = Path(runs_dir) / f"{run_id}-parts"
-    cut_into_parts(data_dir, out, parts=parts, overwrite=True)
+    out = parts_folder(runs_dir, run_id) if run_id else reserve_parts_folder(runs_dir)
+    try:
+        cut_into_parts(data_dir, out, parts=parts, overwrite=True)
+    except Exception:
+        if run_id is None:
+            shutil.rmtree(out, ignore_errors=True)  # the id claimed above is freed again
+        raise
     how = "near-square parts" if parts == AUTO_PARTS else f"{parts} parts"
     return out, (f"parts: each image of {display_path(data_dir)} cut into {how} along its "
                  f"long side, in {display_path(out)} (--parts none keeps them whole); the "

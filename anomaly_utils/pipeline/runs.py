@@ -60,6 +60,39 @@ def new_run_id(prefix: str = "") -> str:
     return f"{prefix}{stamp}"
 
 
+PARTS_SUFFIX = "-parts"
+
+
+def parts_folder(runs_dir: str | os.PathLike, run_id: str) -> Path:
+    """Where a run on elongated images keeps them cut into parts: ``<runs_dir>/<id>-parts``."""
+    return Path(runs_dir) / f"{run_id}{PARTS_SUFFIX}"
+
+
+def reserve_parts_folder(runs_dir: str | os.PathLike, attempts: int = 100) -> Path:
+    """Make an empty parts folder under a fresh timestamp id and return it.
+
+    ``-2``, ``-3``, ... is appended while the id's run or parts folder exists. Making the
+    folder claims the id: :func:`_create_timestamped_run` passes over an id whose parts
+    folder exists, so a run started in the same second cannot take it.
+
+    Raises:
+        LabError: no free id among ``attempts``.
+    """
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = new_run_id()
+    for attempt in range(1, attempts + 1):
+        run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        if (runs_dir / run_id).exists():
+            continue
+        try:
+            parts_folder(runs_dir, run_id).mkdir()
+        except FileExistsError:
+            continue
+        return parts_folder(runs_dir, run_id)
+    raise LabError(f"no free run id under '{runs_dir}' for {stamp}", fix="pass --run-id")
+
+
 def _status_path(run_dir: Path) -> Path:
     return run_dir / "status.json"
 
@@ -190,11 +223,11 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
 def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path, attempts: int = 100,
                             backend: str | None = None) -> Path:
     """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
-    another run started in the same second took the name."""
+    another run started in the same second took the name (its run or parts folder)."""
     stamp = new_run_id()
     for attempt in range(1, attempts + 1):
         run_dir = runs_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-        if run_dir.exists():
+        if run_dir.exists() or parts_folder(runs_dir, run_dir.name).exists():
             continue
         try:
             create_run(overrides, run_dir, backend=backend)
