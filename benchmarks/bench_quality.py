@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.pipeline.runs import new_run_id
+from anomaly_utils.pipeline.run_ids import new_run_id
 from anomaly_utils.scoring.stored import CANDIDATES
 from benchmarks.common import BENCH_DIR, ROOT, run_watched, write_result
 

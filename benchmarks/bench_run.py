@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from anomaly_utils.artifacts import read_json
-from anomaly_utils.pipeline.runs import new_run_id
+from anomaly_utils.pipeline.run_ids import new_run_id
 from benchmarks.common import ROOT, run_watched, table, write_result
 
 

@@ -295,10 +295,10 @@ def test_runs_started_in_the_same_second_keep_their_own_parts_and_run_folders(
     """Without --run-id a run on parts claims its timestamp id as it makes the parts folder:
     a second run on parts in the same second takes ``-2``, and a run on whole images
     started then passes over the claimed id instead of taking the parts run's folder."""
-    from anomaly_utils.pipeline import runs
+    from anomaly_utils.pipeline import run_ids, runs
     from anomaly_utils.pipeline.elongated import data_for_run
 
-    monkeypatch.setattr(runs, "new_run_id", lambda prefix="": f"{prefix}20261207-120000")
+    monkeypatch.setattr(run_ids, "new_run_id", lambda prefix="": f"{prefix}20261207-120000")
     strips = _strips(tmp_path / "strips")
     first, _ = data_for_run(strips, "auto", tmp_path / "runs", None)
     second, _ = data_for_run(strips, "auto", tmp_path / "runs", None)
@@ -310,3 +310,16 @@ def test_runs_started_in_the_same_second_keep_their_own_parts_and_run_folders(
     with pytest.raises(DataError):
         data_for_run(strips, 2, tmp_path / "runs", None)  # --parts 2 needs every mask
     assert not (tmp_path / "runs" / "20261207-120000-4-parts").exists()  # the claim undone
+
+
+def test_a_run_on_parts_under_an_existing_id_leaves_that_runs_parts_alone(tmp_path: Path):
+    from anomaly_utils.pipeline.elongated import data_for_run
+    from anomaly_utils.pipeline.run_ids import RunExistsError
+
+    strips = _strips(tmp_path / "strips")
+    folder, _ = data_for_run(strips, "auto", tmp_path / "runs", "r1")
+    (tmp_path / "runs" / "r1").mkdir()  # the run made on those parts
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    with pytest.raises(RunExistsError, match="--resume r1"):
+        data_for_run(strips, "auto", tmp_path / "runs", "r1")
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before

@@ -359,9 +359,9 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_data: Pa
                                                                    tmp_path: Path, monkeypatch):
 
 
-    from anomaly_utils.pipeline import runs
+    from anomaly_utils.pipeline import run_ids, runs
 
-    monkeypatch.setattr(runs, "new_run_id", lambda prefix="": "20261201-120000")
+    monkeypatch.setattr(run_ids, "new_run_id", lambda prefix="": "20261201-120000")
     monkeypatch.setattr(runs, "run_notebooks", lambda *args, **kwargs: None)
     first, second = (run_pipeline({"data_dir": str(tiny_data)}, runs_dir=tmp_path,
                                   log=lambda *_: None) for _ in range(2))

@@ -42,7 +42,8 @@ from anomaly_utils.pipeline.parameters import (
     resolve_parameters,
     validate,
 )
-from anomaly_utils.pipeline.runs import create_run, new_run_id, run_pipeline
+from anomaly_utils.pipeline.run_ids import new_run_id
+from anomaly_utils.pipeline.runs import create_run, run_pipeline
 from anomaly_utils.pipeline.sharing import share_identical_notebooks
 from anomaly_utils.scoring.stored import load_scores
 

@@ -25,13 +25,8 @@ from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
 from anomaly_utils.pipeline.elongated import data_for_run, run_parts_option
 from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
-from anomaly_utils.pipeline.runs import (
-    PARTS_SUFFIX,
-    new_run_id,
-    refresh_notebooks,
-    run_pipeline,
-    summary,
-)
+from anomaly_utils.pipeline.run_ids import PARTS_SUFFIX, new_run_id
+from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
 from anomaly_utils.pipeline.sweep import run_sweep
 from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures

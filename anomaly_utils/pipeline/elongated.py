@@ -22,7 +22,7 @@ from anomaly_utils.data.images import display_path, image_size_of
 from anomaly_utils.data.layout import ELONGATED, median_elongation, scan_dataset
 from anomaly_utils.data.parts import AUTO_PARTS, cut_into_parts, parts_option, unmasked_defects
 from anomaly_utils.errors import DataError
-from anomaly_utils.pipeline.runs import parts_folder, reserve_parts_folder
+from anomaly_utils.pipeline.run_ids import RunExistsError, parts_folder, reserve_parts_folder
 
 WHOLE = "none"
 
@@ -38,7 +38,7 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
 
     Args:
         run_id: the run's id; None: a fresh timestamp id, claimed as the parts folder is
-            made (:func:`~anomaly_utils.pipeline.runs.reserve_parts_folder`), so that two
+            made (:func:`~anomaly_utils.pipeline.run_ids.reserve_parts_folder`), so that two
             runs started in the same second keep their own parts and run folders.
 
     Returns:
@@ -51,6 +51,7 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
     Raises:
         DataError: ``--parts N`` on a dataset whose defect images lack masks, or the data
             cannot be read.
+        RunExistsError: the run ``run_id`` exists (its parts folder stays as it is).
     """
     if parts == WHOLE:
         return None, None
@@ -67,6 +68,10 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
             return None, (f"parts: the images are {elongation:.1f} times as long as they are "
                           f"wide, but {len(unmasked)} defect images have no mask, so which "
                           "part holds a defect is unknown: the images stay whole")
+    if run_id and (Path(runs_dir) / run_id).exists():  # its parts are never cut again
+        raise RunExistsError(f"run directory '{Path(runs_dir) / run_id}' already exists; a "
+                             "run never overwrites another",
+                             fix=f"choose another --run-id or continue it with --resume {run_id}")
     out = parts_folder(runs_dir, run_id) if run_id else reserve_parts_folder(runs_dir)
     try:
         cut_into_parts(data_dir, out, parts=parts, overwrite=True)

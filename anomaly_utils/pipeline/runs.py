@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from anomaly_utils.artifacts import read_json, write_json, write_text
 from anomaly_utils.errors import LabError, ParameterError
 from anomaly_utils.evaluation.report import whole_images_text
+from anomaly_utils.pipeline import run_ids
 from anomaly_utils.pipeline.parameters import (
     NOTEBOOK_DIR,
     NOTEBOOKS,
@@ -46,51 +46,9 @@ from anomaly_utils.pipeline.provenance import (
     kernel_manager_class,
     recorded_backend,
 )
+from anomaly_utils.pipeline.run_ids import RunExistsError, parts_folder
 from anomaly_utils.scoring.stored import CANDIDATES
 from anomaly_utils.training.strategy import STRATEGIES, check_backend
-
-
-class RunExistsError(LabError):
-    """The run directory is taken: a run never overwrites another."""
-
-
-def new_run_id(prefix: str = "") -> str:
-    """A fresh, sortable run id: ``YYYYmmdd-HHMMSS`` (UTC) plus an optional prefix."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{prefix}{stamp}"
-
-
-PARTS_SUFFIX = "-parts"
-
-
-def parts_folder(runs_dir: str | os.PathLike, run_id: str) -> Path:
-    """Where a run on elongated images keeps them cut into parts: ``<runs_dir>/<id>-parts``."""
-    return Path(runs_dir) / f"{run_id}{PARTS_SUFFIX}"
-
-
-def reserve_parts_folder(runs_dir: str | os.PathLike, attempts: int = 100) -> Path:
-    """Make an empty parts folder under a fresh timestamp id and return it.
-
-    ``-2``, ``-3``, ... is appended while the id's run or parts folder exists. Making the
-    folder claims the id: :func:`_create_timestamped_run` passes over an id whose parts
-    folder exists, so a run started in the same second cannot take it.
-
-    Raises:
-        LabError: no free id among ``attempts``.
-    """
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    stamp = new_run_id()
-    for attempt in range(1, attempts + 1):
-        run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
-        if (runs_dir / run_id).exists():
-            continue
-        try:
-            parts_folder(runs_dir, run_id).mkdir()
-        except FileExistsError:
-            continue
-        return parts_folder(runs_dir, run_id)
-    raise LabError(f"no free run id under '{runs_dir}' for {stamp}", fix="pass --run-id")
 
 
 def _status_path(run_dir: Path) -> Path:
@@ -224,7 +182,7 @@ def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path, attempts:
                             backend: str | None = None) -> Path:
     """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
     another run started in the same second took the name (its run or parts folder)."""
-    stamp = new_run_id()
+    stamp = run_ids.new_run_id()
     for attempt in range(1, attempts + 1):
         run_dir = runs_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
         if run_dir.exists() or parts_folder(runs_dir, run_dir.name).exists():

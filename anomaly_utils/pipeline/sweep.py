@@ -41,11 +41,11 @@ from anomaly_utils.pipeline.cluster import (
 )
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from anomaly_utils.pipeline.provenance import kernel_config
+from anomaly_utils.pipeline.run_ids import new_run_id
 from anomaly_utils.pipeline.runs import (
     create_run,
     execute_notebook,
     mark_status,
-    new_run_id,
     notebooks_until,
     read_status,
 )
