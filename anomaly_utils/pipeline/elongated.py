@@ -69,9 +69,10 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
                           f"wide, but {len(unmasked)} defect images have no mask, so which "
                           "part holds a defect is unknown: the images stay whole")
     if run_id and (Path(runs_dir) / run_id).exists():  # its parts are never cut again
-        raise RunExistsError(f"run directory '{Path(runs_dir) / run_id}' already exists; a "
-                             "run never overwrites another",
-                             fix=f"choose another --run-id or continue it with --resume {run_id}")
+        raise RunExistsError(f"'{Path(runs_dir) / run_id}' already exists; a run never "
+                             "overwrites another",
+                             fix=f"choose another --run-id (--sweep-id for a sweep), or "
+                                 f"continue the run with --resume {run_id}")
     out = parts_folder(runs_dir, run_id) if run_id else reserve_parts_folder(runs_dir)
     try:
         cut_into_parts(data_dir, out, parts=parts, overwrite=True)
