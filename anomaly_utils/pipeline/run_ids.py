@@ -25,6 +25,11 @@ def new_run_id(prefix: str = "") -> str:
     return f"{prefix}{stamp}"
 
 
+def numbered_ids(stamp: str, attempts: int = 100) -> list[str]:
+    """The ids a run started at ``stamp`` tries in turn: ``stamp``, ``stamp-2``, ..."""
+    return [stamp] + [f"{stamp}-{attempt}" for attempt in range(2, attempts + 1)]
+
+
 PARTS_SUFFIX = "-parts"
 
 
@@ -47,8 +52,7 @@ def reserve_parts_folder(runs_dir: str | os.PathLike, attempts: int = 100) -> Pa
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = new_run_id()
-    for attempt in range(1, attempts + 1):
-        run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
+    for run_id in numbered_ids(stamp, attempts):
         if (runs_dir / run_id).exists():
             continue
         try:

@@ -183,8 +183,8 @@ def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path, attempts:
     """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
     another run started in the same second took the name (its run or parts folder)."""
     stamp = run_ids.new_run_id()
-    for attempt in range(1, attempts + 1):
-        run_dir = runs_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+    for run_id in run_ids.numbered_ids(stamp, attempts):
+        run_dir = runs_dir / run_id
         if run_dir.exists() or parts_folder(runs_dir, run_dir.name).exists():
             continue
         try:
