@@ -177,3 +177,18 @@ def test_the_quality_benchmark_reports_both_runs_of_an_auto_command(tmp_path):
     table = markdown(rows, {"s": "cmd"})
     assert "test image AUROC, whole images | s | GiB |" in table
     assert table.splitlines()[5].split("|")[12].strip() == "0.950"
+
+
+def test_auto_runs_started_in_the_same_second_get_their_own_runs(tmp_path, monkeypatch):
+    """Without --run-id the first preset's run claims the base id, so a second auto run
+    started in the same second takes ``-2`` instead of resuming the first's runs."""
+    from anomaly_utils.pipeline import run_ids
+
+    monkeypatch.setattr(run_ids, "new_run_id", lambda prefix="": "20261207-120000")
+    calls = _fake_runs(monkeypatch, {"defaults": ("floor", 0.7), "real": ("ae2", 0.6)})
+    auto.run_auto({"data_dir": "a"}, runs_dir=tmp_path, log=lambda m: 0)
+    auto.run_auto({"data_dir": "b"}, runs_dir=tmp_path, log=lambda m: 0)
+    assert {name: o["data_dir"] for name, o in _created(calls).items()} == {
+        "20261207-120000-defaults": "a", "20261207-120000-real": "a",
+        "20261207-120000-2-defaults": "b", "20261207-120000-2-real": "b"}
+    assert (tmp_path / "20261207-120000-2-auto.json").is_file()

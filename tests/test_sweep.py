@@ -102,3 +102,21 @@ def test_a_sweep_until_before_04_is_refused_before_any_folder(tmp_path: Path):
         run_sweep({"ae2.epochs": ["1", "2"]}, {}, sweep_id="s", runs_dir=tmp_path, until="03")
     assert "--until 04" in info.value.fix
     assert not (tmp_path / "s").exists()
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_folders_and_a_bad_one_leaves_none(
+        tmp_path: Path, tiny_data: Path, monkeypatch):
+    from anomaly_utils.pipeline import run_ids
+    from anomaly_utils.pipeline import sweep as sweep_module
+
+    monkeypatch.setattr(run_ids, "new_run_id", lambda prefix="": f"{prefix}20261207-120000")
+    first = sweep_module._make_sweep_dir(tmp_path, None)
+    second = sweep_module._make_sweep_dir(tmp_path, None)
+    assert (first.name, second.name) == ("sweep-20261207-120000", "sweep-20261207-120000-2")
+    with pytest.raises(ParameterError, match="already exists"):
+        sweep_module._make_sweep_dir(tmp_path, first.name)
+    # The second configuration is refused after the first one's run folder was made.
+    with pytest.raises(ParameterError, match="epochs"):
+        sweep_module.run_sweep({"ae2.epochs": ["1", "-3"]}, {"data_dir": str(tiny_data)},
+                               runs_dir=tmp_path, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name]

@@ -42,7 +42,7 @@ from anomaly_utils.pipeline.parameters import (
     resolve_parameters,
     validate,
 )
-from anomaly_utils.pipeline.run_ids import new_run_id
+from anomaly_utils.pipeline.run_ids import claim_new_id
 from anomaly_utils.pipeline.runs import create_run, run_pipeline
 from anomaly_utils.pipeline.sharing import share_identical_notebooks
 from anomaly_utils.scoring.stored import load_scores
@@ -105,7 +105,8 @@ def run_auto(overrides: dict[str, Any], run_id: str | None = None,
     Args:
         overrides: parameters over each preset (``data_dir``, ``-p`` pairs); they win over
             the preset's values.
-        run_id: the base id (default: a timestamp); the runs are ``<id>-<preset>``.
+        run_id: the base id; the runs are ``<id>-<preset>``, and an id whose runs exist
+            continues them. Default: a fresh timestamp, claimed as its first run is made.
         runs_dir, progress, log, backend: as for :func:`run_pipeline`.
 
     Returns:
@@ -120,7 +121,13 @@ def run_auto(overrides: dict[str, Any], run_id: str | None = None,
                              fix="pass the dataset folder with --data-dir")
     check_presets(overrides)
     runs_dir = Path(runs_dir)
-    base = run_id or new_run_id()
+    first = f"-{preset_label(AUTO_PRESETS[0])}"
+
+    def create_first(base: str) -> str:  # claims a fresh base id (run_ids.claim_new_id)
+        create_run({**preset_overrides(AUTO_PRESETS[0]), **overrides}, runs_dir / (base + first),
+                   backend=backend)
+        return base
+    base = run_id or claim_new_id(runs_dir, create_first)
     results = {}
     for preset in AUTO_PRESETS:
         label = preset_label(preset)

@@ -25,9 +25,9 @@ from anomaly_utils.pipeline.auto import AUTO, default_preset, run_auto
 from anomaly_utils.pipeline.elongated import data_for_run, run_parts_option
 from anomaly_utils.pipeline.parameters import preset_overrides
 from anomaly_utils.pipeline.provenance import BACKENDS, keras_backend, recorded_backend
-from anomaly_utils.pipeline.run_ids import PARTS_SUFFIX, new_run_id
+from anomaly_utils.pipeline.run_ids import PARTS_SUFFIX
 from anomaly_utils.pipeline.runs import refresh_notebooks, run_pipeline, summary
-from anomaly_utils.pipeline.sweep import run_sweep
+from anomaly_utils.pipeline.sweep import SWEEP_PREFIX, run_sweep
 from anomaly_utils.scoring.candidates import CANDIDATES
 from anomaly_utils.visualization.readme_figures import refresh_readme_figures
 
@@ -132,13 +132,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fixed["data_dir"] = args.data_dir
     fixed.update(_parameter_pairs(args.fixed))
     if fixed.get("data_dir") is not None:
-        sweep_id = args.sweep_id or new_run_id("sweep-")
         folder, line = data_for_run(fixed["data_dir"], run_parts_option(args.parts), args.runs_dir,
-                                    sweep_id)
+                                    args.sweep_id, prefix=SWEEP_PREFIX)
         if line:
             print(line, flush=True)
-        if folder is not None:
-            fixed["data_dir"], args.sweep_id = str(folder.resolve()), sweep_id
+        if folder is not None:  # the sweep takes the id its parts folder was written under
+            fixed["data_dir"] = str(folder.resolve())
+            args.sweep_id = folder.name.removesuffix(PARTS_SUFFIX)
     sweep_dir = run_sweep(grid, fixed, sweep_id=args.sweep_id, runs_dir=args.runs_dir,
                           jobs=args.jobs, cluster=args.cluster, backend=args.backend,
                           until=args.until)

@@ -33,13 +33,14 @@ def run_parts_option(value: str) -> int | str:
 
 
 def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | os.PathLike,
-                 run_id: str | None) -> tuple[Path | None, str | None]:
+                 run_id: str | None, prefix: str = "") -> tuple[Path | None, str | None]:
     """The folder a run on ``data_dir`` should read, and a line for the console.
 
     Args:
         run_id: the run's id; None: a fresh timestamp id, claimed as the parts folder is
             made (:func:`~anomaly_utils.pipeline.run_ids.reserve_parts_folder`), so that two
             runs started in the same second keep their own parts and run folders.
+        prefix: put before that timestamp (``sweep-`` for a sweep).
 
     Returns:
         ``(folder, line)``: ``folder`` is the parts folder written for the run
@@ -73,7 +74,7 @@ def data_for_run(data_dir: str | os.PathLike, parts: int | str, runs_dir: str | 
                              "overwrites another",
                              fix=f"choose another --run-id (--sweep-id for a sweep), or "
                                  f"continue the run with --resume {run_id}")
-    out = parts_folder(runs_dir, run_id) if run_id else reserve_parts_folder(runs_dir)
+    out = parts_folder(runs_dir, run_id) if run_id else reserve_parts_folder(runs_dir, prefix)
     try:
         cut_into_parts(data_dir, out, parts=parts, overwrite=True)
     except Exception:

@@ -46,7 +46,7 @@ from anomaly_utils.pipeline.provenance import (
     kernel_manager_class,
     recorded_backend,
 )
-from anomaly_utils.pipeline.run_ids import RunExistsError, parts_folder
+from anomaly_utils.pipeline.run_ids import RunExistsError
 from anomaly_utils.scoring.stored import CANDIDATES
 from anomaly_utils.training.strategy import STRATEGIES, check_backend
 
@@ -178,21 +178,14 @@ def create_run(overrides: dict[str, Any], run_dir: Path,
     return effective
 
 
-def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path, attempts: int = 100,
+def _create_timestamped_run(overrides: dict[str, Any], runs_dir: Path,
                             backend: str | None = None) -> Path:
-    """:func:`create_run` under a fresh timestamp id; ``-2``, ``-3``, ... is appended when
-    another run started in the same second took the name (its run or parts folder)."""
-    stamp = run_ids.new_run_id()
-    for run_id in run_ids.numbered_ids(stamp, attempts):
-        run_dir = runs_dir / run_id
-        if run_dir.exists() or parts_folder(runs_dir, run_dir.name).exists():
-            continue
-        try:
-            create_run(overrides, run_dir, backend=backend)
-        except RunExistsError:
-            continue  # another run started in the same second
-        return run_dir
-    raise LabError(f"no free run id under '{runs_dir}' for {stamp}", fix="pass --run-id")
+    """:func:`create_run` under a fresh timestamp id (:func:`run_ids.claim_new_id`: ``-2``,
+    ``-3``, ... while another run started in the same second holds the id)."""
+    def create(run_id: str) -> Path:
+        create_run(overrides, runs_dir / run_id, backend=backend)
+        return runs_dir / run_id
+    return run_ids.claim_new_id(runs_dir, create)
 
 
 def run_notebooks(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from anomaly_utils.pipeline.cluster import (
 )
 from anomaly_utils.pipeline.parameters import NOTEBOOKS
 from anomaly_utils.pipeline.provenance import kernel_config
-from anomaly_utils.pipeline.run_ids import new_run_id
+from anomaly_utils.pipeline.run_ids import claim_new_id
 from anomaly_utils.pipeline.runs import (
     create_run,
     execute_notebook,
@@ -61,6 +62,7 @@ MODEL_FOLDERS = {c.notebook: (c.name,) for c in REGISTRY if c.network}
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 VALIDATION_METRICS = ("val_image_auroc", "val_pixel_auroc")
 SELECT_BY = "ae2_val_image_auroc"
+SWEEP_PREFIX = "sweep-"  # before the timestamp of a sweep's id
 
 
 def config_name(values: dict[str, Any]) -> str:
@@ -71,6 +73,25 @@ def config_name(values: dict[str, Any]) -> str:
 def share_outputs(notebook: str, leader: str, runs: dict[str, dict], name: str) -> None:
     """Give run ``name`` the outputs of ``leader``'s execution of ``notebook``, as completed."""
     take_outputs(notebook, runs[leader]["dir"], runs[name]["dir"], leader)
+
+
+def _make_sweep_dir(runs_dir: Path, sweep_id: str | None) -> Path:
+    """Make the sweep's empty folder: ``runs_dir/<sweep_id>``, or under a fresh
+    ``sweep-<timestamp>`` id that making it claims (:func:`run_ids.claim_new_id`).
+
+    Raises:
+        ParameterError: the folder ``sweep_id`` exists.
+    """
+    def make(name: str) -> Path:
+        (runs_dir / name).mkdir(parents=True)
+        return runs_dir / name
+    if sweep_id is None:
+        return claim_new_id(runs_dir, make, SWEEP_PREFIX)
+    try:
+        return make(sweep_id)
+    except FileExistsError:
+        raise ParameterError(f"sweep directory '{runs_dir / sweep_id}' already exists",
+                             fix="choose another --sweep-id") from None
 
 
 def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str | None = None,
@@ -106,19 +127,20 @@ def run_sweep(grid: dict[str, list[str]], fixed: dict[str, Any], sweep_id: str |
                              fix="pass --until 04 (no galleries), or drop --until")
     if isinstance(cluster, str):
         parse_cluster(cluster)  # a malformed address fails before any folder is made
-    sweep_dir = Path(runs_dir).resolve() / (sweep_id or new_run_id("sweep-"))
-    if sweep_dir.exists():
-        raise ParameterError(f"sweep directory '{sweep_dir}' already exists",
-                             fix="choose another --sweep-id")
+    sweep_dir = _make_sweep_dir(Path(runs_dir).resolve(), sweep_id)
     names = list(grid)
     configs = [dict(zip(names, values, strict=True))
                for values in itertools.product(*grid.values())]
     runs: dict[str, dict] = {}
-    for values in configs:
-        run_dir = sweep_dir / config_name(values)
-        runs[run_dir.name] = {"dir": run_dir, "values": values,
-                              "effective": create_run({**fixed, **values}, run_dir,
-                                                        backend=backend)}
+    try:
+        for values in configs:
+            run_dir = sweep_dir / config_name(values)
+            runs[run_dir.name] = {"dir": run_dir, "values": values,
+                                  "effective": create_run({**fixed, **values}, run_dir,
+                                                            backend=backend)}
+    except BaseException:
+        shutil.rmtree(sweep_dir, ignore_errors=True)  # a bad configuration leaves no sweep
+        raise
     write_json(sweep_dir / "sweep.json", {"grid": grid, "fixed": fixed,
                                           "configs": {k: r["values"] for k, r in runs.items()}})
     if cluster is not None:
