@@ -250,6 +250,14 @@ def test_a_sweep_on_elongated_masked_images_works_on_their_parts(tmp_path: Path,
     assert cli.main(["sweep", "-p", "epochs", "1", "--data-dir", str(strips), "--parts", "none",
                      "--runs-dir", str(tmp_path / "runs")]) == 0
     assert seen["fixed"]["data_dir"] == str(strips)
+    # Without --sweep-id, two sweeps started in the same second claim their own parts.
+    from anomaly_utils.pipeline import run_ids
+    monkeypatch.setattr(run_ids, "new_run_id", lambda prefix="": f"{prefix}20261207-120000")
+    for expected in ("sweep-20261207-120000", "sweep-20261207-120000-2"):
+        assert cli.main(["sweep", "-p", "epochs", "1", "--data-dir", str(strips),
+                         "--runs-dir", str(tmp_path / "runs")]) == 0
+        assert seen["sweep_id"] == expected
+        assert seen["fixed"]["data_dir"] == str((tmp_path / "runs" / f"{expected}-parts").resolve())
 
 
 def test_labelled_validation_defects_keep_their_marked_parts_and_count_the_rest(tmp_path: Path):
