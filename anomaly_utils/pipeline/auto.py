@@ -121,10 +121,10 @@ def run_auto(overrides: dict[str, Any], run_id: str | None = None,
                              fix="pass the dataset folder with --data-dir")
     check_presets(overrides)
     runs_dir = Path(runs_dir)
-    first = f"-{preset_label(AUTO_PRESETS[0])}"
+    first_suffix = f"-{preset_label(AUTO_PRESETS[0])}"
 
     def create_first(base: str) -> str:  # claims a fresh base id (run_ids.claim_new_id)
-        create_run({**preset_overrides(AUTO_PRESETS[0]), **overrides}, runs_dir / (base + first),
+        create_run({**preset_overrides(AUTO_PRESETS[0]), **overrides}, runs_dir / (base + first_suffix),
                    backend=backend)
         return base
     base = run_id or claim_new_id(runs_dir, create_first)
